@@ -1,0 +1,140 @@
+"""Execute a Plan: run its DAG with bounded parallelism. Only executes; decides nothing.
+
+A node runs when everything before it succeeded; a failed node skips what depends
+on it, and the others go on (one bad model does not stop the rest). Every step is
+idempotent, so a second apply after a crash just finishes the work.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import hfcache
+from .errors import ReconcileError
+from .plan import Action, Plan
+from .store import Store
+
+
+@dataclass
+class ApplyReport:
+    done: dict[str, int] = field(default_factory=dict)
+    bytes_fetched: int = 0
+    failures: list[tuple[Action, BaseException]] = field(default_factory=list)
+    skipped: list[Action] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def count(self, kind: str, nbytes: int = 0) -> None:
+        with self._lock:  # nodes finish on worker threads
+            self.done[kind] = self.done.get(kind, 0) + 1
+            self.bytes_fetched += nbytes
+
+
+class ProgressSink:
+    """No-op progress; the CLI passes a rich-backed one on a terminal."""
+
+    def task(self, description: str, total: int) -> Callable[[int], None]:
+        return lambda n: None
+
+    def finish(self, description: str) -> None:
+        pass
+
+
+@dataclass
+class Executor:
+    store: Store
+    cache: Path
+    project: str
+    fetch_object: Callable[[Action, Callable[[int], None]], int]  # returns bytes downloaded
+    validate_model: Callable[[Action], list[str]]  # returns warnings; raises ValidationFailed
+    jobs: int = 4
+    progress: ProgressSink = field(default_factory=ProgressSink)
+
+    def run_action(self, action: Action, report: ApplyReport) -> None:
+        if action.kind == "fetch":
+            label = action.file.path if action.file else action.target[:12]
+            advance = self.progress.task(label, action.size)
+            nbytes = self.fetch_object(action, advance)
+            self.progress.finish(label)
+            report.count("fetch", nbytes)
+            return
+        elif action.kind == "assemble":
+            assert action.model
+            with self.store.lock(f"model-{action.model.store_id}"):
+                self.store.assemble(action.model)
+        elif action.kind == "validate":
+            warnings = self.validate_model(action)
+            with report._lock:
+                report.warnings.extend(warnings)
+        elif action.kind == "link":
+            assert action.model
+            hfcache.link(self.cache, action.model, self.store, self.project)
+        elif action.kind == "unlink":
+            hfcache.unlink(self.cache, action.target, self.store)
+        report.count(action.kind)
+
+    def execute(self, plan: Plan) -> ApplyReport:
+        report = ApplyReport()
+        g = plan.graph
+        if g.number_of_nodes() == 0:
+            return report
+        self.store.ensure()
+        waiting = {n: g.in_degree(n) for n in g.nodes}
+        ready = sorted(n for n, d in waiting.items() if d == 0)
+        running: dict[Future[Any], str] = {}
+        failed: set[str] = set()
+        lock = threading.Lock()
+
+        def run(node: str) -> None:
+            self.run_action(g.nodes[node]["action"], report)
+
+        with ThreadPoolExecutor(max_workers=max(1, self.jobs)) as pool:
+            while ready or running:
+                while ready:
+                    node = ready.pop(0)
+                    running[pool.submit(run, node)] = node
+                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    node = running.pop(fut)
+                    err = fut.exception()
+                    with lock:
+                        if err is not None:
+                            report.failures.append((g.nodes[node]["action"], err))
+                            for d in _descendants(g, node):
+                                if d not in failed:
+                                    failed.add(d)
+                                    report.skipped.append(g.nodes[d]["action"])
+                            continue
+                        for succ in g.successors(node):
+                            waiting[succ] -= 1
+                            if waiting[succ] == 0 and succ not in failed:
+                                ready.append(succ)
+        return report
+
+
+def _descendants(g: Any, node: str) -> set[str]:
+    import networkx as nx
+
+    return set(nx.descendants(g, node))
+
+
+def failure_message(report: ApplyReport) -> str:
+    lines = []
+    for action, err in report.failures:
+        who = action.model.key if action.model else action.target
+        what = f"{action.kind} {action.file.path}" if action.file else action.kind
+        msg = str(err) if isinstance(err, ReconcileError) else f"{type(err).__name__}: {err}"
+        lines.append(f"{who}: {what} failed: {msg}")
+    if report.skipped:
+        keys = sorted({a.model.key for a in report.skipped if a.model})
+        lines.append(f"not installed because of the above: {', '.join(keys)}")
+    return "\n".join(lines)

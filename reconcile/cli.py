@@ -1,0 +1,318 @@
+"""The command line: parse, call the library, print. Nothing else lives here.
+
+Exit codes: 0 success, 1 the operation failed (network, mismatch, stale, drift,
+corruption, validation), 2 invalid input (usage, models.toml, models.lock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import ReconcileError, UsageError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="reconcile",
+        description="Declare models in models.toml, pin them in models.lock, converge the"
+        " store and the Hugging Face cache to it.",
+    )
+    p.add_argument("-f", "--manifest", default=os.environ.get("RECONCILE_MANIFEST", "models.toml"),
+                   help="path to models.toml (default: ./models.toml)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("init", help="write a starter models.toml")
+    s.add_argument("--force", action="store_true")
+
+    s = sub.add_parser("lock", help="resolve models.toml into models.lock")
+    s.add_argument("--check", action="store_true",
+                   help="exit 1 if models.lock is out of date (offline, fast)")
+    s.add_argument("--upgrade", nargs="?", const="*", action="append", metavar="KEY",
+                   help="re-resolve every model, or only KEY (repeatable)")
+    s.add_argument("--offline", action="store_true")
+    s.add_argument("--jobs", "-j", type=int, default=4)
+
+    s = sub.add_parser("plan", help="show what apply would do")
+    s.add_argument("--exit-code", action="store_true",
+                   help="exit 0 when converged, 1 when changes are pending")
+    s.add_argument("--prune", action="store_true")
+    s.add_argument("--revalidate", action="store_true")
+
+    s = sub.add_parser("apply", help="converge the store and HF cache to models.lock")
+    s.add_argument("--jobs", "-j", type=int, default=8)
+    s.add_argument("--offline", action="store_true")
+    s.add_argument("--prune", action="store_true",
+                   help="unlink models this project linked that are no longer locked")
+    s.add_argument("--locked", action="store_true",
+                   help="refuse to run if models.lock is out of date instead of locking")
+    s.add_argument("--revalidate", action="store_true")
+
+    s = sub.add_parser("status", help="show each model's state")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("verify", help="re-hash installed models")
+    s.add_argument("keys", nargs="*", metavar="KEY")
+    s.add_argument("--repair", action="store_true")
+
+    s = sub.add_parser("gc", help="delete store entries no registered lockfile needs")
+    s.add_argument("--dry-run", action="store_true")
+
+    s = sub.add_parser("path", help="print a model's snapshot path (getModelPath)")
+    s.add_argument("key")
+
+    sub.add_parser("env", help="print shell exports for using the HF cache offline")
+
+    s = sub.add_parser("hash", help="print the model hash (or the NAR hash) of a path")
+    s.add_argument("path")
+    s.add_argument("--nar", action="store_true", help="Nix NAR hash, as `nix hash path`")
+    s.add_argument("--type", default="sha256", choices=["sha256", "sha512"])
+    fmt = s.add_mutually_exclusive_group()
+    fmt.add_argument("--base32", action="store_const", dest="fmt", const="base32")
+    fmt.add_argument("--base16", action="store_const", dest="fmt", const="base16")
+    fmt.add_argument("--sri", action="store_const", dest="fmt", const="sri")
+
+    s = sub.add_parser("validate", help="run validators on a directory or a locked model")
+    s.add_argument("target", metavar="PATH|KEY")
+    s.add_argument("--preset", choices=["strict", "standard", "minimal", "none", "paranoid"])
+    s.add_argument("--validator", action="append", default=[], metavar="NAME[:ARG]")
+    s.add_argument("--continue-on-error", action="store_true")
+    s.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse exits 2 on usage errors, 0 on --help
+        return int(e.code or 0)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args) or 0
+    except ReconcileError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; partial downloads are kept and resume next time", file=sys.stderr)
+        return 130
+    except OSError as e:  # disk full, permissions … outside the places that translate them
+        if os.environ.get("RECONCILE_DEBUG"):
+            raise
+        print(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}",
+              file=sys.stderr)
+        return 1
+
+
+def _ws(args: argparse.Namespace) -> Any:
+    from .workspace import Workspace
+
+    return Workspace(Path(args.manifest))
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from .integration import default_manifest_text
+
+    path = Path(args.manifest)
+    if path.exists() and not args.force:
+        raise UsageError(f"{path} already exists", hint="use --force to overwrite it")
+    path.write_text(default_manifest_text(), "utf-8")
+    print(f"wrote {path}; next: `reconcile lock` then `reconcile apply`")
+    return 0
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    ws = _ws(args)
+    if args.check:
+        stale = ws.stale()
+        if not stale:
+            print(f"{ws.lock_path} is up to date")
+            return 0
+        for key, why in sorted(stale.items()):
+            print(f"{why}: {key}")
+        print(f"{ws.lock_path} is out of date; run `reconcile lock`", file=sys.stderr)
+        return 1
+    upgrade: Any = False
+    if args.upgrade:
+        upgrade = True if "*" in args.upgrade else list(args.upgrade)
+    report = ws.lock(upgrade=upgrade, offline=args.offline, jobs=args.jobs)
+    verb = "wrote" if report.written else "unchanged"
+    print(f"{verb} {ws.lock_path}: {len(report.resolved)} resolved, {len(report.kept)} kept,"
+          f" {len(report.removed)} removed")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .plan import render
+
+    ws = _ws(args)
+    stale = ws.stale()
+    if stale:
+        print("models.lock is out of date; apply will lock first: "
+              + ", ".join(f"{k} ({w})" for k, w in sorted(stale.items())))
+        if args.exit_code:
+            return 1
+    plan = ws.plan(prune=args.prune, revalidate=args.revalidate)
+    print(render(plan))
+    return 1 if (args.exit_code and not plan.empty) else 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from .apply import failure_message
+    from .plan import human
+
+    ws = _ws(args)
+    if sys.stderr.isatty():
+        from .ui import RichProgress
+
+        with RichProgress() as progress:
+            report = ws.apply(jobs=args.jobs, offline=args.offline, prune=args.prune,
+                              locked=args.locked, revalidate=args.revalidate, progress=progress)
+    else:
+        report = ws.apply(jobs=args.jobs, offline=args.offline, prune=args.prune,
+                          locked=args.locked, revalidate=args.revalidate)
+    for w in report.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if not report.ok:
+        print(f"error: {failure_message(report)}", file=sys.stderr)
+        return 1
+    d = report.done
+    if not d:
+        print(f"Nothing to do: {len(report.plan.lock.models)} models up to date.")
+    else:
+        print(f"Applied: {d.get('fetch', 0)} fetched ({human(report.bytes_fetched)}),"
+              f" {d.get('assemble', 0)} assembled, {d.get('validate', 0)} validated,"
+              f" {d.get('link', 0)} linked, {d.get('unlink', 0)} unlinked.")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    rows = _ws(args).status()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            where = r.get("hf_repo_id", "")
+            print(f"{r['state']:<9} {r['key']:<24} {r.get('hash') or '-':<52} {where}")
+            for w in r.get("warnings", []):
+                print(f"          warning: {w}")
+    return 0 if all(r["state"] == "ok" for r in rows) else 1
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    bad = _ws(args).verify(args.keys, repair=args.repair)
+    for key, paths in sorted(bad.items()):
+        print(f"corrupt: {key}: {', '.join(paths)}" + (" (repaired)" if args.repair else ""))
+    if not bad:
+        print("all installed models verified")
+    return 1 if bad and not args.repair else 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from .plan import human
+
+    r = _ws(args).gc(dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"{verb} {len(r.models)} model trees, {len(r.objects)} objects ({human(r.bytes)}),"
+          f" {len(r.partials)} partial files")
+    return 0
+
+
+def cmd_path(args: argparse.Namespace) -> int:
+    print(_ws(args).path(args.key))
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    import shlex
+
+    from . import settings
+
+    print(f"export HF_HUB_CACHE={shlex.quote(str(settings.hf_hub_cache()))}")
+    print("export HF_HUB_OFFLINE=1")
+    return 0
+
+
+def cmd_hash(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if not os.path.lexists(path):
+        raise UsageError(f"{path}: no such file or directory")
+    if args.nar:
+        from .narhash import format_hash, nar_hash
+
+        print(format_hash(nar_hash(path, args.type), args.type, args.fmt or "sri"))
+        return 0
+    from .treehash import hash_path
+
+    if args.type != "sha256" or (args.fmt and args.fmt != "sri"):
+        raise UsageError("the model hash is always an SRI sha256; --type/--base* apply to --nar")
+    print(hash_path(path))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .validation.runner import Runner, parse_ref, report
+
+    target = Path(args.target)
+    ws = _ws(args)
+    manifest = ws.manifest if Path(args.manifest).exists() else None
+    if target.is_dir():
+        root, model = target, None
+    else:
+        model = ws.model(args.target)
+        if not ws.store.has_model(model):
+            raise UsageError(f"model '{args.target}' is not installed; run `reconcile apply`")
+        root = ws.store.model_path(model)
+    runner = Runner(ws.store, manifest, preset=args.preset)
+    if args.validator:
+        customs = manifest.validators if manifest else {}
+        vals = [parse_ref(v, customs, "--validator") for v in args.validator]
+    elif model is not None:
+        vals = runner.validators(model)
+    else:
+        from .validation.runner import validators_for
+
+        vals = validators_for(None, manifest.validators if manifest else {}, args.preset)
+    from .validation.runner import run_validator
+
+    outcomes = []
+    for v in vals:
+        o = run_validator(v, root)
+        outcomes.append(o)
+        if o.status != "pass" and o.on_failure == "abort" and not args.continue_on_error:
+            break
+    failed = [o for o in outcomes if o.status != "pass" and o.on_failure == "abort"]
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps([asdict(o) for o in outcomes], indent=2))
+    else:
+        for o in outcomes:
+            print(f"{o.status:<8} {o.validator}" + (f" ({o.on_failure})" if o.status != "pass" else ""))
+        if failed:
+            print(report(args.target, failed), file=sys.stderr)
+    return 1 if failed else 0
+
+
+COMMANDS = {
+    "init": cmd_init,
+    "lock": cmd_lock,
+    "plan": cmd_plan,
+    "apply": cmd_apply,
+    "status": cmd_status,
+    "verify": cmd_verify,
+    "gc": cmd_gc,
+    "path": cmd_path,
+    "env": cmd_env,
+    "hash": cmd_hash,
+    "validate": cmd_validate,
+}
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,514 @@
+"""models.toml → a checked, typed Manifest.
+
+Reading is strict on purpose: an unknown key is far more often a typo than a
+feature, so it is refused with a did-you-mean, with the file, line and dotted key.
+The option names are the seed's camelCase ones. One declarative description
+(``MODEL_SPEC`` + each source's ``OPTIONS``) drives both this checker and the JSON
+Schema in ``schemas/``, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+MANIFEST_NAME = "models.toml"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+SRI_RE = re.compile(r"^(sha256|sha512)-[A-Za-z0-9+/]+={0,2}$")
+SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+ON_FAILURE = ("abort", "warn", "skip")
+PRESETS = ("strict", "standard", "minimal", "none", "paranoid")
+_SRI_LEN = {"sha256": 32, "sha512": 64}
+
+
+# --- the option tree ---------------------------------------------------------------
+# A spec is a type name ("str", "bool", "int", "number", "size", "sri", "name",
+# "strlist", "any-table", "validator-list", "enum:a|b") or a dict of sub-specs.
+
+NETWORK_SPEC: dict[str, Any] = {
+    "timeout": {"connect": "number", "read": "number"},
+    "retry": {"maxAttempts": "int", "baseDelay": "number"},
+    "bandwidth": {"limit": "size"},
+    "proxy": "str",
+}
+AUTH_SPEC: dict[str, Any] = {"tokenEnvVar": "str", "tokenFile": "str"}
+VALIDATION_SPEC: dict[str, Any] = {
+    "enable": "bool",
+    "skipDefaults": "bool",
+    "validators": "validator-list",
+    "onFailure": "enum:" + "|".join(ON_FAILURE),
+    "timeout": "number",
+    "preset": "enum:" + "|".join(PRESETS),
+}
+INTEGRATION_SPEC: dict[str, Any] = {
+    "huggingface": {"enable": "bool", "org": "name", "model": "name", "refs": "strlist"}
+}
+MODEL_SPEC: dict[str, Any] = {
+    "name": "name",
+    "source": "source",
+    "hash": "sri",
+    "validation": VALIDATION_SPEC,
+    "integration": INTEGRATION_SPEC,
+    "network": NETWORK_SPEC,
+    "auth": AUTH_SPEC,
+    "meta": "any-table",
+}
+VALIDATOR_SPEC: dict[str, Any] = {
+    "name": "str",
+    "description": "str",
+    "command": "str",
+    "timeout": "number",
+    "onFailure": "enum:" + "|".join(ON_FAILURE),
+    "buildInputs": "strlist",
+}
+
+
+# --- the model of the world ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    connect_timeout: float = 30.0
+    read_timeout: float = 300.0
+    max_attempts: int = 3
+    base_delay: float = 2.0
+    bandwidth_limit: int | None = None  # bytes per second
+    proxy: str | None = None
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    token_env_var: str | None = None
+    token_file: str | None = None
+
+
+@dataclass(frozen=True)
+class HFIntegration:
+    enable: bool = True
+    org: str | None = None
+    model: str | None = None
+    refs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    enable: bool = True
+    skip_defaults: bool = False
+    validators: tuple[Any, ...] = ()
+    on_failure: str | None = None
+    timeout: float | None = None
+    preset: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelDecl:
+    """One `[models.<key>]` table, with shared source defaults already merged in."""
+
+    key: str
+    name: str
+    source_type: str
+    source: dict[str, Any]
+    hash: str | None = None
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    integration: HFIntegration = field(default_factory=HFIntegration)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """A digest of what decides the lock's content; comments and layout don't count.
+
+        Network, auth, validation and meta change how or whether a model is fetched,
+        never which bytes it is, so editing them does not make the lock stale.
+        """
+        decl = {
+            "name": self.name,
+            "source": {self.source_type: self.source},
+            "hash": self.hash,
+            "integration": {
+                "enable": self.integration.enable,
+                "org": self.integration.org,
+                "model": self.integration.model,
+                "refs": list(self.integration.refs),
+            },
+        }
+        blob = json.dumps(decl, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    models: dict[str, ModelDecl]
+    validators: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+# --- reading -------------------------------------------------------------------------
+
+
+def load_manifest(path: Path) -> Manifest:
+    """Read and check a models.toml; every problem is a ConfigError with file/line/key."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            "not found", file=str(path), hint="create one with `reconcile init`"
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror}", file=str(path)) from None
+    return parse_manifest(raw, path)
+
+
+def parse_manifest(raw: bytes | str, path: Path = Path(MANIFEST_NAME)) -> Manifest:
+    if isinstance(raw, bytes):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = raw[: e.start].count(b"\n") + 1
+            raise ConfigError(
+                f"is not valid UTF-8 (byte {e.start}); TOML files must be UTF-8",
+                file=str(path),
+                line=line,
+                hint="re-save the file as UTF-8",
+            ) from None
+    else:
+        text = raw
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"\(at line (\d+)", str(e))
+        msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
+        raise ConfigError(
+            f"invalid TOML: {msg}", file=str(path), line=int(m.group(1)) if m else None
+        ) from None
+    return _Checker(path, text).manifest(doc)
+
+
+def parse_size(value: str | int, where: str = "size") -> int:
+    """'10M', '1.5GiB', '500k', 1024 → bytes (K/M/G/T are powers of 1024, like nix and curl)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{where}: expected a size such as '10M', got a boolean")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{where}: a size cannot be negative")
+        return value
+    m = SIZE_RE.match(str(value))
+    if not m:
+        raise ValueError(f"{where}: expected a size such as '500K', '10M' or '2G', got {value!r}")
+    unit = (m.group(2) or "B").upper()[0]
+    mult = {"B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}[unit]
+    return int(float(m.group(1)) * mult)
+
+
+def check_sri(value: str) -> str | None:
+    """None when value is a well-formed sha256/sha512 SRI hash, else what is wrong."""
+    import base64
+    import binascii
+
+    m = SRI_RE.match(value)
+    if not m:
+        return "expected an SRI hash such as 'sha256-<base64>'"
+    algo, b64 = value.split("-", 1)
+    try:
+        digest = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        return "the part after 'sha256-' is not valid base64"
+    if len(digest) != _SRI_LEN[algo]:
+        return f"a {algo} digest is {_SRI_LEN[algo]} bytes, this one is {len(digest)}"
+    return None
+
+
+class _Checker:
+    """Walks the parsed TOML against the spec, collecting the first error per key."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.lines = text.splitlines()
+
+    # -- error helpers
+    def fail(self, key: str, message: str, hint: str | None = None) -> ConfigError:
+        return ConfigError(
+            message, file=str(self.path), key=key, line=self._line_of(key), hint=hint
+        )
+
+    def _line_of(self, dotted: str) -> int | None:
+        """Best effort: the line that sets the last segment of a dotted key."""
+        parts = dotted.split(".")
+        last = re.escape(parts[-1])
+        header = None
+        if len(parts) >= 2 and parts[0] == "models":
+            header = re.compile(rf'^\s*\[+\s*models\.("?){re.escape(parts[1])}\1(\s*\]|\.)')
+        pat = re.compile(rf'(^|[{{,.\s])"?{last}"?\s*=')
+        start = 0
+        if header:
+            for i, line in enumerate(self.lines):
+                if header.match(line) or re.match(
+                    rf'^\s*models\.("?){re.escape(parts[1])}\1\s*[.=]', line
+                ):
+                    start = i
+                    break
+        for i in range(start, len(self.lines)):
+            if pat.search(self.lines[i]):
+                return i + 1
+        if header and start:
+            return start + 1
+        return None
+
+    # -- generic walk
+    def table(self, value: Any, spec: dict[str, Any], where: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(where, f"expected a table, got {_kind(value)}")
+        for k, v in value.items():
+            if k not in spec:
+                raise self.unknown(where, k, spec)
+            self.value(v, spec[k], f"{where}.{k}" if where else k)
+        return value
+
+    def unknown(self, where: str, k: str, spec: dict[str, Any]) -> ConfigError:
+        if where.endswith(".auth") and k == "token":
+            return self.fail(
+                f"{where}.token",
+                "a literal token does not belong in models.toml (it would be committed and"
+                " shared); its value was not read further",
+                hint="put the token in an environment variable and set"
+                " auth.tokenEnvVar = \"NAME\", or in a file and set auth.tokenFile",
+            )
+        close = difflib.get_close_matches(k, list(spec), n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(sorted(spec))}"
+        return self.fail(f"{where}.{k}" if where else k, "unknown key", hint=hint)
+
+    def value(self, v: Any, spec: Any, where: str) -> None:
+        if isinstance(spec, dict):
+            self.table(v, spec, where)
+            return
+        if spec == "str":
+            self.expect(isinstance(v, str), where, "a string", v)
+        elif spec == "bool":
+            self.expect(isinstance(v, bool), where, "true or false", v)
+        elif spec == "int":
+            self.expect(isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                        where, "a non-negative integer", v)
+        elif spec == "number":
+            self.expect(isinstance(v, int | float) and not isinstance(v, bool) and v >= 0,
+                        where, "a non-negative number", v)
+        elif spec == "strlist":
+            self.expect(isinstance(v, list) and all(isinstance(x, str) for x in v),
+                        where, "a list of strings", v)
+        elif spec == "list":
+            self.expect(isinstance(v, list), where, "a list", v)
+        elif spec == "any-table":
+            self.expect(isinstance(v, dict), where, "a table", v)
+        elif spec == "size":
+            try:
+                parse_size(v, where)
+            except ValueError as e:
+                raise self.fail(where, str(e).split(": ", 1)[1]) from None
+        elif spec == "name":
+            self.expect(isinstance(v, str), where, "a string", v)
+            if not NAME_RE.match(v):
+                raise self.fail(
+                    where,
+                    f"{v!r} is not a safe name: use letters, digits, '.', '_', '+', '-'"
+                    " (no '/', '..', spaces or control characters; at most 128)",
+                )
+        elif spec == "sri":
+            self.expect(isinstance(v, str), where, "an SRI hash string", v)
+            if problem := check_sri(v):
+                raise self.fail(where, f"malformed hash {v!r}: {problem}")
+        elif spec.startswith("enum:"):
+            allowed = spec[5:].split("|")
+            if v not in allowed:
+                close = difflib.get_close_matches(str(v), allowed, n=1)
+                raise self.fail(
+                    where,
+                    f"expected one of {', '.join(allowed)}; got {v!r}",
+                    hint=f"did you mean '{close[0]}'?" if close else None,
+                )
+        elif spec == "validator-list":
+            self.expect(isinstance(v, list), where, "a list of validator names or tables", v)
+            for i, item in enumerate(v):
+                ok = isinstance(item, str) or (isinstance(item, dict) and len(item) >= 1)
+                self.expect(ok, f"{where}[{i}]", "a validator name or { name = arg }", item)
+        elif spec == "source":
+            pass  # checked by source_decl, which knows the source types
+        else:  # pragma: no cover - a bug in the spec itself
+            raise AssertionError(spec)
+
+    def expect(self, ok: bool, where: str, what: str, v: Any) -> None:
+        if not ok:
+            raise self.fail(where, f"expected {what}, got {_kind(v)}")
+
+    # -- the document
+    def manifest(self, doc: dict[str, Any]) -> Manifest:
+        from .sources import registry
+
+        top = {"models": "any-table", "sources": "any-table", "validators": "any-table"}
+        self.table(doc, top, "")
+        shared = self.shared_sources(doc.get("sources", {}), registry)
+        validators = {}
+        for vname, vdecl in doc.get("validators", {}).items():
+            self.value(vname, "name", f"validators.{vname}")
+            self.table(vdecl, VALIDATOR_SPEC, f"validators.{vname}")
+            if "command" not in vdecl:
+                raise self.fail(f"validators.{vname}.command", "a custom validator needs a command")
+            validators[vname] = dict(vdecl)
+        models = {}
+        for key, mdecl in doc.get("models", {}).items():
+            models[key] = self.model(key, mdecl, shared, registry)
+        return Manifest(self.path, models, validators)
+
+    def shared_sources(self, decl: dict[str, Any], registry: Any) -> dict[str, dict[str, Any]]:
+        shared: dict[str, dict[str, Any]] = {}
+        for stype, named in decl.items():
+            where = f"sources.{stype}"
+            source_cls = registry.get(stype)
+            if source_cls is None:
+                raise self.unknown_source(where, stype, registry)
+            if not isinstance(named, dict):
+                raise self.fail(where, f"expected a table of named defaults, got {_kind(named)}")
+            spec = {**source_cls.OPTIONS, "auth": AUTH_SPEC, "network": NETWORK_SPEC}
+            for name, opts in named.items():
+                self.table(opts, spec, f"{where}.{name}")
+                shared[f"{stype}.{name}"] = dict(opts)
+        return shared
+
+    def unknown_source(self, where: str, stype: str, registry: Any) -> ConfigError:
+        planned = {"s3", "mlflow", "git-lfs", "git-xet", "ollama"}
+        if stype in planned:
+            return self.fail(
+                where,
+                f"source type '{stype}' is not available in this version of reconcile",
+                hint=f"available now: {', '.join(sorted(registry.names()))}",
+            )
+        close = difflib.get_close_matches(stype, [*registry.names(), *planned], n=1)
+        return self.fail(
+            where,
+            f"unknown source type '{stype}'",
+            hint=f"did you mean '{close[0]}'?" if close else
+            f"known types: {', '.join(sorted(registry.names()))}",
+        )
+
+    def model(self, key: str, decl: Any, shared: dict[str, Any], registry: Any) -> ModelDecl:
+        where = f"models.{key}"
+        if not NAME_RE.match(key):
+            raise self.fail(where, f"model key {key!r} is not a safe name (letters, digits, . _ + -)")
+        self.table(decl, MODEL_SPEC, where)
+        if "source" not in decl:
+            raise self.fail(where, "missing source", hint='add e.g. source.huggingface = { repo = "org/model" }')
+        src = decl["source"]
+        if not isinstance(src, dict) or not src:
+            raise self.fail(f"{where}.source", "expected a table with one source type")
+        if len(src) > 1:
+            raise self.fail(
+                f"{where}.source",
+                f"declares {len(src)} source types ({', '.join(src)}); a model has exactly one",
+            )
+        ((stype, opts),) = src.items()
+        swhere = f"{where}.source.{stype}"
+        source_cls = registry.get(stype)
+        if source_cls is None:
+            raise self.unknown_source(swhere, stype, registry)
+        if not isinstance(opts, dict):
+            opts = source_cls.shorthand(opts) if hasattr(source_cls, "shorthand") else opts
+            if not isinstance(opts, dict):
+                raise self.fail(swhere, f"expected a table, got {_kind(opts)}")
+        self.table(opts, {**source_cls.OPTIONS, "use": "str"}, swhere)
+        opts = dict(opts)
+        auth_defaults: dict[str, Any] = {}
+        net_defaults: dict[str, Any] = {}
+        if "use" in opts:
+            ref = f"{stype}.{opts.pop('use')}"
+            if ref not in shared:
+                names = [k.split(".", 1)[1] for k in shared if k.startswith(stype + ".")]
+                raise self.fail(
+                    f"{swhere}.use",
+                    f"no shared defaults [sources.{ref}]",
+                    hint=f"defined: {', '.join(names)}" if names else f"add a [sources.{ref}] table",
+                )
+            base = dict(shared[ref])
+            auth_defaults = base.pop("auth", {})
+            net_defaults = base.pop("network", {})
+            opts = {**base, **opts}
+        try:
+            opts = source_cls.check_options(opts)
+        except ValueError as e:
+            sub, _, msg = str(e).partition(": ")
+            raise self.fail(f"{swhere}.{sub}" if msg else swhere, msg or str(e)) from None
+        hash_ = decl.get("hash")
+        return ModelDecl(
+            key=key,
+            name=decl.get("name", key),
+            source_type=stype,
+            source=opts,
+            hash=hash_,
+            validation=_validation(decl.get("validation", {})),
+            integration=_integration(decl.get("integration", {})),
+            network=_network({**net_defaults, **decl.get("network", {})}),
+            auth=_auth({**auth_defaults, **decl.get("auth", {})}),
+            meta=dict(decl.get("meta", {})),
+        )
+
+
+def _kind(v: Any) -> str:
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, int | float):
+        return "a number"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, list):
+        return "a list"
+    if isinstance(v, dict):
+        return "a table"
+    return type(v).__name__
+
+
+def _network(d: dict[str, Any]) -> NetworkConfig:
+    t, r = d.get("timeout", {}), d.get("retry", {})
+    limit = d.get("bandwidth", {}).get("limit")
+    return NetworkConfig(
+        connect_timeout=float(t.get("connect", 30)),
+        read_timeout=float(t.get("read", 300)),
+        max_attempts=max(1, int(r.get("maxAttempts", 3))),
+        base_delay=float(r.get("baseDelay", 2)),
+        bandwidth_limit=parse_size(limit) if limit is not None else None,
+        proxy=d.get("proxy"),
+    )
+
+
+def _auth(d: dict[str, Any]) -> AuthConfig:
+    return AuthConfig(token_env_var=d.get("tokenEnvVar"), token_file=d.get("tokenFile"))
+
+
+def _integration(d: dict[str, Any]) -> HFIntegration:
+    hf = d.get("huggingface", {})
+    return HFIntegration(
+        enable=hf.get("enable", True),
+        org=hf.get("org"),
+        model=hf.get("model"),
+        refs=tuple(hf.get("refs", ())),
+    )
+
+
+def _validation(d: dict[str, Any]) -> ValidationConfig:
+    return ValidationConfig(
+        enable=d.get("enable", True),
+        skip_defaults=d.get("skipDefaults", False),
+        validators=tuple(d.get("validators", ())),
+        on_failure=d.get("onFailure"),
+        timeout=d.get("timeout"),
+        preset=d.get("preset"),
+    )
+
+
+def manifest_from_dict(doc: dict[str, Any], path: Path = Path("<python>")) -> Manifest:
+    """The same checks for a Python dict shaped like models.toml (the library API)."""
+    return _Checker(path, "").manifest(doc)

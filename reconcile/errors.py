@@ -1,0 +1,93 @@
+"""Every error reconcile raises on purpose, grouped by cause.
+
+The CLI maps a class to an exit code and prints ``str(error)`` (never a traceback):
+``ConfigError`` and its children exit 2 (the user's input is wrong), every other
+``ReconcileError`` exits 1 (the operation failed). Messages say which file, key or
+model, what was expected and how to fix it. They never contain secrets: anything
+that may carry a token (URLs with credentials, headers) is scrubbed by the raiser.
+"""
+
+from __future__ import annotations
+
+
+class ReconcileError(Exception):
+    """Base of all errors reconcile reports to a user."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+
+
+class ConfigError(ReconcileError):
+    """models.toml (or an argument) is invalid; fixing the input fixes it."""
+
+    exit_code = 2
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        key: str | None = None,
+        line: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        where = file or ""
+        if line is not None:
+            where += f":{line}"
+        if key:
+            where += f"{': ' if where else ''}{key}"
+        super().__init__(f"{where}: {message}" if where else message, hint=hint)
+        self.file, self.key, self.line = file, key, line
+
+
+class UsageError(ConfigError):
+    """A command-line argument is wrong."""
+
+
+class LockError(ReconcileError):
+    """models.lock is missing, stale, unreadable, or disagrees with the manifest."""
+
+
+class LockFileInvalid(LockError):
+    """models.lock cannot be parsed; regenerate it with `reconcile lock`."""
+
+    exit_code = 2
+
+
+class SourceError(ReconcileError):
+    """A source could not resolve or deliver a model (network, protocol, server)."""
+
+
+class NotFound(SourceError):
+    """The repository, revision, object or file does not exist at the source."""
+
+
+class AuthRequired(SourceError):
+    """The source needs credentials that were not given or were refused."""
+
+
+class Gated(AuthRequired):
+    """The repository is gated: its licence must be accepted on the hub first."""
+
+
+class ChangedSinceLock(SourceError):
+    """The source now serves different bytes than the lock pinned."""
+
+
+class IntegrityError(ReconcileError):
+    """Bytes or a tree do not match the hash that was expected."""
+
+
+class ValidationFailed(ReconcileError):
+    """A validator with onFailure = abort rejected a model."""
+
+
+class StoreError(ReconcileError):
+    """The store cannot be written (disk full, permissions) or is corrupt."""

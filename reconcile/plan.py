@@ -1,0 +1,142 @@
+"""Lock + disk → a Plan: the actions that would converge disk to the lock. Touches nothing.
+
+Like Terraform, a plan is a value: computed with cheap stats and readlinks (never a
+hash), printed by the CLI, and executed as-is by apply. Its graph is a networkx DAG
+
+    fetch(object) → assemble(model) → validate(model) → link(model)
+
+with one fetch node per distinct object, so a blob used by three models is fetched
+once. The planner knows no concrete source: fetch nodes carry the lock's data only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import networkx as nx
+
+from . import hfcache
+from .lockfile import Lock, LockedFile, LockedModel
+from .store import Store
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str  # fetch | assemble | validate | link | unlink
+    target: str  # object sha256, model key or owner id
+    model: LockedModel | None = None
+    file: LockedFile | None = None
+    size: int = 0
+    note: str = ""
+
+    @property
+    def node(self) -> str:
+        return f"{self.kind}:{self.target}"
+
+    @property
+    def symbol(self) -> str:
+        return {"unlink": "-", "link": "~" if self.note == "relink" else "+"}.get(self.kind, "+")
+
+
+@dataclass
+class Plan:
+    graph: nx.DiGraph
+    lock: Lock
+    converged_models: list[str] = field(default_factory=list)
+
+    def actions(self) -> list[Action]:
+        order = nx.lexicographical_topological_sort(self.graph)
+        return [self.graph.nodes[n]["action"] for n in order]
+
+    @property
+    def empty(self) -> bool:
+        return self.graph.number_of_nodes() == 0
+
+    def fetch_bytes(self) -> int:
+        return sum(a.size for a in self.actions() if a.kind == "fetch")
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for a in self.actions():
+            out[a.kind] = out.get(a.kind, 0) + 1
+        return out
+
+
+def _add(g: nx.DiGraph, action: Action, after: list[str] | None = None) -> str:
+    if action.node not in g:
+        g.add_node(action.node, action=action)
+    for dep in after or ():
+        g.add_edge(dep, action.node)
+    return action.node
+
+
+def make_plan(
+    lock: Lock,
+    store: Store,
+    cache: Path,
+    *,
+    project: str,
+    needs_validation: Callable[[LockedModel], bool] = lambda m: False,
+    prune: bool = False,
+) -> Plan:
+    g = nx.DiGraph()
+    plan = Plan(graph=g, lock=lock)
+    for key, m in lock.models.items():
+        last: list[str] = []
+        if not store.has_model(m):
+            fetches = []
+            for f in m.regular_files():
+                if not store.has_object(f.sha256):
+                    fetches.append(
+                        _add(g, Action("fetch", f.sha256, m, f, f.size, f.path))
+                    )
+            last = [_add(g, Action("assemble", key, m, size=sum(f.size for f in m.regular_files())),
+                         fetches)]
+        if needs_validation(m):
+            last = [_add(g, Action("validate", key, m), last)]
+        if m.hf is not None and (last or not hfcache.is_linked(cache, m, store)):
+            note = "link" if last else "relink"
+            _add(g, Action("link", key, m, note=note), last)
+        if not last and not g.has_node(f"link:{key}"):
+            plan.converged_models.append(key)
+    if prune:
+        wanted = {hfcache.owner_id(m, project) for m in lock.models.values() if m.hf}
+        for owner in sorted(hfcache.owners_of_project(store, cache, project) - wanted):
+            _add(g, Action("unlink", owner, note=owner.split(":")[1]))
+    return plan
+
+
+def render(plan: Plan) -> str:
+    """Terraform-style text: one line per action, then a summary."""
+    lines = []
+    for a in plan.actions():
+        if a.kind == "fetch":
+            lines.append(f"  + fetch    {a.file.path if a.file else ''}  ({human(a.size)},"
+                         f" sha256:{a.target[:12]}) for {a.model.key if a.model else '?'}")
+        elif a.kind == "assemble":
+            lines.append(f"  + assemble {a.target}  ({human(a.size)})")
+        elif a.kind == "validate":
+            lines.append(f"  + validate {a.target}")
+        elif a.kind == "link":
+            repo = a.model.hf.repo_id if a.model and a.model.hf else ""
+            lines.append(f"  {a.symbol} {a.note:<8} {a.target} → {repo}")
+        elif a.kind == "unlink":
+            lines.append(f"  - unlink   {a.note}")
+    c = plan.counts()
+    if not lines:
+        return "No changes. The store and HF cache match models.lock."
+    summary = (f"Plan: {c.get('fetch', 0)} to fetch ({human(plan.fetch_bytes())}),"
+               f" {c.get('assemble', 0)} to assemble, {c.get('validate', 0)} to validate,"
+               f" {c.get('link', 0)} to link, {c.get('unlink', 0)} to unlink.")
+    return "\n".join([*lines, "", summary])
+
+
+def human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"

@@ -1,0 +1,205 @@
+"""models.toml → models.lock: resolve each declaration to exact pins and hashes.
+
+Unchanged declarations keep their pins (compared by fingerprint), so `lock` is
+cheap and stable; `upgrade` re-resolves some or all. Files whose sha256 a source
+cannot tell are downloaded now, straight into the store, so `apply` never fetches
+them twice. A declared `hash` that disagrees with the resolved one stops everything
+before anything is installed (the seed's fixed-output derivation behaviour).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import treehash
+from .config import Manifest, ModelDecl
+from .errors import ConfigError, IntegrityError, LockError
+from .lockfile import HFLink, Lock, LockedFile, LockedModel
+from .sources import registry
+from .sources.base import Resolution, Source
+from .store import Store
+
+SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+@dataclass
+class SourceContext:
+    """What a source may use besides its declaration."""
+
+    store: Store
+    offline: bool = False
+    jobs: int = 4
+
+
+@dataclass
+class LockReport:
+    lock: Lock
+    resolved: list[str] = field(default_factory=list)  # keys re-resolved this time
+    kept: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+
+def make_source(decl: ModelDecl, context: SourceContext) -> Source:
+    cls = registry.get(decl.source_type)
+    if cls is None:  # config already refused it; a lock from a newer reconcile could hit this
+        raise ConfigError(f"models.{decl.key}: source type '{decl.source_type}' is not available")
+    return cls(decl, context)
+
+
+def stale_keys(manifest: Manifest, lock: Lock | None) -> dict[str, str]:
+    """key -> 'new' | 'stale' | 'removed' for every model where lock and manifest disagree."""
+    locked = lock.models if lock else {}
+    out: dict[str, str] = {}
+    for key, decl in manifest.models.items():
+        if key not in locked:
+            out[key] = "new"
+        elif locked[key].fingerprint != decl.fingerprint():
+            out[key] = "stale"
+    for key in locked:
+        if key not in manifest.models:
+            out[key] = "removed"
+    return out
+
+
+def lock_models(
+    manifest: Manifest,
+    old: Lock | None,
+    store: Store,
+    *,
+    upgrade: bool | Iterable[str] = False,
+    offline: bool = False,
+    jobs: int = 4,
+    on_model: Callable[[str], None] | None = None,
+) -> LockReport:
+    upgrade_keys = set(manifest.models) if upgrade is True else set(upgrade or ())
+    unknown = upgrade_keys - set(manifest.models)
+    if unknown:
+        raise ConfigError(f"--upgrade: no model named {', '.join(sorted(unknown))} in {manifest.path}")
+    old_models = old.models if old else {}
+    context = SourceContext(store=store, offline=offline, jobs=jobs)
+    report = LockReport(lock=Lock())
+    todo = []
+    for key, decl in manifest.models.items():
+        prev = old_models.get(key)
+        if prev and key not in upgrade_keys and prev.fingerprint == decl.fingerprint():
+            report.lock.models[key] = prev
+            report.kept.append(key)
+        else:
+            todo.append(decl)
+    if todo:
+        if offline:
+            raise LockError(
+                f"models.lock needs resolving ({', '.join(d.key for d in todo)}) but --offline"
+                " was given",
+                hint="run `reconcile lock` with network access, or commit an up-to-date lock",
+            )
+        store.ensure()
+        with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(todo)))) as pool:
+            for locked in pool.map(lambda d: resolve_model(d, context, on_model), todo):
+                report.lock.models[locked.key] = locked
+                report.resolved.append(locked.key)
+    report.removed = sorted(set(old_models) - set(manifest.models))
+    check_ref_conflicts(report.lock.models.values())
+    report.lock.models = dict(sorted(report.lock.models.items()))
+    return report
+
+
+def resolve_model(
+    decl: ModelDecl, context: SourceContext, on_model: Callable[[str], None] | None = None
+) -> LockedModel:
+    from .transfer import fetch
+
+    source = make_source(decl, context)
+    try:
+        res = source.resolve()
+        files: list[LockedFile] = []
+        for rf in res.files:
+            lf = LockedFile(
+                path=rf.path, size=rf.size or 0, sha256=rf.sha256 or "", executable=rf.executable,
+                blob=rf.blob, lfs=rf.lfs, git_oid=rf.git_oid, type=rf.type, target=rf.target,
+            )
+            if lf.type == "f" and not lf.sha256:
+                got = fetch(source, res.pin, lf, context.store, decl.network, jobs=context.jobs)
+                lf = LockedFile(**{**lf.__dict__, "sha256": got.sha256, "size": got.size})
+            files.append(lf)
+    finally:
+        source.close()
+    model_hash = treehash.tree_hash(f.entry() for f in files)
+    if decl.hash and decl.hash != model_hash:
+        raise IntegrityError(
+            f"models.{decl.key}: hash mismatch\n  declared: {decl.hash}\n  resolved: {model_hash}",
+            hint="if the new content is what you want, put the resolved hash in models.toml;"
+            " nothing was installed",
+        )
+    if on_model:
+        on_model(decl.key)
+    return LockedModel(
+        key=decl.key,
+        name=decl.name,
+        source_type=decl.source_type,
+        fingerprint=decl.fingerprint(),
+        hash=model_hash,
+        pin=res.pin,
+        files=tuple(files),
+        hf=hf_link(decl, source, res, model_hash),
+    )
+
+
+def hf_link(decl: ModelDecl, source: Source, res: Resolution, model_hash: str) -> HFLink | None:
+    """Where the model appears in the HF cache (repo, commit, refs), fixed at lock time."""
+    integ = decl.integration
+    if not integ.enable:
+        return None
+    revision = None
+    if res.hf and not (integ.org or integ.model):
+        repo_id, repo_type, commit = res.hf.repo_id, res.hf.repo_type, res.hf.commit or ""
+        revision = res.hf.revision
+    else:
+        default_org, default_model = (
+            res.hf.repo_id.split("/", 1) if res.hf and "/" in res.hf.repo_id
+            else source.default_hf_name()
+        )
+        org, model = integ.org or default_org, integ.model or default_model
+        repo_id = f"{org}/{model}" if org else model
+        repo_type = res.hf.repo_type if res.hf else "model"
+        commit = res.hf.commit if res.hf and res.hf.commit else synthetic_commit(model_hash)
+        revision = res.hf.revision if res.hf else None
+    if integ.refs:
+        refs = tuple(integ.refs)
+    elif revision and not SHA_RE.match(revision):
+        refs = (revision,)
+    else:
+        refs = ("main",)
+    return HFLink(repo_id, repo_type, commit, refs)
+
+
+def synthetic_commit(model_hash: str) -> str:
+    """A stable 40-hex 'commit' for sources without one, so the HF cache layout holds."""
+    return hashlib.sha1(f"reconcile:{model_hash}".encode()).hexdigest()
+
+
+def check_ref_conflicts(models: Iterable[LockedModel]) -> None:
+    claims: dict[tuple[str, str], tuple[str, str]] = {}
+    for m in models:
+        if not m.hf:
+            continue
+        for ref in m.hf.refs:
+            k = (m.hf.folder, ref)
+            if k in claims and claims[k][1] != m.hf.commit:
+                other = claims[k][0]
+                raise ConfigError(
+                    f"models '{other}' and '{m.key}' both claim ref '{ref}' of HF repo"
+                    f" {m.hf.repo_id} with different commits",
+                    hint="give one of them integration.huggingface.refs = [\"other-name\"],"
+                    " or a different org/model",
+                )
+            claims[k] = (m.key, m.hf.commit)
+
+
+def lock_path_for(manifest_path: Path) -> Path:
+    return manifest_path.with_name("models.lock")

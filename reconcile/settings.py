@@ -1,0 +1,73 @@
+"""Every environment variable reconcile reads, with its default, in one place.
+
+Values are read when a function is called, not at import, so tests and long-lived
+processes that change the environment see the change (unlike huggingface_hub, which
+freezes HF_HUB_OFFLINE at import time).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name)
+    return value if value else None
+
+
+def _expand(path: str) -> Path:
+    return Path(os.path.expandvars(os.path.expanduser(path)))
+
+
+def store_dir() -> Path:
+    """RECONCILE_STORE, else $XDG_DATA_HOME/reconcile, else ~/.local/share/reconcile."""
+    if explicit := _env("RECONCILE_STORE"):
+        return _expand(explicit)
+    data_home = _env("XDG_DATA_HOME") or "~/.local/share"
+    return _expand(data_home) / "reconcile"
+
+
+def hf_home() -> Path:
+    """HF_HOME, else $XDG_CACHE_HOME/huggingface, else ~/.cache/huggingface (as huggingface_hub)."""
+    if explicit := _env("HF_HOME"):
+        return _expand(explicit)
+    cache_home = _env("XDG_CACHE_HOME") or "~/.cache"
+    return _expand(cache_home) / "huggingface"
+
+
+def hf_hub_cache() -> Path:
+    """HF_HUB_CACHE, else the legacy HUGGINGFACE_HUB_CACHE, else $HF_HOME/hub."""
+    explicit = _env("HF_HUB_CACHE") or _env("HUGGINGFACE_HUB_CACHE")
+    return _expand(explicit) if explicit else hf_home() / "hub"
+
+
+def hf_endpoint() -> str:
+    return (_env("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def hf_token_file() -> Path:
+    return _expand(_env("HF_TOKEN_PATH") or str(hf_home() / "token"))
+
+
+def hf_token_env() -> str | None:
+    return _env("HF_TOKEN") or _env("HUGGING_FACE_HUB_TOKEN")
+
+
+def offline() -> bool:
+    """RECONCILE_OFFLINE or HF_HUB_OFFLINE set to 1/on/yes/true."""
+    for name in ("RECONCILE_OFFLINE", "HF_HUB_OFFLINE"):
+        if (os.environ.get(name) or "").strip().lower() in {"1", "on", "yes", "true"}:
+            return True
+    return False
+
+
+def validation_preset() -> str | None:
+    return _env("RECONCILE_VALIDATION")
+
+
+def env_value(name: str) -> str | None:
+    """A user-named variable (auth.tokenEnvVar): the one sanctioned dynamic read."""
+    return _env(name)

@@ -1,0 +1,101 @@
+"""The one interface every source implements.
+
+A source answers two questions, and nothing else:
+
+* ``resolve()``: what exactly is this declaration *now*? → a ``Resolution``: an
+  immutable pin (commit, version id, digest …) and the file list, with each file's
+  size and sha256 where the source knows them without downloading.
+* ``open(file, start, end)``: give me these bytes of that pinned file, as a stream.
+
+Everything else (retries, resume, parallel ranges, hashing, the store, the lock,
+the HF cache) is shared code that only sees this interface, so adding a source never
+touches the planner. Sources raise ``Transient`` for failures worth retrying.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..errors import SourceError
+
+if TYPE_CHECKING:
+    from ..config import ModelDecl
+    from ..lockfile import LockedFile
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file as a source lists it. ``sha256`` None means: hash it at lock time."""
+
+    path: str
+    size: int | None = None
+    sha256: str | None = None
+    executable: bool = False
+    blob: str | None = None  # the source's own content id (HF etag: git oid or LFS sha256)
+    lfs: bool = False  # stored out of git (HF: LFS/Xet); decides trees/<sha>.json fields
+    git_oid: str | None = None
+    type: str = "f"  # f | l (symlink) | d (empty directory)
+    target: str | None = None  # symlink target
+
+
+@dataclass(frozen=True)
+class HFIdentity:
+    """Where a model lives in the HF cache, when the source knows it natively."""
+
+    repo_id: str
+    repo_type: str = "model"
+    commit: str | None = None
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
+class Resolution:
+    pin: dict[str, Any]  # immutable coordinates; never a secret
+    files: list[RemoteFile]
+    hf: HFIdentity | None = None
+    prefetched: dict[str, str] = field(default_factory=dict)  # path -> sha256 already in store
+
+
+class Transient(SourceError):
+    """A failure worth retrying (connection reset, 5xx, 429); ``retry_after`` in seconds."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Source(ABC):
+    """Base class; concrete sources set ``type`` and ``OPTIONS`` (their models.toml keys)."""
+
+    type: ClassVar[str]
+    OPTIONS: ClassVar[dict[str, Any]]
+    supports_ranges: ClassVar[bool] = True
+
+    def __init__(self, decl: ModelDecl, context: Any) -> None:
+        self.decl = decl
+        self.options = decl.source
+        self.context = context
+
+    @classmethod
+    def check_options(cls, opts: dict[str, Any]) -> dict[str, Any]:
+        """Normalise options after the generic type check; raise ValueError('key: msg')."""
+        return opts
+
+    @abstractmethod
+    def resolve(self) -> Resolution:
+        """Pin the declaration and list its files (network allowed)."""
+
+    @abstractmethod
+    def open(self, pin: dict[str, Any], file: LockedFile, start: int = 0,
+             end: int | None = None) -> Iterator[bytes]:
+        """Stream bytes [start, end) of a pinned file; end None = to the end."""
+
+    def default_hf_name(self) -> tuple[str, str]:
+        """(org, model) for the HF cache when integration.huggingface does not say."""
+        return ("reconcile", self.decl.name)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

@@ -1,0 +1,201 @@
+"""`source.url`: one file (or an archive to unpack) from http(s):// or file://.
+
+A bare URL gives no content hash, so lock downloads it once, straight into the
+store, and pins its sha256 (plus ETag / Last-Modified for `If-Range` resumes).
+With ``sha256`` declared and a size the server states, lock downloads nothing.
+``extract = true`` unpacks tar/zip safely (no escaping paths or links, no devices)
+and the model is the unpacked tree; the archive's own sha256 is pinned too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+from urllib.request import url2pathname
+
+from ..errors import AuthRequired, NotFound, SourceError
+from ..paths import check_relpath
+from .base import RemoteFile, Resolution, Source
+
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_extract_lock = threading.Lock()
+
+
+def _sri_to_hex(value: str) -> str:
+    import base64
+
+    if value.startswith("sha256-"):
+        return base64.b64decode(value[7:]).hex()
+    return value.lower()
+
+
+class UrlSource(Source):
+    type = "url"
+    OPTIONS: dict[str, Any] = {"url": "str", "sha256": "str", "extract": "bool", "filename": "str"}
+
+    @classmethod
+    def check_options(cls, opts: dict[str, Any]) -> dict[str, Any]:
+        url = opts.get("url")
+        if not url:
+            raise ValueError("url: required (http://, https:// or file://)")
+        scheme = urlsplit(url).scheme
+        if scheme not in ("http", "https", "file"):
+            raise ValueError(f"url: scheme '{scheme}' is not supported; use http, https or file")
+        out = {"url": url, "extract": bool(opts.get("extract", False))}
+        if "sha256" in opts:
+            sha = _sri_to_hex(opts["sha256"])
+            if not HEX64.match(sha):
+                raise ValueError("sha256: expected 64 hex digits or an SRI 'sha256-…' hash")
+            out["sha256"] = sha
+        name = opts.get("filename") or unquote(urlsplit(url).path.rsplit("/", 1)[-1]) or "download"
+        try:
+            out["filename"] = check_relpath(name)
+        except ValueError as e:
+            raise ValueError(f"filename: {e}") from None
+        return out
+
+    def __init__(self, decl: Any, context: Any) -> None:
+        super().__init__(decl, context)
+        self._client: Any = None
+        self._extracted: dict[str, Path] = {}
+
+    # --- transport ----------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from ..http import make_client
+
+            self._client = make_client(self.decl.network)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        for d in self._extracted.values():
+            shutil.rmtree(d, ignore_errors=True)
+
+    def _raise_for_status(self, r: Any) -> None:
+        from ..http import scrub_url
+
+        url = scrub_url(str(r.request.url))
+        if r.status_code in (401, 403):
+            raise AuthRequired(f"{url}: HTTP {r.status_code}: access denied")
+        if r.status_code == 404:
+            raise NotFound(f"{url}: HTTP 404: not found", hint="check the url in models.toml")
+        if r.status_code >= 400:
+            raise SourceError(f"{url}: HTTP {r.status_code}")
+
+    def _local(self, url: str) -> Path:
+        return Path(url2pathname(urlsplit(url).path))
+
+    def _open_url(self, url: str, start: int, end: int | None, if_range: str | None
+                  ) -> Iterator[bytes]:
+        if urlsplit(url).scheme == "file":
+            from ..transfer import iter_file
+
+            try:
+                yield from iter_file(self._local(url), start, end)
+            except FileNotFoundError:
+                raise NotFound(f"{url}: no such file") from None
+            return
+        from ..http import stream
+
+        yield from stream(self.client, url, start=start, end=end, if_range=if_range,
+                          raise_for_status=self._raise_for_status)
+
+    def _head(self, url: str) -> tuple[int | None, dict[str, str]]:
+        if urlsplit(url).scheme == "file":
+            try:
+                return self._local(url).stat().st_size, {}
+            except FileNotFoundError:
+                raise NotFound(f"{url}: no such file") from None
+        import httpx
+
+        from ..http import scrub_url, transient_status
+
+        try:
+            r = self.client.head(url)
+        except httpx.TransportError as e:
+            raise SourceError(f"{scrub_url(url)}: {type(e).__name__}: {e}") from None
+        if (t := transient_status(r)) is not None:
+            raise SourceError(t.message)
+        self._raise_for_status(r)
+        pin = {k: r.headers[h] for k, h in (("etag", "ETag"), ("lastModified", "Last-Modified"))
+               if h in r.headers}
+        length = r.headers.get("Content-Length")
+        return (int(length) if length is not None else None), pin
+
+    # --- the interface --------------------------------------------------------------
+
+    def resolve(self) -> Resolution:
+        url = self.options["url"]
+        size, pin = self._head(url)
+        pin["url"] = url
+        name = self.options["filename"]
+        sha = self.options.get("sha256")
+        if not self.options["extract"]:
+            known = sha if size is not None else None
+            return Resolution(pin=pin, files=[RemoteFile(name, size, known)])
+        return self._resolve_archive(pin, RemoteFile(name, size, sha))
+
+    def _resolve_archive(self, pin: dict[str, Any], archive: RemoteFile) -> Resolution:
+        from ..lockfile import LockedFile
+        from ..transfer import fetch
+        from ..treehash import scan_tree
+
+        store = self.context.store
+        got = fetch(self, pin, LockedFile(archive.path, archive.size or 0, archive.sha256 or ""),
+                    store, self.decl.network)
+        pin = {**pin, "archiveSha256": got.sha256, "archiveSize": got.size}
+        root = self._extract(got.sha256)
+        files = []
+        for e in scan_tree(root):
+            if e.type == "f":
+                store.put_file(root / e.path, e.sha256)
+                files.append(RemoteFile(e.path, e.size, e.sha256, e.executable))
+            elif e.type == "l":
+                files.append(RemoteFile(e.path, type="l", target=os.readlink(root / e.path)))
+            elif not any(True for _ in (root / e.path).iterdir()):
+                files.append(RemoteFile(e.path, type="d"))
+        return Resolution(pin=pin, files=files)
+
+    def _extract(self, archive_sha: str) -> Path:
+        from ..archive import safe_extract
+
+        with _extract_lock:
+            if archive_sha not in self._extracted:
+                dest = Path(tempfile.mkdtemp(dir=self.context.store.tmp, prefix="extract-"))
+                os.rmdir(dest)
+                safe_extract(self.context.store.object_path(archive_sha), dest)
+                self._extracted[archive_sha] = dest
+            return self._extracted[archive_sha]
+
+    def open(self, pin, file, start=0, end=None) -> Iterator[bytes]:
+        if "archiveSha256" not in pin:
+            yield from self._open_url(pin["url"], start, end, pin.get("etag"))
+            return
+        # a member of an archive: make sure the archive object is in the store, then read
+        # the member from the unpacked copy (one download serves every member)
+        from ..lockfile import LockedFile
+        from ..transfer import fetch, iter_file
+
+        store = self.context.store
+        if not store.has_object(pin["archiveSha256"]):
+            archive = LockedFile(self.options["filename"], pin["archiveSize"], pin["archiveSha256"])
+            fetch(self, {k: v for k, v in pin.items() if not k.startswith("archive")}, archive,
+                  store, self.decl.network)
+        yield from iter_file(self._extract(pin["archiveSha256"]) / file.path, start, end)
+
+    def default_hf_name(self) -> tuple[str, str]:
+        return ("reconcile", self.decl.name)
+
+
+SOURCE = UrlSource

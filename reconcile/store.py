@@ -1,0 +1,230 @@
+"""The content-addressed store (the Nix store's role), shared by every project.
+
+    objects/sha256/<hex>      each distinct file once, read-only
+    objects/sha256-x/<hex>    the same for executables (a hard link shares its mode)
+    models/<id>-<name>/       a model tree of hard links to objects, published by rename
+    tmp/                      resumable partial downloads and trees being assembled
+    locks/                    filelock files: one writer per object / model at a time
+    roots/                    symlinks to lockfiles that keep their models alive for gc
+    state/                    validation results, HF cache ownership records
+
+Invariant: anything under objects/ or models/ is complete and verified. Writers work
+in tmp/ and publish with an atomic rename, so a kill -9 at any moment leaves at worst
+a partial file in tmp/ (resumed next time), never a half file where readers look.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import StoreError
+from .lockfile import LockedFile, LockedModel
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.objects = self.root / "objects"
+        self.models = self.root / "models"
+        self.tmp = self.root / "tmp"
+        self.locks = self.root / "locks"
+        self.roots = self.root / "roots"
+        self.state = self.root / "state"
+
+    def ensure(self) -> Store:
+        try:
+            for d in (self.objects / "sha256", self.objects / "sha256-x", self.models,
+                      self.tmp, self.locks, self.roots, self.state):
+                d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(
+                f"cannot create the store at {self.root}: {e.strerror}",
+                hint="set RECONCILE_STORE to a writable directory",
+            ) from None
+        return self
+
+    # --- objects -------------------------------------------------------------------
+
+    def object_path(self, sha256: str, executable: bool = False) -> Path:
+        return self.objects / ("sha256-x" if executable else "sha256") / sha256
+
+    def has_object(self, sha256: str, executable: bool = False) -> bool:
+        return os.path.exists(self.object_path(sha256, executable))
+
+    def partial_path(self, key: str) -> Path:
+        return self.tmp / f"{key}.part"
+
+    @contextmanager
+    def lock(self, name: str, timeout: float = -1) -> Iterator[None]:
+        """An inter-process lock; two applies on overlapping manifests serialise here."""
+        from filelock import FileLock
+
+        with FileLock(str(self.locks / f"{name}.lock"), timeout=timeout):
+            yield
+
+    def publish_object(self, tmp_file: Path, sha256: str, executable: bool = False) -> Path:
+        """Move a verified file into objects/ (read-only); content-addressed, so a race is harmless."""
+        dest = self.object_path(sha256, executable)
+        os.chmod(tmp_file, 0o555 if executable else 0o444)
+        os.replace(tmp_file, dest)
+        return dest
+
+    def ensure_exec_variant(self, sha256: str) -> None:
+        """objects/sha256-x/<hex> from the plain object (copy: modes are per inode)."""
+        if self.has_object(sha256, True):
+            return
+        fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix=f"x-{sha256[:16]}-")
+        os.close(fd)
+        shutil.copyfile(self.object_path(sha256), tmp)
+        self.publish_object(Path(tmp), sha256, True)
+
+    def put_bytes(self, data: bytes, executable: bool = False) -> str:
+        sha = hashlib.sha256(data).hexdigest()
+        if not self.has_object(sha, executable):
+            fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix="put-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            self.publish_object(Path(tmp), sha, executable)
+        return sha
+
+    def put_file(self, path: Path, sha256: str, executable: bool = False) -> None:
+        """Copy (or hard link) an already hashed local file into objects/."""
+        if self.has_object(sha256, executable):
+            return
+        fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix="put-")
+        os.close(fd)
+        os.unlink(tmp)
+        try:
+            shutil.copyfile(path, tmp)
+        except OSError as e:
+            raise disk_error(e, self.root) from None
+        self.publish_object(Path(tmp), sha256, executable)
+
+    # --- model trees ---------------------------------------------------------------
+
+    def model_path(self, model: LockedModel) -> Path:
+        return self.models / model.store_id
+
+    def has_model(self, model: LockedModel) -> bool:
+        return os.path.isdir(self.model_path(model))
+
+    def missing_objects(self, model: LockedModel) -> list[LockedFile]:
+        return [f for f in model.regular_files() if not self.has_object(f.sha256)]
+
+    def assemble(self, model: LockedModel) -> Path:
+        """Build the tree in tmp/ from objects, then publish it with one rename."""
+        dest = self.model_path(model)
+        if dest.is_dir():
+            return dest
+        work = Path(tempfile.mkdtemp(dir=self.tmp, prefix=f"model-{model.name}-"))
+        try:
+            for f in sorted(model.files, key=lambda f: f.path):
+                target = work / f.path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if f.type == "d":
+                    target.mkdir(exist_ok=True)
+                elif f.type == "l":
+                    os.symlink(f.target or "", target)
+                else:
+                    if f.executable:
+                        self.ensure_exec_variant(f.sha256)
+                    link_or_copy(self.object_path(f.sha256, f.executable), target)
+            _make_readonly_dirs(work)
+            try:
+                os.rename(work, dest)
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                # another process published the same model first: same content, keep theirs
+                remove_tree(work)
+        except BaseException:
+            if work.exists():
+                remove_tree(work)
+            raise
+        return dest
+
+    # --- roots and gc --------------------------------------------------------------
+
+    def add_root(self, lockfile: Path) -> None:
+        lockfile = lockfile.resolve()
+        name = hashlib.sha256(os.fsencode(lockfile)).hexdigest()[:32]
+        link = self.roots / name
+        if os.path.islink(link) and os.readlink(link) == str(lockfile):
+            return
+        tmp = self.roots / f".{name}.{os.getpid()}"
+        os.symlink(lockfile, tmp)
+        os.replace(tmp, link)
+
+    def live_roots(self) -> list[Path]:
+        out = []
+        for link in self.roots.iterdir():
+            if link.name.startswith("."):
+                continue
+            target = Path(os.readlink(link))
+            if target.is_file():
+                out.append(target)
+            else:
+                link.unlink()  # the project (or its lock) is gone
+        return out
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard link; reflink or copy where hard links cannot cross (other filesystem, limits)."""
+    try:
+        os.link(src, dst)
+        return
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+            raise
+    try:
+        shutil.copy2(src, dst)
+    except OSError as e:
+        raise disk_error(e, dst) from None
+
+
+def _make_readonly_dirs(root: Path) -> None:
+    for dirpath, _dirs, _files in os.walk(root, topdown=False):
+        os.chmod(dirpath, 0o555)
+
+
+def remove_tree(path: Path) -> None:
+    """rmtree that first makes read-only directories writable again."""
+    def onerror(func, p, exc):
+        parent = os.path.dirname(p)
+        os.chmod(parent, 0o755)
+        if os.path.isdir(p) and not os.path.islink(p):
+            os.chmod(p, 0o755)
+        func(p)
+
+    for dirpath, dirs, _ in os.walk(path):
+        for d in dirs:
+            full = os.path.join(dirpath, d)
+            if not os.path.islink(full):
+                os.chmod(full, 0o755)
+    if os.path.isdir(path):
+        os.chmod(path, 0o755)
+    shutil.rmtree(path, onerror=onerror)
+
+
+def disk_error(e: OSError, where: Path) -> StoreError:
+    if e.errno == errno.ENOSPC:
+        return StoreError(
+            f"disk full while writing under {where}",
+            hint="free some space (e.g. `reconcile gc`) or point RECONCILE_STORE elsewhere;"
+            " partial downloads are kept and resume on the next run",
+        )
+    if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+        return StoreError(f"cannot write under {where}: {e.strerror}")
+    return StoreError(f"I/O error under {where}: {e.strerror or e}")
+
+
+def is_mode_regular(mode: int) -> bool:
+    return stat.S_ISREG(mode)

@@ -1,0 +1,273 @@
+"""Move one file's bytes from a source into the store: resume, retry, hash, verify.
+
+This is the only place bytes are written into objects/. It sees sources only
+through ``Source.open(pin, file, start, end)``, so retries with backoff and jitter,
+``Retry-After``, resume from a partial file, the bandwidth limit, parallel ranges
+for big files, and sha256 checked in the same pass as the write, hold for every
+source alike. Memory stays constant: chunks are written and hashed, never kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import NetworkConfig
+from .errors import IntegrityError, ReconcileError, SourceError
+from .lockfile import LockedFile
+from .sources.base import Source, Transient
+from .store import Store, disk_error
+
+Progress = Callable[[int], None]
+PARALLEL_THRESHOLD = 64 << 20  # split files at least this big into ranges
+SEGMENT_MIN = 32 << 20
+
+
+@dataclass
+class FetchResult:
+    sha256: str
+    size: int
+    downloaded: int  # bytes that crossed the network this time (resume makes it smaller)
+
+
+class _Throttle:
+    """A token bucket shared by every stream of one fetch (bandwidth.limit)."""
+
+    def __init__(self, rate: int | None) -> None:
+        self.rate = rate
+        self.lock = threading.Lock()
+        self.start = time.monotonic()
+        self.sent = 0
+
+    def __call__(self, n: int) -> None:
+        if not self.rate:
+            return
+        with self.lock:
+            self.sent += n
+            ahead = self.sent / self.rate - (time.monotonic() - self.start)
+        if ahead > 0:
+            time.sleep(ahead)
+
+
+def backoff_delay(attempt: int, network: NetworkConfig, retry_after: float | None) -> float:
+    """Exponential backoff with full jitter; a server's Retry-After wins when it is longer."""
+    delay = network.base_delay * (2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return min(delay, 300.0)
+
+
+def fetch(
+    source: Source,
+    pin: dict[str, Any],
+    file: LockedFile,
+    store: Store,
+    network: NetworkConfig,
+    progress: Progress | None = None,
+    jobs: int = 1,
+) -> FetchResult:
+    """Fetch ``file`` into the store. ``file.sha256`` empty means: learn it (lock time)."""
+    expected = file.sha256 or None
+    if expected:
+        key = expected
+    else:
+        ident = f"{source.type}\0{sorted(pin.items())}\0{file.path}"
+        key = "unhashed-" + hashlib.sha256(ident.encode()).hexdigest()[:40]
+    lock_name = f"obj-{key}"
+    with store.lock(lock_name):
+        if expected and store.has_object(expected):
+            return FetchResult(expected, file.size, 0)
+        part = store.partial_path(key)
+        if (
+            file.size >= PARALLEL_THRESHOLD
+            and jobs > 1
+            and source.supports_ranges
+            and expected
+        ):
+            result = _fetch_ranges(source, pin, file, part, network, progress, jobs)
+        else:
+            result = _fetch_stream(source, pin, file, part, network, progress)
+        if expected and result.sha256 != expected:
+            part.unlink(missing_ok=True)
+            raise IntegrityError(
+                f"{file.path}: sha256 mismatch: the lock expects {expected}, the source sent"
+                f" {result.sha256} ({result.size} bytes)",
+                hint="the source changed since the lock was made, or the transfer was"
+                " corrupted; run `reconcile lock --upgrade` only if you trust the new content",
+            )
+        if file.size and result.size != file.size and expected:
+            part.unlink(missing_ok=True)
+            raise IntegrityError(f"{file.path}: expected {file.size} bytes, got {result.size}")
+        store.publish_object(part, result.sha256)
+        return result
+
+
+def _rehash_partial(part: Path) -> tuple[Any, int]:
+    h = hashlib.sha256()
+    try:
+        with open(part, "rb") as f:
+            size = 0
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+                size += len(chunk)
+        return h, size
+    except FileNotFoundError:
+        return h, 0
+
+
+def _fetch_stream(source, pin, file, part, network, progress) -> FetchResult:
+    h, have = _rehash_partial(part)
+    if file.size and have > file.size:
+        part.unlink()
+        h, have = hashlib.sha256(), 0
+    if progress and have:
+        progress(have)
+    throttle = _Throttle(network.bandwidth_limit)
+    downloaded = 0
+    attempt = 0
+    with open(part, "ab") as out:
+        while True:
+            attempt += 1
+            try:
+                if file.size and have == file.size and file.sha256:
+                    break
+                for chunk in source.open(pin, file, have, None):
+                    try:
+                        out.write(chunk)
+                    except OSError as e:
+                        raise disk_error(e, part.parent) from None
+                    h.update(chunk)
+                    have += len(chunk)
+                    downloaded += len(chunk)
+                    throttle(len(chunk))
+                    if progress:
+                        progress(len(chunk))
+                if file.size and have < file.size:
+                    raise Transient(f"{file.path}: stream ended at {have} of {file.size} bytes")
+                break
+            except Transient as e:
+                out.flush()
+                if attempt >= network.max_attempts:
+                    raise SourceError(
+                        f"{file.path}: giving up after {attempt} attempts: {e.message}",
+                        hint="the partial download is kept and resumes on the next run",
+                    ) from None
+                time.sleep(backoff_delay(attempt, network, e.retry_after))
+    return FetchResult(h.hexdigest(), have, downloaded)
+
+
+def _fetch_ranges(source, pin, file, part, network, progress, jobs) -> FetchResult:
+    """Several ranges at once into one preallocated file; a hasher follows the watermark.
+
+    Segments are written with pwrite at their offsets. The file is hashed in order
+    as soon as a prefix is complete, so hashing overlaps the transfer and the final
+    check costs no second pass over data that is already in the page cache.
+    """
+    size = file.size
+    nseg = max(2, min(jobs * 2, size // SEGMENT_MIN))
+    seg = -(-size // nseg)
+    bounds = [(i * seg, min(size, (i + 1) * seg)) for i in range(nseg)]
+    fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
+    # A range download cannot trust an old partial's unwritten holes: start clean.
+    os.ftruncate(fd, 0)
+    try:
+        os.ftruncate(fd, size)
+    except OSError as e:
+        os.close(fd)
+        raise disk_error(e, part.parent) from None
+    done = [start for start, _ in bounds]
+    cond = threading.Condition()
+    errors: list[BaseException] = []
+    throttle = _Throttle(network.bandwidth_limit)
+    downloaded = [0]
+
+    def worker(i: int) -> None:
+        start, end = bounds[i]
+        attempt = 0
+        while done[i] < end:
+            attempt += 1
+            try:
+                for chunk in source.open(pin, file, done[i], end):
+                    chunk = chunk[: end - done[i]]
+                    os.pwrite(fd, chunk, done[i])
+                    throttle(len(chunk))
+                    with cond:
+                        done[i] += len(chunk)
+                        downloaded[0] += len(chunk)
+                        cond.notify_all()
+                    if progress:
+                        progress(len(chunk))
+                    if done[i] >= end:
+                        break
+                if done[i] < end:
+                    raise Transient(f"range {start}-{end} ended early at {done[i]}")
+            except Transient as e:
+                if attempt >= network.max_attempts:
+                    with cond:
+                        errors.append(SourceError(f"{file.path}: giving up after {attempt}"
+                                                  f" attempts: {e.message}"))
+                        cond.notify_all()
+                    return
+                time.sleep(backoff_delay(attempt, network, e.retry_after))
+            except BaseException as e:
+                with cond:
+                    errors.append(e)
+                    cond.notify_all()
+                return
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    h = hashlib.sha256()
+    hashed = 0
+    buf = bytearray(8 << 20)
+    view = memoryview(buf)
+    try:
+        with ThreadPoolExecutor(max_workers=min(jobs, nseg)) as pool:
+            futures = [pool.submit(worker, i) for i in range(nseg)]
+            while hashed < size:
+                with cond:
+                    while True:
+                        idx = min(hashed // seg, nseg - 1)
+                        ready = done[idx]
+                        if ready > hashed or errors:
+                            break
+                        cond.wait(0.5)
+                    if errors:
+                        break
+                while hashed < ready:
+                    n = os.preadv(fd, [view[: min(len(buf), ready - hashed)]], hashed)
+                    if n <= 0:
+                        break
+                    h.update(view[:n])
+                    hashed += n
+            for fut in futures:
+                fut.result()
+    finally:
+        os.close(fd)
+    if errors:
+        err = errors[0]
+        if isinstance(err, ReconcileError):
+            raise err
+        raise err
+    return FetchResult(h.hexdigest(), hashed, downloaded[0])
+
+
+def iter_file(path: Path, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    """Stream a local file's byte range (file:// URLs, extracted archives)."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        remaining = None if end is None else end - start
+        while remaining is None or remaining > 0:
+            chunk = f.read(1 << 20 if remaining is None else min(1 << 20, remaining))
+            if not chunk:
+                break
+            if remaining is not None:
+                remaining -= len(chunk)
+            yield chunk

@@ -1,0 +1,193 @@
+"""The built-in validators: small functions over a model tree, each returning findings.
+
+A check gets the tree's root (read-only) and its argument, and returns a list of
+human-readable findings; an empty list is a pass. Content is sniffed, never
+trusted from names: a pickle called ``model.safetensors`` is still a pickle.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+Check = Callable[[Path, Any], list[str]]
+
+# extensions of weight formats other than safetensors (what safetensorsOnly refuses)
+UNSAFE_WEIGHT_EXT = {
+    ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".npy", ".npz", ".h5",
+    ".hdf5", ".keras", ".msgpack", ".mar", ".pb", ".dill",
+}
+LICENSE_NAMES = ("license", "licence", "copying", "notice")
+
+
+def walk(root: Path) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """(relative path, entry) for everything under root; symlinks are not followed."""
+    stack = [("", os.fspath(root))]
+    while stack:
+        rel, path = stack.pop()
+        with os.scandir(path) as it:
+            for de in sorted(it, key=lambda d: d.name):
+                r = f"{rel}/{de.name}" if rel else de.name
+                yield r, de
+                if de.is_dir(follow_symlinks=False):
+                    stack.append((r, de.path))
+
+
+def files(root: Path) -> Iterator[tuple[str, str]]:
+    for rel, de in walk(root):
+        if de.is_file(follow_symlinks=False):
+            yield rel, de.path
+
+
+def _sniff(path: str) -> str:
+    from .formats import sniff
+
+    return sniff(Path(path))
+
+
+def no_pickle_files(root: Path, _arg: Any = None) -> list[str]:
+    out = []
+    for rel, path in files(root):
+        kind = _sniff(path)
+        if kind in ("pickle",) or Path(rel).suffix.lower() in (".pkl", ".pickle", ".dill"):
+            out.append(f"{rel}: is a pickle ({kind})")
+        elif kind in ("zip", "numpy"):
+            from .pickle_scan import contains_pickle
+
+            if contains_pickle(Path(path)):
+                out.append(f"{rel}: {kind} container holding pickled data")
+    return out
+
+
+def safetensors_only(root: Path, _arg: Any = None) -> list[str]:
+    from .formats import check_safetensors
+
+    out = []
+    for rel, path in files(root):
+        kind = _sniff(path)
+        ext = Path(rel).suffix.lower()
+        if kind == "safetensors" or ext == ".safetensors":
+            out.extend(f"{rel}: {p}" for p in check_safetensors(Path(path)))
+        elif kind in ("pickle", "zip", "numpy", "gguf") or ext in UNSAFE_WEIGHT_EXT:
+            out.append(f"{rel}: weights in a format other than safetensors ({kind or ext})")
+    return out
+
+
+def max_size(root: Path, limit: Any) -> list[str]:
+    from ..config import parse_size
+
+    cap = parse_size(limit)
+    total = sum(os.lstat(p).st_size for _, p in files(root))
+    return [f"model is {total} bytes, over the limit of {limit} ({cap} bytes)"] if total > cap else []
+
+
+def required_files(root: Path, patterns: Any) -> list[str]:
+    present = [rel for rel, _ in walk(root)]
+    return [f"required file missing: {pat}" for pat in _as_list(patterns)
+            if not any(fnmatch.fnmatchcase(p, pat) for p in present)]
+
+
+def no_symlinks(root: Path, _arg: Any = None) -> list[str]:
+    return [f"{rel}: is a symlink to {os.readlink(de.path)}" for rel, de in walk(root)
+            if de.is_symlink()]
+
+
+def file_types(root: Path, extensions: Any) -> list[str]:
+    allowed = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in _as_list(extensions)}
+    return [f"{rel}: extension {Path(rel).suffix or '(none)'} not in {sorted(allowed)}"
+            for rel, _ in files(root)
+            if Path(rel).suffix.lower() not in allowed and Path(rel).name.lower() not in allowed]
+
+
+def valid_config_json(root: Path, _arg: Any = None) -> list[str]:
+    out = []
+    for rel, path in files(root):
+        if not rel.endswith(".json"):
+            continue
+        try:
+            with open(path, "rb") as f:
+                doc = json.load(f)
+        except (ValueError, UnicodeDecodeError) as e:
+            out.append(f"{rel}: not valid JSON ({e})")
+            continue
+        if Path(rel).name == "config.json" and not isinstance(doc, dict):
+            out.append(f"{rel}: must be a JSON object")
+    return out
+
+
+def no_python_code(root: Path, _arg: Any = None) -> list[str]:
+    out = [f"{rel}: Python code (would run with trust_remote_code)" for rel, _ in files(root)
+           if rel.endswith((".py", ".pyc", ".pyw"))]
+    for rel, path in files(root):
+        if Path(rel).name in ("config.json", "tokenizer_config.json"):
+            try:
+                with open(path, "rb") as f:
+                    doc = json.load(f)
+            except ValueError:
+                continue
+            if isinstance(doc, dict) and "auto_map" in doc:
+                out.append(f"{rel}: auto_map asks for remote code ({sorted(doc['auto_map'])})")
+    return out
+
+
+def license_check(root: Path, _arg: Any = None) -> list[str]:
+    for rel, path in files(root):
+        name = Path(rel).name.lower()
+        if name.startswith(LICENSE_NAMES):
+            return []
+        if name == "readme.md":
+            with open(path, encoding="utf-8", errors="replace") as f:
+                head = f.read(8192)
+            if head.startswith("---") and "\nlicense:" in head.split("\n---", 1)[0]:
+                return []
+    return ["no LICENSE/COPYING file and no `license:` in README.md front matter"]
+
+
+def modelscan(root: Path, arg: Any = None) -> list[str]:
+    """Our pickle/zip/numpy scanner plus safetensors and GGUF header checks.
+
+    Critical findings (code execution) always count. Unknown globals count only in
+    strict mode (``arg == "strict"``, used by the paranoid preset), since benign
+    checkpoints of less common libraries carry them.
+    """
+    from .formats import check_gguf, check_safetensors, sniff
+    from .pickle_scan import scan_file
+
+    out = []
+    strict = arg == "strict"
+    for rel, path in files(root):
+        kind = sniff(Path(path))
+        if kind == "safetensors":
+            out.extend(f"{rel}: {p}" for p in check_safetensors(Path(path)))
+        elif kind == "gguf":
+            out.extend(f"{rel}: {p}" for p in check_gguf(Path(path)))
+        elif kind in ("pickle", "zip", "numpy", "torch-legacy", "joblib"):
+            for fnd in scan_file(Path(path), rel):
+                if fnd.severity == "critical" or strict:
+                    where = f"{fnd.file}" + (f"!{fnd.member}" if fnd.member else "")
+                    out.append(f"{where} @ offset {fnd.offset}: {fnd.global_name}"
+                               f" ({fnd.severity}: {fnd.reason})")
+    return out
+
+
+def _as_list(v: Any) -> list[str]:
+    return [v] if isinstance(v, str) else list(v or [])
+
+
+BUILTINS: dict[str, tuple[Check, str, bool]] = {
+    # name: (check, description, takes an argument)
+    "noPickleFiles": (no_pickle_files, "no pickle files or pickles inside containers", False),
+    "safetensorsOnly": (safetensors_only, "weights only as valid safetensors", False),
+    "maxSize": (max_size, "total size under a limit", True),
+    "requiredFiles": (required_files, "listed files (globs) are present", True),
+    "noSymlinks": (no_symlinks, "no symlinks in the tree", False),
+    "fileTypes": (file_types, "only the listed extensions", True),
+    "modelscan": (modelscan, "static scan for code execution in pickles; header checks", False),
+    "validConfigJson": (valid_config_json, "every .json parses; config.json is an object", False),
+    "noPythonCode": (no_python_code, "no .py files and no auto_map remote code", False),
+    "licenseCheck": (license_check, "a licence is present", False),
+}

@@ -1,0 +1,288 @@
+"""One project's operations: config → lock → plan → apply, plus status, verify, gc.
+
+This is the library the CLI and the Python API share. Each method reads the
+manifest and lock it needs, calls the single-purpose modules in order, and returns
+a value; nothing here prints or exits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from . import hfcache, settings
+from .config import Manifest, load_manifest
+from .errors import ConfigError, IntegrityError, LockError
+from .lockfile import Lock, LockedModel, read_lock, write_lock
+from .store import Store, remove_tree
+
+
+@dataclass
+class GcReport:
+    objects: list[Path] = field(default_factory=list)
+    models: list[Path] = field(default_factory=list)
+    partials: list[Path] = field(default_factory=list)
+    bytes: int = 0
+
+
+class Workspace:
+    def __init__(
+        self,
+        manifest_path: Path | str = "models.toml",
+        *,
+        store: Store | None = None,
+        cache: Path | None = None,
+        lock_path: Path | None = None,
+        manifest: Manifest | None = None,
+    ) -> None:
+        self.manifest_path = Path(manifest_path)
+        self.lock_path = lock_path or self.manifest_path.with_name("models.lock")
+        if manifest is not None:
+            self.__dict__["manifest"] = manifest
+        self.store = store or Store(settings.store_dir())
+        self.cache = cache or settings.hf_hub_cache()
+
+    @cached_property
+    def manifest(self) -> Manifest:
+        return load_manifest(self.manifest_path)
+
+    @property
+    def project(self) -> str:
+        """Stable id of this project (its lockfile's absolute path)."""
+        return hashlib.sha256(os.fsencode(self.lock_path.resolve())).hexdigest()[:16]
+
+    def read_lock(self) -> Lock | None:
+        return read_lock(self.lock_path)
+
+    # --- lock ----------------------------------------------------------------------
+
+    def stale(self) -> dict[str, str]:
+        from .resolve import stale_keys
+
+        return stale_keys(self.manifest, self.read_lock())
+
+    def lock(self, *, upgrade: bool | list[str] = False, offline: bool = False,
+             jobs: int = 4) -> Any:
+        from .resolve import lock_models
+
+        report = lock_models(self.manifest, self.read_lock(), self.store, upgrade=upgrade,
+                             offline=offline or settings.offline(), jobs=jobs)
+        report.written = write_lock(self.lock_path, report.lock)
+        return report
+
+    def current_lock(self, *, locked: bool = False, offline: bool = False, jobs: int = 4) -> Lock:
+        """The lock to apply: re-locked first when stale (like `uv sync`), unless ``locked``."""
+        stale = self.stale()
+        lock = self.read_lock()
+        if not stale and lock is not None:
+            return lock
+        if locked:
+            raise LockError(
+                f"{self.lock_path} is out of date with {self.manifest_path}: "
+                + ", ".join(f"{k} ({why})" for k, why in sorted(stale.items())),
+                hint="run `reconcile lock` and commit models.lock, or drop --locked",
+            )
+        return self.lock(offline=offline, jobs=jobs).lock
+
+    # --- plan / apply --------------------------------------------------------------
+
+    def validation(self, revalidate: bool = False) -> Any:
+        from .validation.runner import Runner
+
+        return Runner(self.store, self.manifest, revalidate=revalidate)
+
+    def plan(self, lock: Lock | None = None, *, prune: bool = False,
+             revalidate: bool = False) -> Any:
+        from .plan import make_plan
+
+        if lock is None:
+            lock = self.read_lock()
+            if lock is None:
+                raise LockError(f"{self.lock_path} does not exist", hint="run `reconcile lock`")
+            # models removed from the manifest leave with the next lock: plan without them
+            lock = Lock({k: m for k, m in lock.models.items() if k in self.manifest.models})
+        runner = self.validation(revalidate)
+        return make_plan(lock, self.store, self.cache, project=self.project,
+                         needs_validation=runner.needs, prune=prune)
+
+    def apply(self, *, jobs: int = 4, offline: bool = False, prune: bool = False,
+              locked: bool = False, revalidate: bool = False, progress: Any = None) -> Any:
+        offline = offline or settings.offline()
+        lock = self.current_lock(locked=locked, offline=offline, jobs=jobs)
+        self.store.ensure()
+        self.store.add_root(self.lock_path)
+        return self.apply_lock(lock, jobs=jobs, offline=offline, prune=prune,
+                               revalidate=revalidate, progress=progress)
+
+    def apply_lock(self, lock: Lock, *, jobs: int = 4, offline: bool = False,
+                   prune: bool = False, revalidate: bool = False, progress: Any = None) -> Any:
+        """Plan and execute a given lock (the step `apply` and `fetch_model` share)."""
+        from .apply import Executor, ProgressSink
+        from .resolve import SourceContext, make_source
+        from .transfer import fetch
+
+        plan = self.plan(lock, prune=prune, revalidate=revalidate)
+        self.store.ensure()
+        context = SourceContext(store=self.store, offline=offline, jobs=jobs)
+        sources: dict[str, Any] = {}
+        runner = self.validation(revalidate)
+
+        def fetch_object(action, advance) -> int:
+            m = action.model
+            decl = self.manifest.models[m.key]
+            if offline and m.source_type != "mock":
+                raise LockError(f"{action.file.path} is not in the store and --offline forbids"
+                                " fetching it", hint="run apply once with network access")
+            src = sources.get(m.key)
+            if src is None:
+                src = sources.setdefault(m.key, make_source(decl, context))
+            return fetch(src, m.pin, action.file, self.store, decl.network, advance,
+                         jobs=jobs).downloaded
+
+        executor = Executor(self.store, self.cache, self.project, fetch_object,
+                            lambda a: runner.run(a.model), jobs=jobs,
+                            progress=progress or ProgressSink())
+        try:
+            report = executor.execute(plan)
+        finally:
+            for src in sources.values():
+                src.close()
+        report.plan = plan
+        return report
+
+    # --- inspection ----------------------------------------------------------------
+
+    def status(self) -> list[dict[str, Any]]:
+        lock = self.read_lock()
+        stale = self.stale()
+        runner = self.validation()
+        out = []
+        for key in sorted(set(self.manifest.models) | set(lock.models if lock else ())):
+            m = lock.models.get(key) if lock else None
+            entry: dict[str, Any] = {"key": key, "name": m.name if m else
+                                     self.manifest.models[key].name}
+            if m is None or key in stale:
+                entry.update(state=stale.get(key, "unlocked"), hash=m.hash if m else None,
+                             store_path=None)
+                out.append(entry)
+                continue
+            installed = self.store.has_model(m)
+            linked = hfcache.is_linked(self.cache, m, self.store) if m.hf else True
+            warnings = runner.recorded_warnings(m) if installed else []
+            if not installed:
+                state = "missing"
+            elif not linked:
+                state = "unlinked"
+            else:
+                state = "ok"
+            entry.update(state=state, hash=m.hash, source=m.source_type,
+                         store_path=str(self.store.model_path(m)) if installed else None,
+                         files=len(m.files), size=sum(f.size for f in m.regular_files()))
+            if m.hf:
+                entry["hf_repo_id"] = m.hf.repo_id
+                entry["hf_repo_type"] = m.hf.repo_type
+                if linked:
+                    entry["hf_revision"] = m.hf.commit
+                    entry["hf_refs"] = list(m.hf.refs)
+                    entry["snapshot_path"] = str(hfcache.snapshot_dir(self.cache, m))
+            if warnings:
+                entry["warnings"] = warnings
+            out.append(entry)
+        return out
+
+    def model(self, key: str) -> LockedModel:
+        lock = self.read_lock()
+        if lock is None or key not in lock.models:
+            known = ", ".join(sorted(lock.models)) if lock else "none (no lock)"
+            raise ConfigError(f"no model '{key}' in {self.lock_path}", hint=f"known: {known}")
+        return lock.models[key]
+
+    def path(self, key: str) -> Path:
+        """The seed's getModelPath: the HF snapshot dir, or the store tree when not linked."""
+        m = self.model(key)
+        if not self.store.has_model(m):
+            raise LockError(f"model '{key}' is not installed", hint="run `reconcile apply`")
+        if m.hf is not None and hfcache.is_linked(self.cache, m, self.store):
+            return hfcache.snapshot_dir(self.cache, m)
+        return self.store.model_path(m)
+
+    def verify(self, keys: list[str] | None = None, *, repair: bool = False) -> dict[str, list[str]]:
+        """Re-hash installed models; returns key -> corrupt paths (repaired when asked)."""
+        from .treehash import sha256_file
+
+        lock = self.read_lock()
+        if lock is None:
+            raise LockError(f"{self.lock_path} does not exist", hint="run `reconcile lock`")
+        for k in keys or ():
+            self.model(k)
+        bad: dict[str, list[str]] = {}
+        for key, m in lock.models.items():
+            if (keys and key not in keys) or not self.store.has_model(m):
+                continue
+            root = self.store.model_path(m)
+            for f in m.regular_files():
+                p = root / f.path
+                try:
+                    ok = p.stat().st_size == f.size and sha256_file(p) == f.sha256
+                except OSError:
+                    ok = False
+                if not ok:
+                    bad.setdefault(key, []).append(f.path)
+        if repair and bad:
+            for key, paths in bad.items():
+                m = lock.models[key]
+                for path in paths:
+                    f = next(x for x in m.files if x.path == path)
+                    for obj in (self.store.object_path(f.sha256),
+                                self.store.object_path(f.sha256, True)):
+                        obj.unlink(missing_ok=True)
+                remove_tree(self.store.model_path(m))
+            self.validation().forget({lock.models[k].hash for k in bad})
+            report = self.apply(locked=True)
+            if not report.ok:
+                from .apply import failure_message
+
+                raise IntegrityError("repair failed:\n" + failure_message(report))
+        return bad
+
+    def gc(self, *, dry_run: bool = False) -> GcReport:
+        """Delete store entries no registered lockfile needs (this one is registered first)."""
+        self.store.ensure()
+        if self.lock_path.exists():
+            self.store.add_root(self.lock_path)
+        keep_models: set[str] = set()
+        keep_objects: set[str] = set()
+        for root in self.store.live_roots():
+            try:
+                lock = read_lock(root)
+            except LockError:
+                continue  # an unreadable lock elsewhere protects nothing, but we keep going
+            for m in (lock.models.values() if lock else ()):
+                keep_models.add(m.store_id)
+                keep_objects.update(f.sha256 for f in m.regular_files())
+        report = GcReport()
+        with self.store.lock("gc"):
+            for d in sorted(self.store.models.iterdir()):
+                if d.name not in keep_models:
+                    report.models.append(d)
+                    if not dry_run:
+                        remove_tree(d)
+            for sub in ("sha256", "sha256-x"):
+                for obj in sorted((self.store.objects / sub).iterdir()):
+                    if obj.name not in keep_objects:
+                        report.objects.append(obj)
+                        report.bytes += obj.stat().st_size
+                        if not dry_run:
+                            obj.unlink()
+            for p in sorted(self.store.tmp.iterdir()):
+                report.partials.append(p)
+                if not dry_run:
+                    if p.is_dir():
+                        remove_tree(p)
+                    else:
+                        p.unlink(missing_ok=True)
+        return report

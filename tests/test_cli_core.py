@@ -1,0 +1,190 @@
+"""End to end through the CLI with the mock source: lock → plan → apply → status …"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+
+import pytest
+
+from reconcile.lockfile import read_lock
+
+MINIMAL = """
+[models.tiny]
+source.mock = { org = "acme", model = "tiny", files = ["config.json", "model.safetensors", "sub/notes.txt"] }
+"""
+
+
+def test_apply_installs_links_and_second_apply_does_nothing(project):
+    project.write(MINIMAL)
+    r = project.run("apply")
+    assert r.code == 0, r.err
+    assert "3 fetched" in r.out and "1 linked" in r.out
+    snap = project.run("path", "tiny").out.strip()
+    assert snap.startswith(str(project.cache / "models--acme--tiny" / "snapshots"))
+    assert json.loads((project.cache / "models--acme--tiny" / "snapshots").joinpath(
+        os.listdir(project.cache / "models--acme--tiny" / "snapshots")[0], "config.json"
+    ).read_text())["model_type"] == "bert"
+    again = project.run("apply")
+    assert again.code == 0 and "Nothing to do" in again.out
+    plan = project.run("plan", "--exit-code")
+    assert plan.code == 0 and "No changes" in plan.out
+
+
+def test_apply_locks_first_and_locked_refuses_stale(project):
+    project.write(MINIMAL)
+    assert not project.lock.exists()
+    r = project.run("apply", "--locked")
+    assert r.code == 1 and "out of date" in r.err and "tiny (new)" in r.err
+    assert project.run("apply").code == 0
+    assert "tiny" in read_lock(project.lock).models
+
+
+def test_status_json_reports_ok_only_when_installed_and_linked(project):
+    project.write(MINIMAL)
+    project.run("lock")
+    rows = json.loads(project.run("status", "--json").out)
+    assert rows[0]["key"] == "tiny" and rows[0]["state"] == "missing"
+    project.run("apply")
+    rows = json.loads(project.run("status", "--json").out)
+    (row,) = rows
+    assert row["state"] == "ok"
+    assert row["hf_repo_id"] == "acme/tiny" and len(row["hf_revision"]) == 40
+    assert row["hash"].startswith("sha256-") and os.path.isdir(row["store_path"])
+    # break the link: status must no longer say ok, and plan shows a relink
+    snap = project.cache / "models--acme--tiny" / "snapshots" / row["hf_revision"]
+    (snap / "config.json").unlink()
+    assert json.loads(project.run("status", "--json").out)[0]["state"] == "unlinked"
+    plan = project.run("plan", "--exit-code")
+    assert plan.code == 1 and "~ relink" in plan.out
+    assert project.run("apply").code == 0
+    assert json.loads(project.run("status", "--json").out)[0]["state"] == "ok"
+
+
+def test_lock_check_names_new_stale_and_removed(project):
+    project.write(MINIMAL + '\n[models.other]\nsource.mock = { model = "o", files = ["a.bin"] }\n')
+    assert project.run("lock").code == 0
+    assert project.run("lock", "--check").code == 0
+    # comment and formatting edits do not make the lock stale
+    text = project.manifest.read_text()
+    project.manifest.write_text("# a comment\n" + text.replace(" = ", "=") + "\n\n")
+    assert project.run("lock", "--check").code == 0
+    project.write(MINIMAL.replace("tiny\", files", "tiny2\", files")
+                  + '\n[models.new]\nsource.mock = { files = [] }\n')
+    r = project.run("lock", "--check")
+    assert r.code == 1
+    assert "stale: tiny" in r.out and "new: new" in r.out and "removed: other" in r.out
+
+
+def test_unchanged_models_keep_pins_and_upgrade_reresolves(project, monkeypatch):
+    project.write(MINIMAL)
+    project.run("lock")
+    before = project.lock.read_text()
+    assert project.run("lock").code == 0
+    assert project.lock.read_text() == before
+    r = project.run("lock", "--upgrade", "tiny")
+    assert r.code == 0 and "1 resolved" in r.out
+    r = project.run("lock", "--upgrade", "nope")
+    assert r.code == 2 and "nope" in r.err
+
+
+def test_declared_hash_mismatch_is_an_error_showing_both_and_installs_nothing(project):
+    project.write(MINIMAL + 'hash = "sha256-' + "A" * 43 + '="\n')
+    r = project.run("apply")
+    assert r.code == 1
+    assert "declared: sha256-AAAA" in r.err and "resolved: sha256-" in r.err
+    assert not (project.cache / "models--acme--tiny").exists()
+    assert not project.lock.exists()
+
+
+def test_declared_hash_that_matches_is_accepted(project):
+    project.write(MINIMAL)
+    project.run("lock")
+    h = read_lock(project.lock).models["tiny"].hash
+    project.write(MINIMAL + f'hash = "{h}"\n')
+    assert project.run("apply").code == 0
+
+
+def test_lock_is_sorted_deterministic_and_diff_friendly(project):
+    project.write('[models.b]\nsource.mock = { files = ["z.bin", "a.bin"] }\n'
+                  '[models.a]\nsource.mock = { model = "m", files = ["c.json"] }\n')
+    project.run("lock")
+    text = project.lock.read_text()
+    assert text.index("[models.a]") < text.index("[models.b]")
+    assert text.index('path = "a.bin"') < text.index('path = "z.bin"')
+    doc = tomllib.loads(text)
+    assert doc["version"] == 1
+    # one line per file
+    assert sum(1 for line in text.splitlines() if line.strip().startswith("{ path")) == 3
+    project.lock.unlink()
+    project.run("lock")
+    assert project.lock.read_text() == text
+
+
+def test_corrupt_lock_is_exit_2_with_a_hint(project):
+    project.write(MINIMAL)
+    project.lock.write_text("version = 1\n[models.tiny]\nname = 3\n")
+    r = project.sh("apply")
+    assert r.code == 2 and "reconcile lock" in r.err and "Traceback" not in r.err
+
+
+def test_verify_detects_corruption_and_repair_fixes_it(project):
+    project.write(MINIMAL)
+    project.run("apply")
+    assert project.run("verify").code == 0
+    store_path = json.loads(project.run("status", "--json").out)[0]["store_path"]
+    target = os.path.join(store_path, "sub", "notes.txt")
+    os.chmod(target, 0o644)
+    with open(target, "r+b") as f:
+        f.write(b"X")
+    r = project.run("verify")
+    assert r.code == 1 and "tiny" in r.out and "sub/notes.txt" in r.out
+    r = project.run("verify", "--repair")
+    assert r.code == 0
+    assert project.run("verify").code == 0
+
+
+def test_gc_keeps_what_registered_locks_need(project):
+    project.write(MINIMAL + '\n[models.extra]\nsource.mock = { model = "x", files = ["x.bin"] }\n')
+    project.run("apply")
+    project.write(MINIMAL)
+    project.run("lock")
+    dry = project.run("gc", "--dry-run")
+    assert "would delete 1 model trees, 1 objects" in dry.out
+    r = project.run("gc")
+    assert r.code == 0 and "deleted 1 model trees" in r.out
+    assert project.run("verify").code == 0
+    assert project.run("apply").out.startswith("Nothing to do")
+
+
+def test_prune_unlinks_only_what_this_project_linked(project):
+    project.write(MINIMAL + '\n[models.extra]\nsource.mock = { model = "x", files = ["x.bin"] }\n')
+    project.run("apply")
+    foreign = project.cache / "models--someone--else" / "refs"
+    foreign.mkdir(parents=True)
+    (foreign / "main").write_text("0" * 40)
+    project.write(MINIMAL)
+    plan = project.run("plan", "--prune")
+    assert "- unlink   extra" in plan.out
+    assert project.run("apply", "--prune").code == 0
+    assert not (project.cache / "models--test--x").exists()
+    assert (project.cache / "models--acme--tiny").exists()
+    assert (foreign / "main").read_text() == "0" * 40
+
+
+def test_env_prints_exports(project):
+    r = project.run("env")
+    assert f"export HF_HUB_CACHE={project.cache}" in r.out and "HF_HUB_OFFLINE=1" in r.out
+
+
+def test_init_writes_the_embedded_default(project):
+    assert project.run("init").code == 0
+    assert "test-minimal" in project.manifest.read_text()
+    assert project.run("init").code == 2
+    assert project.run("apply").code == 0
+
+
+@pytest.mark.parametrize("args", [["bogus"], ["apply", "--jobs", "x"], ["path"]])
+def test_usage_errors_exit_2(project, args):
+    assert project.sh(*args).code == 2
