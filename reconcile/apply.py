@@ -54,7 +54,7 @@ class Executor:
     store: Store
     cache: Path
     project: str
-    fetch_object: Callable[[Action, Callable[[int], None]], int]  # returns bytes downloaded
+    fetch_object: Callable[[Action, Callable[[int], None]], Any]  # -> transfer.FetchResult
     validate_model: Callable[[Action], list[str]]  # returns warnings; raises ValidationFailed
     jobs: int = 4
     progress: ProgressSink = field(default_factory=ProgressSink)
@@ -63,9 +63,10 @@ class Executor:
         if action.kind == "fetch":
             label = action.file.path if action.file else action.target[:12]
             advance = self.progress.task(label, action.size)
-            nbytes = self.fetch_object(action, advance)
+            result = self.fetch_object(action, advance)
             self.progress.finish(label)
-            report.count("fetch", nbytes)
+            # an object another process fetched while we waited for its lock is not ours
+            report.count("fetch" if result.fetched else "shared", result.downloaded)
             return
         elif action.kind == "assemble":
             assert action.model

@@ -115,18 +115,24 @@ def resolve_model(
     from .transfer import fetch
 
     source = make_source(decl, context)
+
+    def complete(lf: LockedFile) -> LockedFile:
+        """Download a file the source gave no sha256 for, straight into the store."""
+        if lf.type != "f" or lf.sha256:
+            return lf
+        got = fetch(source, res.pin, lf, context.store, decl.network, jobs=context.jobs)
+        return LockedFile(**{**lf.__dict__, "sha256": got.sha256, "size": got.size})
+
     try:
         res = source.resolve()
-        files: list[LockedFile] = []
-        for rf in res.files:
-            lf = LockedFile(
-                path=rf.path, size=rf.size or 0, sha256=rf.sha256 or "", executable=rf.executable,
-                blob=rf.blob, lfs=rf.lfs, git_oid=rf.git_oid, type=rf.type, target=rf.target,
-            )
-            if lf.type == "f" and not lf.sha256:
-                got = fetch(source, res.pin, lf, context.store, decl.network, jobs=context.jobs)
-                lf = LockedFile(**{**lf.__dict__, "sha256": got.sha256, "size": got.size})
-            files.append(lf)
+        files = [
+            LockedFile(path=rf.path, size=rf.size or 0, sha256=rf.sha256 or "",
+                       executable=rf.executable, blob=rf.blob, lfs=rf.lfs, git_oid=rf.git_oid,
+                       type=rf.type, target=rf.target)
+            for rf in res.files
+        ]
+        with ThreadPoolExecutor(max_workers=max(1, context.jobs)) as pool:
+            files = list(pool.map(complete, files))
     finally:
         source.close()
     model_hash = treehash.tree_hash(f.entry() for f in files)

@@ -35,6 +35,7 @@ class FetchResult:
     sha256: str
     size: int
     downloaded: int  # bytes that crossed the network this time (resume makes it smaller)
+    fetched: bool = True  # False: another process put it in the store while we waited
 
 
 class _Throttle:
@@ -83,7 +84,7 @@ def fetch(
     lock_name = f"obj-{key}"
     with store.lock(lock_name):
         if expected and store.has_object(expected):
-            return FetchResult(expected, file.size, 0)
+            return FetchResult(expected, file.size, 0, fetched=False)
         part = store.partial_path(key)
         if (
             file.size >= PARALLEL_THRESHOLD

@@ -134,14 +134,13 @@ class Workspace:
         def fetch_object(action, advance) -> int:
             m = action.model
             decl = self.manifest.models[m.key]
-            if offline and m.source_type != "mock":
-                raise LockError(f"{action.file.path} is not in the store and --offline forbids"
-                                " fetching it", hint="run apply once with network access")
             src = sources.get(m.key)
             if src is None:
                 src = sources.setdefault(m.key, make_source(decl, context))
-            return fetch(src, m.pin, action.file, self.store, decl.network, advance,
-                         jobs=jobs).downloaded
+            if offline and src.needs_network:
+                raise LockError(f"{action.file.path} is not in the store and --offline forbids"
+                                " fetching it", hint="run apply once with network access")
+            return fetch(src, m.pin, action.file, self.store, decl.network, advance, jobs=jobs)
 
         executor = Executor(self.store, self.cache, self.project, fetch_object,
                             lambda a: runner.run(a.model), jobs=jobs,

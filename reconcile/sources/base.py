@@ -73,6 +73,7 @@ class Source(ABC):
     type: ClassVar[str]
     OPTIONS: ClassVar[dict[str, Any]]
     supports_ranges: ClassVar[bool] = True
+    needs_network: ClassVar[bool] = True  # False: apply --offline may still fetch from it
 
     def __init__(self, decl: ModelDecl, context: Any) -> None:
         self.decl = decl

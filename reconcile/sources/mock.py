@@ -94,6 +94,7 @@ def _digest(org: str, model: str, path: str, size: int | None) -> tuple[int, str
 
 class MockSource(Source):
     type = "mock"
+    needs_network = False
     OPTIONS: dict[str, Any] = {"org": "name", "model": "name", "files": "list"}
 
     @classmethod

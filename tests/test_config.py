@@ -1,0 +1,159 @@
+"""models.toml checking: every refusal names file, line, key, expectation and fix."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from reconcile.config import check_sri, parse_manifest, parse_size
+from reconcile.errors import ConfigError
+
+
+def err(text: str | bytes) -> ConfigError:
+    with pytest.raises(ConfigError) as e:
+        parse_manifest(text.encode() if isinstance(text, str) else text)
+    assert e.value.exit_code == 2
+    return e.value
+
+
+def test_valid_manifest_with_every_option_is_read():
+    m = parse_manifest(b"""
+[sources.huggingface.team]
+auth = { tokenEnvVar = "TEAM_TOKEN" }
+network = { retry = { maxAttempts = 5 } }
+
+[validators.has-license]
+command = "test -f $src/LICENSE"
+onFailure = "warn"
+
+[models.bert]
+name = "bert-base"
+source.huggingface = { use = "team", repo = "google-bert/bert-base-uncased", files = ["*.json"] }
+hash = "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
+validation = { preset = "strict", validators = ["noSymlinks", { maxSize = "10G" }, "has-license"], onFailure = "warn", timeout = 60 }
+integration.huggingface = { enable = true, org = "google-bert", model = "bert", refs = ["main", "v1"] }
+network = { timeout = { connect = 5, read = 60 }, bandwidth = { limit = "10M" }, proxy = "http://127.0.0.1:3128" }
+meta = { owner = "ml-team" }
+""")
+    d = m.models["bert"]
+    assert d.name == "bert-base" and d.source_type == "huggingface"
+    assert d.source["repo"] == "google-bert/bert-base-uncased" and d.source["revision"] == "main"
+    assert d.auth.token_env_var == "TEAM_TOKEN"  # from the shared defaults
+    assert d.network.max_attempts == 5 and d.network.connect_timeout == 5
+    assert d.network.bandwidth_limit == 10 * 1024**2
+    assert d.integration.refs == ("main", "v1")
+    assert m.validators["has-license"]["onFailure"] == "warn"
+
+
+def test_misspelt_key_gets_line_and_did_you_mean():
+    e = err('[models.a]\nsource.mock = {}\n\nintegraton = { }\n')
+    assert e.key == "models.a.integraton" and e.line == 4
+    assert "did you mean 'integration'" in str(e)
+
+
+def test_misspelt_nested_key():
+    e = err('[models.a]\nsource.mock = {}\nnetwork.retry.maxAttempt = 3\n')
+    assert e.key == "models.a.network.retry.maxAttempt" and "maxAttempts" in str(e)
+
+
+def test_wrong_type_says_what_was_expected():
+    e = err('[models.a]\nsource.mock = {}\nnetwork.retry.maxAttempts = "three"\n')
+    assert "expected a non-negative integer, got a string" in str(e) and e.line == 3
+
+
+def test_two_source_types_in_one_model():
+    e = err('[models.a]\nsource.mock = {}\nsource.url = { url = "http://x/y" }\n')
+    assert "declares 2 source types" in str(e)
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "/abs", "a b", "x\\u0000y", ".."])
+def test_unsafe_names_are_refused(name):
+    e = err(f'[models.a]\nname = "{name}"\nsource.mock = {{}}\n')
+    assert "not a safe name" in str(e)
+
+
+@pytest.mark.parametrize("path", ["../x", "/etc/passwd", "a/../../b", "a\\\\b", "x\\u0000"])
+def test_unsafe_file_paths_are_refused(path):
+    e = err(f'[models.a]\nsource.mock = {{ files = ["{path}"] }}\n')
+    assert "files[0]" in str(e)
+
+
+@pytest.mark.parametrize("h,why", [
+    ("sha256-abc", "not valid base64"),
+    ("sha256-AAAA", "digest is 32 bytes"),
+    ("md5-AAAA", "expected an SRI hash"),
+    ("sha256-" + "!" * 44, "expected an SRI hash"),
+    ("sha256:" + "0" * 64, "expected an SRI hash"),
+])
+def test_malformed_hashes_are_refused(h, why):
+    e = err(f'[models.a]\nsource.mock = {{}}\nhash = "{h}"\n')
+    assert why in str(e)
+
+
+def test_literal_token_is_refused_without_echoing_it():
+    e = err('[models.a]\nsource.mock = {}\nauth = { token = "hf_SuperSecret123" }\n')
+    assert "hf_SuperSecret123" not in str(e)
+    assert "tokenEnvVar" in str(e) and e.key == "models.a.auth.token"
+
+
+def test_non_utf8_input_is_a_clear_error():
+    e = err(b'[models.a]\nsource.mock = {}\nmeta = { x = "\xff\xfe" }\n')
+    assert "not valid UTF-8" in str(e) and e.line == 3
+
+
+def test_invalid_toml_reports_the_line():
+    e = err('[models.a]\nsource.mock = {\n')
+    assert "invalid TOML" in str(e) and e.line is not None
+
+
+def test_unknown_source_type_and_planned_ones():
+    assert "did you mean 'huggingface'" in str(err('[models.a]\nsource.hugingface = {}\n'))
+    assert "not available in this version" in str(err('[models.a]\nsource.s3 = {}\n'))
+
+
+def test_missing_shared_defaults_is_named():
+    e = err('[models.a]\nsource.huggingface = { use = "nope", repo = "a/b" }\n')
+    assert "[sources.huggingface.nope]" in str(e)
+
+
+def test_missing_source():
+    assert "missing source" in str(err('[models.a]\nname = "a"\n'))
+
+
+def test_fingerprint_ignores_formatting_network_and_meta():
+    a = parse_manifest(b'[models.a]\nsource.mock = { files = ["x"] }\n')
+    b = parse_manifest(b'# c\n[models.a]\n# c2\nsource.mock={files=["x"]}\nmeta={a=1}\n'
+                       b'network.retry.maxAttempts=9\n')
+    c = parse_manifest(b'[models.a]\nsource.mock = { files = ["y"] }\n')
+    assert a.models["a"].fingerprint() == b.models["a"].fingerprint()
+    assert a.models["a"].fingerprint() != c.models["a"].fingerprint()
+
+
+@given(st.integers(min_value=0, max_value=10**6), st.sampled_from(["", "B", "K", "KiB", "M", "MB", "G", "Gi", "T"]))
+def test_parse_size_units_are_powers_of_1024(n, unit):
+    mult = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}[unit[:1]]
+    assert parse_size(f"{n}{unit}") == n * mult
+
+
+@given(st.text())
+def test_parse_size_never_crashes_on_garbage(s):
+    try:
+        assert parse_size(s) >= 0
+    except ValueError as e:
+        assert "size" in str(e)
+
+
+@given(st.binary(min_size=32, max_size=32))
+def test_check_sri_accepts_every_real_sha256(digest):
+    import base64
+
+    assert check_sri("sha256-" + base64.b64encode(digest).decode()) is None
+
+
+@given(st.text(max_size=200))
+def test_manifest_parser_only_ever_raises_config_errors(text):
+    try:
+        parse_manifest(text.encode())
+    except ConfigError:
+        pass
