@@ -1,0 +1,176 @@
+"""`source.url` against Debian's nginx (ETag, Range, If-Range, limit_rate) and file://."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from reconcile.lockfile import read_lock
+from tests.servers import access_log, nginx, nginx_binary
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(nginx_binary() is None, reason="needs nginx-light")]
+
+
+@pytest.fixture
+def site(tmp_path):
+    root = tmp_path / "site"
+    root.mkdir()
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    (root / "weights.bin").write_bytes(data)
+    (root / "slow").mkdir()
+    (root / "slow" / "big.bin").write_bytes(os.urandom(4 * 1024 * 1024))
+    work = tmp_path / "nginx"
+    with nginx(root, work, extra="location /slow/ { limit_rate 1m; }") as url:
+        yield url, root, work, data
+
+
+def gets(work: Path, path: str) -> int:
+    return sum(1 for line in access_log(work) if f"GET {path} " in line)
+
+
+def test_bare_url_is_downloaded_once_at_lock_time_and_not_again_by_apply(project, site):
+    url, root, work, data = site
+    project.write(f'[models.w]\nsource.url = {{ url = "{url}/weights.bin" }}\n')
+    assert project.run("lock").code == 0
+    f = read_lock(project.lock).models["w"].files[0]
+    assert f.sha256 == hashlib.sha256(data).hexdigest() and f.size == len(data)
+    assert gets(work, "/weights.bin") == 1
+    r = project.run("apply")
+    assert r.code == 0, r.err
+    assert gets(work, "/weights.bin") == 1  # the store already had it
+    snap = Path(project.run("path", "w").out.strip())
+    assert (snap / "weights.bin").read_bytes() == data
+    assert read_lock(project.lock).models["w"].pin["etag"]
+
+
+def test_declared_sha256_means_lock_downloads_nothing(project, site):
+    url, root, work, data = site
+    sha = hashlib.sha256(data).hexdigest()
+    project.write(f'[models.w]\nsource.url = {{ url = "{url}/weights.bin", sha256 = "{sha}" }}\n')
+    assert project.run("lock").code == 0
+    assert gets(work, "/weights.bin") == 0
+    assert project.run("apply").code == 0
+    assert gets(work, "/weights.bin") == 1
+
+
+def test_wrong_declared_sha256_fails_apply_and_installs_nothing(project, site):
+    url, root, work, data = site
+    project.write(f'[models.w]\nsource.url = {{ url = "{url}/weights.bin", sha256 = "{"0" * 64}" }}\n')
+    r = project.sh("apply")
+    assert r.code == 1 and "sha256 mismatch" in r.err and "Traceback" not in r.err
+    assert not list((project.store / "objects" / "sha256").iterdir())
+    assert not (project.cache / "models--reconcile--w").exists()
+
+
+def test_content_changed_since_lock_is_refused(project, site):
+    url, root, work, data = site
+    project.write(f'[models.w]\nsource.url = {{ url = "{url}/weights.bin" }}\n')
+    project.run("lock")
+    for p in (project.store / "objects" / "sha256").iterdir():
+        os.chmod(p, 0o644)
+        p.unlink()
+    (root / "weights.bin").write_bytes(b"tampered" + data[8:])
+    r = project.sh("apply")
+    assert r.code == 1 and "sha256 mismatch" in r.err
+
+
+def test_404_is_a_clear_error(project, site):
+    url, *_ = site
+    project.write(f'[models.w]\nsource.url = {{ url = "{url}/nope.bin" }}\n')
+    r = project.sh("lock")
+    assert r.code == 1 and "404" in r.err and "nope.bin" in r.err and "Traceback" not in r.err
+
+
+def test_dead_server_is_a_clear_error(project):
+    project.write('[models.w]\nsource.url = { url = "http://127.0.0.1:9/x.bin" }\n'
+                  'network = { retry = { maxAttempts = 1 } }\n')
+    r = project.sh("lock")
+    assert r.code == 1 and "127.0.0.1:9" in r.err and "Traceback" not in r.err
+
+
+def test_kill_during_throttled_download_resumes_with_range(project, site):
+    url, root, work, _ = site
+    data = (root / "slow" / "big.bin").read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    project.write(f'[models.w]\nsource.url = {{ url = "{url}/slow/big.bin", sha256 = "{sha}" }}\n')
+    assert project.sh("lock").code == 0
+    p = project.spawn("apply")
+    time.sleep(1.5)
+    os.kill(p.pid, signal.SIGKILL)
+    p.communicate()
+    part = sum(x.stat().st_size for x in (project.store / "tmp").glob("*.part"))
+    assert 0 < part < len(data)
+    r = project.sh("apply")
+    assert r.code == 0, r.err
+    ranges = [line for line in access_log(work) if "/slow/big.bin" in line and " 206 " in line]
+    assert ranges, access_log(work)
+    assert Path(project.sh("path", "w").out.strip(), "big.bin").read_bytes() == data
+
+
+def test_file_url(project, tmp_path):
+    src = tmp_path / "local.bin"
+    src.write_bytes(b"local bytes")
+    project.write(f'[models.w]\nsource.url = {{ url = "file://{src}" }}\n')
+    assert project.run("apply").code == 0
+    assert Path(project.run("path", "w").out.strip(), "local.bin").read_bytes() == b"local bytes"
+
+
+def _tar(entries) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as t:
+        for name, data, mode in entries:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_extract_tar_gives_a_model_tree_and_hash_matches_reconcile_hash(project, site):
+    url, root, work, _ = site
+    (root / "m.tar.gz").write_bytes(_tar([("config.json", b'{"model_type": "bert"}', 0o644),
+                                          ("bin/run.sh", b"#!/bin/sh\n", 0o755)]))
+    project.write(f'[models.m]\nsource.url = {{ url = "{url}/m.tar.gz", extract = true }}\n')
+    assert project.run("apply").code == 0, project.run("apply").err
+    m = read_lock(project.lock).models["m"]
+    assert {f.path for f in m.files} == {"config.json", "bin/run.sh"}
+    assert next(f for f in m.files if f.path == "bin/run.sh").executable
+    store_path = json.loads(project.run("status", "--json").out)[0]["store_path"]
+    assert project.run("hash", store_path).out.strip() == m.hash
+    # a fresh store fetches members through the pinned archive
+    for p in (project.store / "models").iterdir():
+        from reconcile.store import remove_tree
+
+        remove_tree(p)
+    assert project.run("gc").code == 0
+    assert project.run("apply").code == 0
+    assert project.run("verify").code == 0
+
+
+def test_extract_refuses_path_escape(project, site):
+    url, root, *_ = site
+    (root / "evil.tar.gz").write_bytes(_tar([("../../escape.txt", b"x", 0o644)]))
+    project.write(f'[models.m]\nsource.url = {{ url = "{url}/evil.tar.gz", extract = true }}\n')
+    r = project.sh("lock")
+    assert r.code == 1 and "escape" in r.err.lower()
+    assert not (project.dir.parent / "escape.txt").exists()
+
+
+def test_extract_zip(project, site):
+    url, root, *_ = site
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("a/b.txt", "hello")
+    (root / "m.zip").write_bytes(buf.getvalue())
+    project.write(f'[models.m]\nsource.url = {{ url = "{url}/m.zip", extract = true }}\n')
+    assert project.run("apply").code == 0
+    assert Path(project.run("path", "m").out.strip(), "a", "b.txt").read_text() == "hello"
