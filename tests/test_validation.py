@@ -1,0 +1,176 @@
+"""Validators, presets and outcomes, as apply and `reconcile validate` run them."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from reconcile.validation.builtin import BUILTINS
+from reconcile.validation.runner import PRESETS, Validator, run_validator, scrubbed_env
+
+
+def model(files: str, validation: str) -> str:
+    return (f'[models.m]\nsource.mock = {{ org = "acme", model = "m", files = [{files}] }}\n'
+            f"validation = {validation}\n")
+
+
+def only(*validators: str, on_failure: str = "abort") -> str:
+    return (f'{{ skipDefaults = true, onFailure = "{on_failure}", '
+            f'validators = [{", ".join(validators)}] }}')
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "tree"
+    (root / "sub").mkdir(parents=True)
+    (root / "config.json").write_text('{"model_type": "bert"}')
+    (root / "model.safetensors").write_bytes(b"\x08" + b"\0" * 7 + b"{}      ")
+    (root / "sub" / "notes.txt").write_text("hi")
+    return root
+
+
+@pytest.mark.parametrize("name,arg,setup,expect_fail", [
+    ("maxSize", "10", None, True),
+    ("maxSize", "1M", None, False),
+    ("requiredFiles", ["config.json", "sub/*.txt"], None, False),
+    ("requiredFiles", ["tokenizer.json"], None, True),
+    ("noSymlinks", None, lambda r: os.symlink("config.json", r / "alias.json"), True),
+    ("noSymlinks", None, None, False),
+    ("fileTypes", [".json", "safetensors", "txt"], None, False),
+    ("fileTypes", [".json"], None, True),
+    ("validConfigJson", None, None, False),
+    ("validConfigJson", None, lambda r: (r / "bad.json").write_text("{nope"), True),
+    ("noPythonCode", None, None, False),
+    ("noPythonCode", None, lambda r: (r / "modeling.py").write_text("import os"), True),
+    ("noPythonCode", None, lambda r: (r / "config.json").write_text('{"auto_map": {"AutoModel": "x.Y"}}'), True),
+    ("licenseCheck", None, None, True),
+    ("licenseCheck", None, lambda r: (r / "LICENSE").write_text("MIT"), False),
+    ("licenseCheck", None, lambda r: (r / "README.md").write_text("---\nlicense: mit\n---\n"), False),
+    ("noPickleFiles", None, None, False),
+    ("noPickleFiles", None, lambda r: (r / "w.bin").write_bytes(b"\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00\x00K\x01."), True),
+    ("safetensorsOnly", None, lambda r: (r / "pytorch_model.bin").write_bytes(b"\x80\x02}q\x00."), True),
+])
+def test_builtin_validators(tree, name, arg, setup, expect_fail):
+    if setup:
+        setup(tree)
+    outcome = run_validator(Validator(name, arg=arg), tree)
+    assert (outcome.status == "fail") == expect_fail, outcome.findings
+
+
+def test_every_seed_validator_exists():
+    for name in ("noPickleFiles", "safetensorsOnly", "maxSize", "requiredFiles", "noSymlinks",
+                 "fileTypes", "modelscan", "validConfigJson", "noPythonCode", "licenseCheck"):
+        assert name in BUILTINS
+    assert set(PRESETS) == {"strict", "standard", "minimal", "none", "paranoid"}
+
+
+def test_abort_is_not_linked_and_apply_exits_1_naming_model_validator_and_file(project):
+    project.write(model('"config.json", "x.py"', only('"noPythonCode"')))
+    r = project.sh("apply")
+    assert r.code == 1
+    assert "'m' failed validation" in r.err and "noPythonCode" in r.err and "x.py" in r.err
+    assert not (project.cache / "models--acme--m" / "refs" / "main").exists()
+    assert json.loads(project.sh("status", "--json").out)[0]["state"] == "unlinked"
+
+
+def test_warn_links_and_the_warning_is_kept_in_status(project):
+    project.write(model('"config.json", "x.py"', only('"noPythonCode"', on_failure="warn")))
+    r = project.sh("apply")
+    assert r.code == 0 and "warning: m: noPythonCode: x.py" in r.err
+    row = json.loads(project.sh("status", "--json").out)[0]
+    assert row["state"] == "ok" and any("x.py" in w for w in row["warnings"])
+
+
+def test_skip_records_and_links(project):
+    project.write(model('"config.json", "x.py"', only('"noPythonCode"', on_failure="skip")))
+    assert project.sh("apply").code == 0
+    assert json.loads(project.sh("status", "--json").out)[0]["state"] == "ok"
+
+
+def test_results_are_cached_by_content_and_revalidate_forces_a_rerun(project, tmp_path):
+    marker = tmp_path / "runs"
+    project.write(model('"config.json"', only('"counter"'))
+                  + f'[validators.counter]\ncommand = "echo x >> {marker}"\n')
+    assert project.sh("apply").code == 0
+    assert project.sh("apply").code == 0
+    assert marker.read_text().count("x") == 1  # unchanged model, unchanged validator
+    assert project.sh("apply", "--revalidate").code == 0
+    assert marker.read_text().count("x") == 2
+    # changing the validator (its fingerprint) runs it again
+    project.write(model('"config.json"', only('"counter"'))
+                  + f'[validators.counter]\ncommand = "echo x >> {marker}; true"\n')
+    assert project.sh("apply").code == 0
+    assert marker.read_text().count("x") == 3
+
+
+def test_custom_validator_sees_src_and_a_scrubbed_environment(project, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_verysecret")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret")
+    monkeypatch.setenv("MY_API_TOKEN", "t0k")
+    out = tmp_path / "env.txt"
+    project.write(model('"config.json"', only('"envdump"'))
+                  + f'[validators.envdump]\ncommand = \'env > {out}; test -f "$src/config.json"\'\n')
+    assert project.sh("apply").code == 0
+    text = out.read_text()
+    assert "src=" in text and "hf_verysecret" not in text and "aws-secret" not in text
+    assert "t0k" not in text
+
+
+def test_timeout_kills_the_whole_process_group(tmp_path):
+    pidfile = tmp_path / "child.pid"
+    v = Validator("slow", command=f"sleep 30 & echo $! > {pidfile}; wait", timeout=0.5)
+    t = time.monotonic()
+    outcome = run_validator(v, tmp_path)
+    assert outcome.status == "timeout" and time.monotonic() - t < 10
+    child = int(pidfile.read_text())
+    time.sleep(0.2)
+    try:  # gone, or a zombie nobody reaps yet: either way no longer running
+        state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        state = "gone"
+    assert state in ("gone", "Z", "X")
+
+
+def test_build_inputs_are_checked_before_running(tmp_path):
+    v = Validator("needs", command="true", build_inputs=("definitely-not-a-program-xyz",))
+    o = run_validator(v, tmp_path)
+    assert o.status == "error" and "definitely-not-a-program-xyz" in o.findings[0]
+
+
+def test_validator_output_is_kept_for_the_report(project):
+    project.write(model('"config.json"', only('"loud"'))
+                  + '[validators.loud]\ncommand = "echo the model smells; exit 3"\n')
+    r = project.sh("apply")
+    assert r.code == 1 and "the model smells" in r.err and "exited 3" in r.err
+
+
+def test_unknown_validator_name_is_a_config_error(project):
+    project.write(model('"config.json"', only('"noPikleFiles"')))
+    r = project.sh("apply")
+    assert r.code == 2 and "did you mean 'noPickleFiles'" in r.err
+
+
+def test_disabled_validation_and_preset_none_run_nothing(project):
+    project.write(model('"x.py"', '{ enable = false, validators = ["noPythonCode"] }'))
+    assert project.sh("apply").code == 0
+
+
+def test_validate_command_on_a_directory(project, tree):
+    (tree / "x.py").write_text("print(1)")
+    r = project.sh("validate", str(tree), "--validator", "noPythonCode", "--validator", "maxSize:1G")
+    assert r.code == 1 and "noPythonCode" in r.out
+    r = project.sh("validate", str(tree), "--validator", "maxSize:1G", "--json")
+    assert r.code == 0 and json.loads(r.out)[0]["status"] == "pass"
+
+
+def test_scrubbed_env_drops_secrets(monkeypatch):
+    monkeypatch.setenv("GITHUB_TOKEN", "g")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "p")
+    monkeypatch.setenv("HOME", "/root")
+    env = scrubbed_env(Path("/x"))
+    assert "GITHUB_TOKEN" not in env and "MLFLOW_TRACKING_PASSWORD" not in env
+    assert env["HOME"] == "/root" and env["src"] == "/x"
