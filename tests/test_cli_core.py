@@ -188,3 +188,39 @@ def test_init_writes_the_embedded_default(project):
 @pytest.mark.parametrize("args", [["bogus"], ["apply", "--jobs", "x"], ["path"]])
 def test_usage_errors_exit_2(project, args):
     assert project.sh(*args).code == 2
+
+
+def test_two_models_claiming_one_ref_with_different_commits_is_an_error(project):
+    project.write('[models.a]\nsource.mock = { org = "o", model = "same", files = ["a.bin"] }\n'
+                  '[models.b]\nsource.mock = { org = "o", model = "same", files = ["b.bin"] }\n')
+    r = project.run("lock")
+    assert r.code == 2 and "'a' and 'b' both claim ref 'main'" in r.err
+    project.write('[models.a]\nsource.mock = { org = "o", model = "same", files = ["a.bin"] }\n'
+                  '[models.b]\nsource.mock = { org = "o", model = "same", files = ["b.bin"] }\n'
+                  'integration.huggingface.refs = ["b"]\n')
+    assert project.run("apply").code == 0
+    refs = project.cache / "models--o--same" / "refs"
+    assert (refs / "main").read_text() != (refs / "b").read_text()
+
+
+def test_apply_never_touches_files_it_did_not_create(project):
+    project.write(MINIMAL)
+    repo = project.cache / "models--acme--tiny"
+    mine = repo / "snapshots" / "0123456789012345678901234567890123456789"
+    mine.mkdir(parents=True)
+    (mine / "user-file.txt").write_text("keep me")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "dev").write_text("0123456789012345678901234567890123456789")
+    assert project.run("apply").code == 0
+    project.write(MINIMAL.replace('"sub/notes.txt"', ""))
+    assert project.run("apply", "--prune").code == 0
+    assert (mine / "user-file.txt").read_text() == "keep me"
+    assert (repo / "refs" / "dev").read_text() == "0123456789012345678901234567890123456789"
+
+
+def test_hash_command_matches_the_lock(project):
+    project.write(MINIMAL)
+    project.run("apply")
+    row = json.loads(project.run("status", "--json").out)[0]
+    assert project.run("hash", row["store_path"]).out.strip() == row["hash"]
+    assert project.run("hash", "/nonexistent").code == 2

@@ -1,0 +1,71 @@
+"""The repository's own files: the embedded default works offline, schemas are current."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tomllib
+
+import jsonschema
+
+from reconcile import schema
+from reconcile.integration import default_manifest_text
+from tests.conftest import REPO
+
+
+def test_embedded_default_manifest_is_the_repos_models_toml():
+    assert (REPO / "models.toml").read_text() == default_manifest_text()
+
+
+def test_committed_lock_is_up_to_date():
+    r = subprocess.run([sys.executable, "-m", "reconcile", "-f", str(REPO / "models.toml"),
+                        "lock", "--check"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_main_job_runs_offline_from_a_fresh_copy(project):
+    for name in ("models.toml", "models.lock"):
+        shutil.copy(REPO / name, project.dir / name)
+    env_offline = {"HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9",
+                   "RECONCILE_VALIDATION": ""}
+    import os
+
+    p = subprocess.run([sys.executable, "-m", "reconcile", "apply", "--locked", "--offline"],
+                       cwd=project.dir, capture_output=True, text=True,
+                       env={**os.environ, **env_offline})
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(project.sh("status", "--json").out)
+    assert {r["key"] for r in rows} == {"test-empty", "test-minimal"}
+    assert all(r["state"] == "ok" for r in rows)
+    code = ("from transformers import AutoConfig; "
+            "print(AutoConfig.from_pretrained('test/minimal').model_type)")
+    t = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert t.returncode == 0 and t.stdout.strip() == "bert", t.stderr
+
+
+def test_schemas_in_the_repo_are_generated_from_the_code():
+    for name, text in schema.render().items():
+        assert (REPO / "schemas" / name).read_text() == text, f"run python -m reconcile.schema"
+
+
+def test_repo_manifest_and_lock_validate_against_their_schemas():
+    ms = json.loads((REPO / "schemas" / "models.schema.json").read_text())
+    ls = json.loads((REPO / "schemas" / "lock.schema.json").read_text())
+    jsonschema.validate(tomllib.loads((REPO / "models.toml").read_text()), ms)
+    jsonschema.validate(tomllib.loads((REPO / "models.lock").read_text()), ls)
+
+
+def test_schema_rejects_what_the_checker_rejects():
+    ms = json.loads((REPO / "schemas" / "models.schema.json").read_text())
+    bad = [
+        {"models": {"a": {"source": {"mock": {}}, "integraton": {}}}},
+        {"models": {"a": {"source": {"mock": {}, "url": {"url": "http://x"}}}}},
+        {"models": {"a": {"source": {"mock": {}}, "hash": "md5-xx"}}},
+        {"models": {"../a": {"source": {"mock": {}}}}},
+        {"models": {"a": {"source": {"mock": {}}, "auth": {"token": "x"}}}},
+    ]
+    for doc in bad:
+        assert list(jsonschema.Draft202012Validator(ms).iter_errors(doc)), doc
