@@ -174,7 +174,8 @@ class UrlSource(Source):
             if archive_sha not in self._extracted:
                 dest = Path(tempfile.mkdtemp(dir=self.context.store.tmp, prefix="extract-"))
                 os.rmdir(dest)
-                safe_extract(self.context.store.object_path(archive_sha), dest)
+                safe_extract(self.context.store.object_path(archive_sha), dest,
+                             label=self.options["filename"])
                 self._extracted[archive_sha] = dest
             return self._extracted[archive_sha]
 
