@@ -1,0 +1,331 @@
+"""The Hugging Face source against a stand-in Hub that the official client accepts.
+
+First the stand-in is proven faithful (huggingface_hub downloads from it and raises
+its own exceptions for its errors); then reconcile's cache is compared with the
+official client's, file by file and blob name by blob name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reconcile.lockfile import read_lock
+from tests.hub import Hub, git_oid
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "hf_TestSecretToken123"
+WEIGHTS = os.urandom(300_000)
+
+
+def tokenizer_files() -> dict[str, bytes]:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"[UNK]": 0, "[CLS]": 1, "[SEP]": 2, "[PAD]": 3, "hello": 4, "world": 5}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return {
+        "tokenizer.json": tok.to_str().encode(),
+        "tokenizer_config.json": json.dumps({"tokenizer_class": "PreTrainedTokenizerFast",
+                                             "unk_token": "[UNK]", "pad_token": "[PAD]"}).encode(),
+    }
+
+
+FILES = {
+    "config.json": json.dumps({"model_type": "bert", "hidden_size": 8, "num_attention_heads": 2,
+                               "num_hidden_layers": 1, "intermediate_size": 16,
+                               "vocab_size": 6}).encode(),
+    "model.safetensors": WEIGHTS,
+    "sub/readme.txt": b"nested\n",
+    "sub/deeper/notes.md": b"# notes\n",
+    **tokenizer_files(),
+}
+
+
+@pytest.fixture
+def hub():
+    h = Hub()
+    repo = h.repo("acme/tiny")
+    first = repo.commit(FILES, tag="v1.0")
+    repo.refs["refs/pr/1"] = repo.commit({"extra.txt": b"pr"}, branch="pr-branch", parent=first)
+    repo.refs["main"] = first
+    h.repo("acme/data", "dataset").commit({"train.csv": b"a,b\n1,2\n"})
+    h.repo("gpt2x").commit({"config.json": b'{"model_type": "gpt2"}'})
+    gated = h.repo("acme/gated", gated=True, granted={TOKEN})
+    gated.commit({"config.json": b"{}", "model.safetensors": b"secret weights" * 100})
+    many = h.repo("acme/many")
+    many.commit({f"shard-{i:03d}.json": b"{}" for i in range(25)})
+    with h:
+        yield h
+
+
+@pytest.fixture
+def hf_env(project, hub, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setenv("RECONCILE_VALIDATION", "none")
+    return project
+
+
+def official_cache(hub: Hub, tmp: Path, repo: str, **kw) -> Path:
+    """Run huggingface_hub.snapshot_download in a clean process; return its cache dir."""
+    cache = tmp / "official"
+    code = ("import sys, json; from huggingface_hub import snapshot_download as s; "
+            "print(s(sys.argv[1], cache_dir=sys.argv[2], endpoint=sys.argv[3], "
+            "**json.loads(sys.argv[4])))")
+    env = {**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1"}
+    r = subprocess.run([sys.executable, "-c", code, repo, str(cache), hub.url, json.dumps(kw)],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    return cache
+
+
+def cache_listing(cache: Path) -> dict[str, tuple[str, str]]:
+    """Every entry of a HF cache as (kind, link target or content) — comparable across caches."""
+    out = {}
+    for p in sorted(cache.rglob("*")):
+        rel = str(p.relative_to(cache))
+        if rel.startswith((".locks", "CACHEDIR.TAG")) or "/.no_exist" in rel:
+            continue
+        if p.is_symlink():
+            out[rel] = ("link", os.readlink(p))
+        elif p.is_file():
+            out[rel] = ("file", p.read_bytes().decode("utf-8", "replace") if p.stat().st_size
+                        < 10_000 else str(p.stat().st_size))
+        else:
+            out[rel] = ("dir", "")
+    return out
+
+
+# --- the stand-in is faithful --------------------------------------------------------
+
+
+@pytest.mark.parametrize("repo,kw", [
+    ("acme/tiny", {}),
+    ("acme/tiny", {"revision": "v1.0"}),
+    ("acme/tiny", {"revision": "refs/pr/1"}),
+    ("acme/data", {"repo_type": "dataset"}),
+    ("gpt2x", {}),
+    ("acme/many", {}),
+])
+def test_official_client_downloads_from_the_stand_in(hub, tmp_path, repo, kw):
+    hub.page_size = 10  # acme/many needs three pages
+    cache = official_cache(hub, tmp_path, repo, **kw)
+    from huggingface_hub import scan_cache_dir
+
+    info = scan_cache_dir(cache)
+    assert not info.warnings and len(info.repos) == 1
+    folder = next(cache.glob("*--*"))
+    for link in folder.glob("snapshots/*/**/*"):
+        if link.is_symlink():
+            assert os.readlink(link).startswith("../")
+            name = Path(os.readlink(link)).name
+            data = link.read_bytes()
+            assert name in (git_oid(data), __import__("hashlib").sha256(data).hexdigest())
+
+
+def test_official_client_raises_its_own_errors_for_the_stand_ins(hub, tmp_path, monkeypatch):
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    kw = {"cache_dir": tmp_path / "c", "endpoint": hub.url}
+    with pytest.raises(RepositoryNotFoundError):
+        hf_hub_download("acme/nope", "config.json", **kw)
+    with pytest.raises(RevisionNotFoundError):
+        hf_hub_download("acme/tiny", "config.json", revision="nope", **kw)
+    with pytest.raises(RemoteEntryNotFoundError):
+        hf_hub_download("acme/tiny", "missing.txt", **kw)
+    with pytest.raises(GatedRepoError):
+        hf_hub_download("acme/gated", "config.json", token=False, **kw)
+    with pytest.raises(GatedRepoError):
+        hf_hub_download("acme/gated", "config.json", token="hf_notgranted", **kw)
+    assert Path(hf_hub_download("acme/gated", "config.json", token=TOKEN, **kw)).read_bytes() == b"{}"
+
+
+# --- reconcile's cache equals the official client's -----------------------------------
+
+
+@pytest.mark.parametrize("repo,decl,kw", [
+    ("acme/tiny", 'repo = "acme/tiny"', {}),
+    ("acme/tiny", 'repo = "acme/tiny", revision = "v1.0"', {"revision": "v1.0"}),
+    ("acme/data", 'repo = "acme/data", repoType = "dataset"', {"repo_type": "dataset"}),
+    ("gpt2x", 'repo = "gpt2x"', {}),
+])
+def test_cache_is_identical_to_the_official_clients(hf_env, hub, tmp_path, repo, decl, kw):
+    hf_env.write(f"[models.m]\nsource.huggingface = {{ {decl} }}\n")
+    r = hf_env.run("apply")
+    assert r.code == 0, r.err
+    ours = cache_listing(hf_env.cache)
+    theirs = cache_listing(official_cache(hub, tmp_path, repo, **kw))
+    assert ours == theirs
+    from huggingface_hub import scan_cache_dir
+
+    assert not scan_cache_dir(hf_env.cache).warnings
+
+
+def test_pr_ref_and_full_sha_revisions(hf_env, hub):
+    sha = hub.repos[("model", "acme/tiny")].refs["v1.0"]
+    hf_env.write(f'[models.pr]\nsource.huggingface = {{ repo = "acme/tiny", revision = "refs/pr/1" }}\n'
+                 f'[models.sha]\nsource.huggingface = {{ repo = "acme/tiny", revision = "{sha}" }}\n'
+                 'integration.huggingface.refs = ["pinned"]\n')
+    assert hf_env.run("apply").code == 0
+    refs = hf_env.cache / "models--acme--tiny" / "refs"
+    assert (refs / "refs" / "pr" / "1").read_text() != sha
+    assert (refs / "pinned").read_text() == sha
+    # a full sha needs no revision call
+    assert not hub.requests("GET", f"/revision/{sha}")
+
+
+def test_transformers_loads_the_linked_model_offline(hf_env):
+    hf_env.write('[models.m]\nsource.huggingface = { repo = "acme/tiny" }\n')
+    assert hf_env.run("apply").code == 0
+    code = ("from transformers import AutoConfig, AutoTokenizer\n"
+            "c = AutoConfig.from_pretrained('acme/tiny'); t = AutoTokenizer.from_pretrained('acme/tiny')\n"
+            "print(c.model_type, t('hello world')['input_ids'])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "bert [4, 5]"
+
+
+def test_lock_downloads_small_files_only_and_apply_fetches_the_rest(hf_env, hub):
+    hf_env.write('[models.m]\nsource.huggingface = { repo = "acme/tiny" }\n')
+    assert hf_env.run("lock").code == 0
+    assert hub.bytes_sent("model.safetensors") == 0
+    assert hub.bytes_sent("/acme/tiny/config.json") == len(FILES["config.json"])
+    f = {x.path: x for x in read_lock(hf_env.lock).models["m"].files}
+    assert f["model.safetensors"].lfs and f["model.safetensors"].size == len(WEIGHTS)
+    assert f["config.json"].blob == git_oid(FILES["config.json"])
+    r = hf_env.run("apply")
+    assert r.code == 0 and "1 fetched" in r.out  # only the LFS file; the rest is in the store
+    assert hub.bytes_sent("model.safetensors") == len(WEIGHTS)
+    assert hub.bytes_sent("/acme/tiny/config.json") == len(FILES["config.json"])
+
+
+def test_files_and_exclude_globs_and_no_match_lists_what_exists(hf_env):
+    hf_env.write('[models.m]\nsource.huggingface = { repo = "acme/tiny", files = ["*.json", "sub/"],'
+                 ' exclude = ["tokenizer*"] }\n')
+    assert hf_env.run("lock").code == 0
+    paths = {f.path for f in read_lock(hf_env.lock).models["m"].files}
+    assert paths == {"config.json", "sub/readme.txt", "sub/deeper/notes.md"}
+    hf_env.write('[models.m]\nsource.huggingface = { repo = "acme/tiny", files = ["*.gguf"] }\n')
+    r = hf_env.sh("lock")
+    assert r.code == 1 and "no files matched" in r.err and "model.safetensors" in r.err
+
+
+def test_tree_pagination_is_followed(hf_env, hub):
+    hub.page_size = 7
+    hf_env.write('[models.m]\nsource.huggingface = { repo = "acme/many" }\n')
+    assert hf_env.run("lock").code == 0
+    assert len(read_lock(hf_env.lock).models["m"].files) == 25
+    assert len(hub.requests("GET", "/tree/")) == 4
+
+
+@pytest.mark.parametrize("decl,expect", [
+    ('repo = "acme/nope"', "not found"),
+    ('repo = "acme/tiny", revision = "nope"', "has no revision 'nope'"),
+])
+def test_not_found_errors_have_their_own_messages(hf_env, decl, expect):
+    hf_env.write(f"[models.m]\nsource.huggingface = {{ {decl} }}\n")
+    r = hf_env.sh("lock")
+    assert r.code == 1 and expect in r.err and "Traceback" not in r.err
+
+
+def test_gated_repo_without_token_gets_the_actionable_message(hf_env, monkeypatch):
+    hf_env.write('[models.m]\nsource.huggingface = { repo = "acme/gated" }\n')
+    r = hf_env.sh("apply")
+    assert r.code == 1 and "gated" in r.err and "accept the licence" in r.err
+    assert "HF_TOKEN" in r.err and "/acme/gated" in r.err
+    monkeypatch.setenv("HF_TOKEN", "hf_notgranted")
+    r = hf_env.sh("apply")
+    assert r.code == 1 and "not been granted" in r.err
+
+
+def test_token_reaches_only_the_hub_and_never_the_lock_store_or_output(hf_env, hub, monkeypatch):
+    monkeypatch.setenv("MY_TOKEN", TOKEN)
+    hf_env.write('[models.m]\nsource.huggingface = { repo = "acme/gated" }\n'
+                 'auth = { tokenEnvVar = "MY_TOKEN" }\n')
+    r = hf_env.sh("apply")
+    assert r.code == 0, r.err
+    assert TOKEN not in r.out + r.err
+    assert TOKEN not in hf_env.lock.read_text()
+    for p in hf_env.store.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            assert TOKEN.encode() not in p.read_bytes()
+    auth_by_host = {(host, auth) for _, host, _, auth in hub.log}
+    assert any(a == f"Bearer {TOKEN}" for h, a in auth_by_host if h.startswith("127.0.0.1"))
+    assert all(a is None for h, a in auth_by_host if h.startswith("localhost"))  # the CDN
+
+
+def test_token_file_and_hf_home_token(hf_env, tmp_path, monkeypatch):
+    tf = tmp_path / "tok"
+    tf.write_text(TOKEN + "\n")
+    hf_env.write(f'[models.m]\nsource.huggingface = {{ repo = "acme/gated" }}\nauth = {{ tokenFile = "{tf}" }}\n')
+    assert hf_env.sh("apply").code == 0
+    (tmp_path / "hfhome").mkdir(exist_ok=True)
+    (tmp_path / "hfhome" / "token").write_text(TOKEN)
+    hf_env.write('[models.m2]\nsource.huggingface = { repo = "acme/gated" }\nintegration.huggingface.refs = ["x"]\n')
+    assert hf_env.sh("lock", "--upgrade").code == 0
+
+
+@pytest.mark.parametrize("kind,kw", [
+    ("status", {"code": 500}),
+    ("status", {"code": 503}),
+    ("429", {"retry_after": 1}),
+    ("reset", {"after": 100_000}),
+    ("truncate", {"after": 50_000}),
+])
+def test_transient_faults_are_retried_and_resumed(hf_env, hub, kind, kw):
+    hf_env.write('[models.m]\nsource.huggingface = { repo = "acme/tiny" }\n'
+                 'network = { retry = { maxAttempts = 3, baseDelay = 0.05 } }\n')
+    assert hf_env.run("lock").code == 0
+    hub.fault("*model.safetensors", kind, **kw)
+    import time
+
+    t = time.monotonic()
+    r = hf_env.run("apply")
+    assert r.code == 0, r.err
+    assert all(f["count"] == 0 for f in hub.faults)  # the fault really happened
+    assert hf_env.run("verify").code == 0
+    if kind == "429":
+        assert time.monotonic() - t >= kw["retry_after"]  # Retry-After was honoured
+    if kind in ("reset", "truncate"):  # resumed with Range, not restarted
+        assert any("Range" in str(x) for x in hub.log) or hub.bytes_sent("model.safetensors") < 2 * len(WEIGHTS)
+        assert hub.bytes_sent("model.safetensors") < len(WEIGHTS) + kw["after"] + 1
+
+
+def test_corrupted_bytes_are_refused_and_nothing_is_installed(hf_env, hub):
+    hf_env.write('[models.m]\nsource.huggingface = { repo = "acme/tiny" }\n')
+    assert hf_env.run("lock").code == 0
+    hub.fault("*model.safetensors", "corrupt")
+    r = hf_env.sh("apply")
+    assert r.code == 1 and "sha256 mismatch" in r.err
+    assert not (hf_env.cache / "models--acme--tiny" / "refs" / "main").exists()
+    assert hf_env.sh("apply").code == 0  # the next run converges
+
+
+def test_404_and_401_are_not_retried(hf_env, hub):
+    hf_env.write('[models.m]\nsource.huggingface = { repo = "acme/nope" }\n'
+                 'network = { retry = { maxAttempts = 5, baseDelay = 0.01 } }\n')
+    assert hf_env.sh("lock").code == 1
+    assert len(hub.requests("GET", "/api/models/acme/nope")) == 1
+
+
+def test_offline_apply_with_missing_objects_fails_clearly(hf_env, hub):
+    hf_env.write('[models.m]\nsource.huggingface = { repo = "acme/tiny" }\n')
+    assert hf_env.run("lock").code == 0
+    n = len(hub.log)
+    r = hf_env.sh("apply", "--offline")
+    assert r.code == 1 and "--offline" in r.err
+    assert len(hub.log) == n
