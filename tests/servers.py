@@ -74,3 +74,70 @@ http {{
 def access_log(work: Path) -> list[str]:
     p = work / "access.log"
     return p.read_text().splitlines() if p.exists() else []
+
+
+def olah_cli() -> str | None:
+    """olah (a real HF mirror server) lives in its own venv: it pins its own huggingface_hub."""
+    import os
+
+    for cand in (os.environ.get("OLAH_CLI"), str(Path(__file__).resolve().parent.parent
+                                                  / ".venv-olah" / "bin" / "olah-cli")):
+        if cand and Path(cand).exists():
+            return cand
+    return None
+
+
+def git_lfs_repo(path: Path, files: dict[str, bytes], lfs_globs: list[str]) -> str:
+    """A non-bare git repo with LFS objects in .git/lfs/objects (what olah's mirrors serve)."""
+    path.mkdir(parents=True)
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "HOME": str(path.parent), "PATH": __import__("os").environ["PATH"]}
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=path, env=env, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q", "-b", "main")
+    git("lfs", "install", "--local")
+    for g in lfs_globs:
+        git("lfs", "track", g)
+    for rel, data in files.items():
+        p = path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    git("add", "-A")
+    git("commit", "-q", "-m", "init")
+    return git("rev-parse", "HEAD")
+
+
+@contextmanager
+def olah(mirrors: Path, work: Path) -> Iterator[str]:
+    cli = olah_cli()
+    if cli is None:
+        raise RuntimeError("olah is not installed (.ci/run puts it in .venv-olah)")
+    port = free_port()
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "repos").mkdir(exist_ok=True)
+    conf = work / "configs.toml"
+    conf.write_text(f"""
+[basic]
+host = "127.0.0.1"
+port = {port}
+repos-path = "{work / 'repos'}"
+mirror-netloc = "127.0.0.1:{port}"
+mirror-lfs-netloc = "127.0.0.1:{port}"
+mirrors-path = ["{mirrors}"]
+[accessibility]
+offline = true
+""")
+    proc = subprocess.Popen([cli, "-c", str(conf)], cwd=work, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, timeout=30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
