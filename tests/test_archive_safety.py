@@ -37,6 +37,7 @@ def zipf(tmp: Path, entries) -> Path:
         for name, data, mode in entries:
             info = zipfile.ZipInfo(name)
             info.external_attr = mode << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
             z.writestr(info, data)
     return p
 
