@@ -73,7 +73,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> Project:
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setenv("RECONCILE_VALIDATION", "none")  # TEMP until formats.py lands
+    monkeypatch.delenv("RECONCILE_VALIDATION", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.chdir(d)
     return Project(d, store, cache, capsys)

@@ -53,9 +53,9 @@ def no_pickle_files(root: Path, _arg: Any = None) -> list[str]:
     out = []
     for rel, path in files(root):
         kind = _sniff(path)
-        if kind in ("pickle",) or Path(rel).suffix.lower() in (".pkl", ".pickle", ".dill"):
+        if kind == "pickle" or Path(rel).suffix.lower() in (".pkl", ".pickle", ".dill"):
             out.append(f"{rel}: is a pickle ({kind})")
-        elif kind in ("zip", "numpy"):
+        elif kind in ("zip", "numpy", "compressed"):
             from .pickle_scan import contains_pickle
 
             if contains_pickle(Path(path)):
@@ -72,7 +72,7 @@ def safetensors_only(root: Path, _arg: Any = None) -> list[str]:
         ext = Path(rel).suffix.lower()
         if kind == "safetensors" or ext == ".safetensors":
             out.extend(f"{rel}: {p}" for p in check_safetensors(Path(path)))
-        elif kind in ("pickle", "zip", "numpy", "gguf") or ext in UNSAFE_WEIGHT_EXT:
+        elif kind in ("pickle", "zip", "numpy", "gguf", "compressed") or ext in UNSAFE_WEIGHT_EXT:
             out.append(f"{rel}: weights in a format other than safetensors ({kind or ext})")
     return out
 
@@ -150,27 +150,25 @@ def license_check(root: Path, _arg: Any = None) -> list[str]:
 def modelscan(root: Path, arg: Any = None) -> list[str]:
     """Our pickle/zip/numpy scanner plus safetensors and GGUF header checks.
 
-    Critical findings (code execution) always count. Unknown globals count only in
-    strict mode (``arg == "strict"``, used by the paranoid preset), since benign
-    checkpoints of less common libraries carry them.
+    By default critical findings (code execution), globals outside the allow-list and
+    unparseable data all fail. ``"lenient"`` fails only on critical ones (for models
+    that legitimately pickle e.g. sklearn classes); ``"strict"`` (the paranoid preset)
+    also fails on warnings such as TorchScript source.
     """
     from .formats import check_gguf, check_safetensors, sniff
     from .pickle_scan import scan_file
 
+    counted = {"lenient": {"critical"}, "strict": {"critical", "unknown", "error", "warning"}}.get(
+        arg, {"critical", "unknown", "error"})
     out = []
-    strict = arg == "strict"
     for rel, path in files(root):
         kind = sniff(Path(path))
         if kind == "safetensors":
             out.extend(f"{rel}: {p}" for p in check_safetensors(Path(path)))
         elif kind == "gguf":
             out.extend(f"{rel}: {p}" for p in check_gguf(Path(path)))
-        elif kind in ("pickle", "zip", "numpy", "torch-legacy", "joblib"):
-            for fnd in scan_file(Path(path), rel):
-                if fnd.severity == "critical" or strict:
-                    where = f"{fnd.file}" + (f"!{fnd.member}" if fnd.member else "")
-                    out.append(f"{where} @ offset {fnd.offset}: {fnd.global_name}"
-                               f" ({fnd.severity}: {fnd.reason})")
+        elif kind in ("pickle", "zip", "numpy", "compressed", "tar"):
+            out.extend(str(f) for f in scan_file(Path(path), rel) if f.severity in counted)
     return out
 
 
