@@ -56,6 +56,7 @@ SAFE_GLOBALS: frozenset[tuple[str, str]] = frozenset(
     [("collections", "OrderedDict"), ("collections", "Counter"), ("_codecs", "encode"),
      ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "bytearray"),
      ("builtins", "slice"), ("builtins", "complex"), ("builtins", "range"),
+     ("builtins", "bytes"),
      ("torch", "Size"), ("torch", "Tensor"), ("torch", "device"), ("torch", "dtype"),
      ("torch.nn.parameter", "Parameter"), ("torch.serialization", "_get_layout"),
      ("torch._tensor", "_rebuild_from_type_v2"), ("torch.storage", "TypedStorage"),
@@ -246,10 +247,11 @@ class _Walker:
             self.add(offset, f"{module!r}.{name!r}", "critical",
                      f"{how} with operands the scanner cannot resolve to constant strings")
             return UNKNOWN
+        module, name = normalise(module, name)
         verdict = classify(module, name)
         if verdict:
             self.add(offset, f"{module}.{name}", *verdict)
-        return Global(*normalise(module, name))
+        return Global(module, name)
 
     def walk(self, s: Stream) -> tuple[Any, bool]:
         """One pickle, up to its STOP. Returns (top value, finished cleanly)."""
@@ -344,7 +346,7 @@ class _Walker:
                     return (stack[-1] if stack else None), True
                 else:
                     self.generic(op, stack, pos)
-        except Exception as e:  # noqa: BLE001 - any parse failure is a finding, not a crash
+        except Exception as e:
             self.add(s.tell(), "-", "error", f"unparseable pickle data ({type(e).__name__}: {e})")
             return None, False
         self.add(s.tell(), "-", "error", "pickle ends without STOP")
@@ -472,7 +474,7 @@ def _head_is_pickle(head: bytes) -> bool:
                 return True
             if op.name == "STOP":  # data only, nothing imported: harmless whatever follows
                 return False
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
     return False
 
