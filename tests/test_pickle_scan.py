@@ -298,3 +298,14 @@ plain = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow
 @given(plain, st.integers(0, 5))
 def test_plain_data_pickles_have_no_findings(obj, protocol):
     assert [f for f in scan_bytes(pickle.dumps(obj, protocol=protocol))] == []
+
+
+def test_real_torch_checkpoints_with_payloads_are_caught(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.save({"w": torch.ones(2), "x": Evil()}, tmp_path / "evil.pt")
+    assert critical(scan_file(tmp_path / "evil.pt"))
+    torch.save(torch.nn.Sequential(torch.nn.Linear(2, 2)), tmp_path / "module.pt")
+    f = scan_file(tmp_path / "module.pt")  # a whole pickled module: arbitrary classes
+    assert any(x.severity == "unknown" and x.global_name.startswith("torch.nn.modules") for x in f)
+    torch.save({"w": torch.ones(2)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    assert [x for x in scan_file(tmp_path / "legacy.pt") if x.severity != "warning"] == []
