@@ -85,9 +85,9 @@ class Executor:
 
     def execute(self, plan: Plan) -> ApplyReport:
         report = ApplyReport()
-        g = plan.graph
-        if g.number_of_nodes() == 0:
+        if plan.empty:
             return report
+        g = plan.graph
         self.store.ensure()
         waiting = {n: g.in_degree(n) for n in g.nodes}
         ready = sorted(n for n, d in waiting.items() if d == 0)

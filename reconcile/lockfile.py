@@ -111,6 +111,18 @@ def parse_lock(raw: bytes, path: Path = Path(LOCK_NAME)) -> Lock:
         doc = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise bad(f"not a valid lock file ({e})") from None
+    return lock_from_doc(doc, path)
+
+
+def lock_from_doc(doc: dict[str, Any], path: Path = Path(LOCK_NAME)) -> Lock:
+    """The Lock for an already parsed document (TOML, or its cached JSON twin)."""
+
+    def bad(msg: str) -> LockFileInvalid:
+        return LockFileInvalid(
+            f"{path}: {msg}",
+            hint="regenerate it with `reconcile lock` (or `git checkout` it if you edited it)",
+        )
+
     version = doc.get("version")
     if version != LOCK_VERSION:
         raise bad(f"lock format version {version!r} is not supported (expected {LOCK_VERSION})")

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-
-import networkx as nx
+from typing import Any
 
 from . import hfcache
 from .lockfile import Lock, LockedFile, LockedModel
@@ -42,17 +42,32 @@ class Action:
 
 @dataclass
 class Plan:
-    graph: nx.DiGraph
     lock: Lock
+    nodes: dict[str, Action] = field(default_factory=dict)
+    edges: list[tuple[str, str]] = field(default_factory=list)
     converged_models: list[str] = field(default_factory=list)
 
+    @cached_property
+    def graph(self) -> Any:
+        """The networkx DAG; built on first use, so a converged apply never imports networkx."""
+        import networkx as nx
+
+        g = nx.DiGraph()
+        for node, action in self.nodes.items():
+            g.add_node(node, action=action)
+        g.add_edges_from(self.edges)
+        return g
+
     def actions(self) -> list[Action]:
-        order = nx.lexicographical_topological_sort(self.graph)
-        return [self.graph.nodes[n]["action"] for n in order]
+        if not self.nodes:
+            return []
+        import networkx as nx
+
+        return [self.nodes[n] for n in nx.lexicographical_topological_sort(self.graph)]
 
     @property
     def empty(self) -> bool:
-        return self.graph.number_of_nodes() == 0
+        return not self.nodes
 
     def fetch_bytes(self) -> int:
         return sum(a.size for a in self.actions() if a.kind == "fetch")
@@ -64,11 +79,9 @@ class Plan:
         return out
 
 
-def _add(g: nx.DiGraph, action: Action, after: list[str] | None = None) -> str:
-    if action.node not in g:
-        g.add_node(action.node, action=action)
-    for dep in after or ():
-        g.add_edge(dep, action.node)
+def _add(plan: Plan, action: Action, after: list[str] | None = None) -> str:
+    plan.nodes.setdefault(action.node, action)
+    plan.edges.extend((dep, action.node) for dep in after or ())
     return action.node
 
 
@@ -81,8 +94,7 @@ def make_plan(
     needs_validation: Callable[[LockedModel], bool] = lambda m: False,
     prune: bool = False,
 ) -> Plan:
-    g = nx.DiGraph()
-    plan = Plan(graph=g, lock=lock)
+    plan = Plan(lock=lock)
     for key, m in lock.models.items():
         last: list[str] = []
         if not store.has_model(m):
@@ -90,21 +102,21 @@ def make_plan(
             for f in m.regular_files():
                 if not store.has_object(f.sha256):
                     fetches.append(
-                        _add(g, Action("fetch", f.sha256, m, f, f.size, f.path))
+                        _add(plan, Action("fetch", f.sha256, m, f, f.size, f.path))
                     )
-            last = [_add(g, Action("assemble", key, m, size=sum(f.size for f in m.regular_files())),
+            last = [_add(plan, Action("assemble", key, m, size=sum(f.size for f in m.regular_files())),
                          fetches)]
         if needs_validation(m):
-            last = [_add(g, Action("validate", key, m), last)]
+            last = [_add(plan, Action("validate", key, m), last)]
         if m.hf is not None and (last or not hfcache.is_linked(cache, m, store)):
             note = "link" if last else "relink"
-            _add(g, Action("link", key, m, note=note), last)
-        if not last and not g.has_node(f"link:{key}"):
+            _add(plan, Action("link", key, m, note=note), last)
+        if not last and f"link:{key}" not in plan.nodes:
             plan.converged_models.append(key)
     if prune:
         wanted = {hfcache.owner_id(m, project) for m in lock.models.values() if m.hf}
         for owner in sorted(hfcache.owners_of_project(store, cache, project) - wanted):
-            _add(g, Action("unlink", owner, note=owner.split(":")[1]))
+            _add(plan, Action("unlink", owner, note=owner.split(":")[1]))
     return plan
 
 

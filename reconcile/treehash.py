@@ -75,8 +75,15 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 def scan_tree(root: Path, hasher=sha256_file) -> list[Entry]:
-    """Manifest entries of a directory on disk (symlinks recorded, never followed)."""
+    """Manifest entries of a directory on disk (symlinks recorded, never followed).
+
+    Files are hashed on a thread pool: hashlib releases the GIL, so a tree hashes at
+    the OpenSSL limit times the number of cores, not of one.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     entries: list[Entry] = []
+    pending: list[tuple[str, int, bool, str]] = []
     root_s = os.fspath(root)
 
     def walk(dirpath: str, rel: str) -> None:
@@ -91,13 +98,17 @@ def scan_tree(root: Path, hasher=sha256_file) -> list[Entry]:
                     entries.append(Entry(relp, "d"))
                     walk(de.path, relp)
                 elif stat.S_ISREG(st.st_mode):
-                    entries.append(
-                        Entry(relp, "f", st.st_size, hasher(de.path), bool(st.st_mode & 0o111))
-                    )
+                    pending.append((relp, st.st_size, bool(st.st_mode & 0o111), de.path))
                 else:
                     raise ValueError(f"{relp}: not a regular file, directory or symlink")
 
     walk(root_s, "")
+    # biggest first, so the pool does not end waiting on one large file
+    pending.sort(key=lambda p: -p[1])
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        digests = pool.map(hasher, [p[3] for p in pending])
+        for (relp, size, x, _), digest in zip(pending, digests, strict=True):
+            entries.append(Entry(relp, "f", size, digest, x))
     return entries
 
 

@@ -8,6 +8,7 @@ a value; nothing here prints or exits.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -17,7 +18,8 @@ from typing import Any
 from . import hfcache, settings
 from .config import Manifest, load_manifest
 from .errors import ConfigError, IntegrityError, LockError
-from .lockfile import Lock, LockedModel, read_lock, write_lock
+from .fsutil import atomic_write_text
+from .lockfile import Lock, LockedModel, lock_from_doc, parse_lock, read_lock, write_lock
 from .store import Store, remove_tree
 
 
@@ -43,6 +45,7 @@ class Workspace:
         self.lock_path = lock_path or self.manifest_path.with_name("models.lock")
         if manifest is not None:
             self.__dict__["manifest"] = manifest
+        self._lock_memo: tuple[str, Lock] | None = None
         self.store = store or Store(settings.store_dir())
         self.cache = cache or settings.hf_hub_cache()
 
@@ -56,7 +59,31 @@ class Workspace:
         return hashlib.sha256(os.fsencode(self.lock_path.resolve())).hexdigest()[:16]
 
     def read_lock(self) -> Lock | None:
-        return read_lock(self.lock_path)
+        """The lock, parsed once per content: tomllib is pure Python and slow on big locks,
+        so the parsed document is kept as JSON in the store, keyed by the file's sha256."""
+        try:
+            raw = self.lock_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        key = hashlib.sha256(raw).hexdigest()
+        if self._lock_memo and self._lock_memo[0] == key:
+            return self._lock_memo[1]
+        cache = self.store.state / "lockcache" / f"{key}.json"
+        try:
+            lock = lock_from_doc(json.loads(cache.read_text("utf-8")), self.lock_path)
+        except (OSError, ValueError, LockError):
+            lock = parse_lock(raw, self.lock_path)
+            self._cache_doc(cache, raw)
+        self._lock_memo = (key, lock)
+        return lock
+
+    def _cache_doc(self, cache: Path, raw: bytes) -> None:
+        import tomllib
+
+        try:
+            atomic_write_text(cache, json.dumps(tomllib.loads(raw.decode("utf-8"))))
+        except OSError:
+            pass  # a read-only store only makes the next read slower
 
     # --- lock ----------------------------------------------------------------------
 
@@ -248,6 +275,23 @@ class Workspace:
                 raise IntegrityError("repair failed:\n" + failure_message(report))
         return bad
 
+    def _in_use(self, tmp: Path) -> bool:
+        """A partial download whose lock someone holds, or any other temp younger than an hour."""
+        import time
+
+        from filelock import Timeout
+
+        if tmp.name.endswith(".part"):
+            try:
+                with self.store.lock(f"obj-{tmp.name[:-5]}", timeout=0):
+                    return False
+            except Timeout:
+                return True
+        try:
+            return time.time() - tmp.lstat().st_mtime < 3600
+        except FileNotFoundError:
+            return True
+
     def gc(self, *, dry_run: bool = False) -> GcReport:
         """Delete store entries no registered lockfile needs (this one is registered first)."""
         self.store.ensure()
@@ -277,7 +321,12 @@ class Workspace:
                         report.bytes += obj.stat().st_size
                         if not dry_run:
                             obj.unlink()
+            for p in (self.store.state / "lockcache").glob("*.json"):
+                if not dry_run:
+                    p.unlink(missing_ok=True)  # parse caches: rebuilt on the next read
             for p in sorted(self.store.tmp.iterdir()):
+                if self._in_use(p):
+                    continue  # another apply is writing it right now
                 report.partials.append(p)
                 if not dry_run:
                     if p.is_dir():

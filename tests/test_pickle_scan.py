@@ -309,3 +309,19 @@ def test_real_torch_checkpoints_with_payloads_are_caught(tmp_path):
     assert any(x.severity == "unknown" and x.global_name.startswith("torch.nn.modules") for x in f)
     torch.save({"w": torch.ones(2)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
     assert [x for x in scan_file(tmp_path / "legacy.pt") if x.severity != "warning"] == []
+
+
+def test_random_weights_are_not_mistaken_for_pickles(tmp_path):
+    import random
+
+    rnd = random.Random(7)
+    flagged = 0
+    for i in range(3000):
+        data = rnd.randbytes(rnd.randint(16, 2048))
+        if data[:1] == b"\x80":
+            continue  # a protocol header is a real claim to be a pickle
+        p = tmp_path / f"{i}.bin"
+        p.write_bytes(data)
+        flagged += bool(scan_file(p))
+        p.unlink()
+    assert flagged == 0

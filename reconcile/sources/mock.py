@@ -24,15 +24,20 @@ def _seed(org: str, model: str, path: str) -> bytes:
     return hashlib.sha256(f"mock\0{org}\0{model}\0{path}".encode()).digest()
 
 
-@lru_cache(maxsize=64)
-def _block(seed: bytes) -> bytes:
-    """1 MiB of pseudo-random bytes; larger files repeat it (content only needs to be stable)."""
+def _prefix(seed: bytes, n: int) -> bytes:
+    """n pseudo-random bytes from the seed (sha512 in counter mode)."""
     out = bytearray()
     counter = 0
-    while len(out) < _BLOCK:
+    while len(out) < n:
         out += hashlib.sha512(seed + counter.to_bytes(8, "little")).digest()
         counter += 1
-    return bytes(out)
+    return bytes(out[:n])
+
+
+@lru_cache(maxsize=16)
+def _block(seed: bytes) -> bytes:
+    """1 MiB for sized files, which repeat it (content only needs to be stable)."""
+    return _prefix(seed, _BLOCK)
 
 
 def _config_json(org: str, model: str) -> bytes:
@@ -50,7 +55,7 @@ def _config_json(org: str, model: str) -> bytes:
 
 
 def _safetensors(seed: bytes) -> bytes:
-    data = _block(seed)[:64]  # 16 float32 values' worth of bytes
+    data = _prefix(seed, 64)  # 16 float32 values' worth of bytes
     header = {
         "weight": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, len(data)]},
         "__metadata__": {"format": "pt"},
@@ -69,7 +74,7 @@ def content(org: str, model: str, path: str, size: int | None = None) -> bytes |
         return _config_json(org, model)
     if path.endswith(".safetensors"):
         return _safetensors(seed)
-    return _block(seed)[: 64 + seed[0] * 4]
+    return _prefix(seed, 64 + seed[0] * 4)
 
 
 def _stream(seed: bytes, size: int, start: int, end: int) -> Iterator[bytes]:

@@ -238,6 +238,7 @@ _PUT_OPS = {"PUT", "BINPUT", "LONG_BINPUT"}
 class _Walker:
     def __init__(self, file: str, member: str | None, findings: list[Finding]) -> None:
         self.file, self.member, self.findings = file, member, findings
+        self.resolved: list[tuple[str, str]] = []  # every import with constant operands
 
     def add(self, offset: int, name: str, severity: str, reason: str) -> None:
         self.findings.append(Finding(self.file, self.member, offset, name, severity, reason))
@@ -247,6 +248,7 @@ class _Walker:
             self.add(offset, f"{module!r}.{name!r}", "critical",
                      f"{how} with operands the scanner cannot resolve to constant strings")
             return UNKNOWN
+        self.resolved.append((module, name))
         module, name = normalise(module, name)
         verdict = classify(module, name)
         if verdict:
@@ -453,30 +455,20 @@ _IDENT = re.compile(r"^[A-Za-z_][\w.]*$")
 
 
 def _head_is_pickle(head: bytes) -> bool:
-    """Would an unpickler import something (or finish) before failing on these bytes?
+    """Would an unpickler import something from these bytes before failing?
 
-    Protocol 2+ announces itself. Protocol 0/1 have no header: parse until the first
-    import (GLOBAL/INST of a plausible name, or STACK_GLOBAL); a header-less pickle that
-    reaches STOP without importing anything cannot run code and is data. Random bytes
-    almost always fail to parse first; REDUCE/EXT on an empty stack fail in the real
-    unpickler before calling anything, so they do not count.
+    Protocol 2+ announces itself. Protocol 0/1 have no header, so the head is walked
+    like any pickle: it counts when an import (GLOBAL, INST or STACK_GLOBAL) is reached
+    with constant, identifier-shaped operands. Data-only pickles cannot run code, and
+    random bytes practically never get that far, so weights are not mistaken for pickles.
     """
     if len(head) >= 2 and head[0] == 0x80 and head[1] <= 5:
         return True
     if not head:
         return False
-    try:
-        for op, arg, _pos in pickletools.genops(io.BytesIO(head)):
-            if op.name in ("GLOBAL", "INST"):
-                module, _, name = str(arg).partition(" ")
-                return bool(_IDENT.match(module) and _IDENT.match(name))
-            if op.name == "STACK_GLOBAL":
-                return True
-            if op.name == "STOP":  # data only, nothing imported: harmless whatever follows
-                return False
-    except Exception:
-        return False
-    return False
+    walker = _Walker("", None, [])
+    walker.walk(Stream(io.BytesIO(head)))
+    return any(_IDENT.match(m) and _IDENT.match(n) for m, n in walker.resolved)
 
 
 def looks_like_pickle(path: Path) -> bool:
