@@ -96,7 +96,7 @@ def stream(
             if start and r.status_code == 200:
                 skip = start  # Range ignored (or If-Range failed): skip what we have
             remaining = None if end is None else end - start
-            for chunk in r.iter_raw(CHUNK):
+            for chunk in r.iter_raw():
                 if skip:
                     if len(chunk) <= skip:
                         skip -= len(chunk)

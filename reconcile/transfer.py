@@ -123,6 +123,45 @@ def _rehash_partial(part: Path) -> tuple[Any, int]:
         return h, 0
 
 
+class _Hasher:
+    """sha256 on its own thread, so hashing overlaps receiving and writing.
+
+    hashlib releases the GIL on large updates; chunks are batched to ~1 MiB so the
+    queue costs nothing measurable. The queue is bounded: memory stays constant.
+    """
+
+    BATCH = 1 << 20
+
+    def __init__(self, h: Any) -> None:
+        import queue
+
+        self.h = h
+        self.q: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=16)
+        self.batch: list[bytes] = []
+        self.size = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (batch := self.q.get()) is not None:
+            for chunk in batch:
+                self.h.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self.batch.append(chunk)
+        self.size += len(chunk)
+        if self.size >= self.BATCH:
+            self.q.put(self.batch)
+            self.batch, self.size = [], 0
+
+    def finish(self) -> Any:
+        if self.batch:
+            self.q.put(self.batch)
+        self.q.put(None)
+        self.thread.join()
+        return self.h
+
+
 def _fetch_stream(source, pin, file, part, network, progress) -> FetchResult:
     h, have = _rehash_partial(part)
     if file.size and have > file.size:
@@ -133,34 +172,38 @@ def _fetch_stream(source, pin, file, part, network, progress) -> FetchResult:
     throttle = _Throttle(network.bandwidth_limit)
     downloaded = 0
     attempt = 0
-    with open(part, "ab") as out:
-        while True:
-            attempt += 1
-            try:
-                if file.size and have == file.size and file.sha256:
+    hasher = _Hasher(h)
+    try:
+        with open(part, "ab") as out:
+            while True:
+                attempt += 1
+                try:
+                    if file.size and have == file.size and file.sha256:
+                        break
+                    for chunk in source.open(pin, file, have, None):
+                        try:
+                            out.write(chunk)
+                        except OSError as e:
+                            raise disk_error(e, part.parent) from None
+                        hasher.update(chunk)
+                        have += len(chunk)
+                        downloaded += len(chunk)
+                        throttle(len(chunk))
+                        if progress:
+                            progress(len(chunk))
+                    if file.size and have < file.size:
+                        raise Transient(f"{file.path}: stream ended at {have} of {file.size} bytes")
                     break
-                for chunk in source.open(pin, file, have, None):
-                    try:
-                        out.write(chunk)
-                    except OSError as e:
-                        raise disk_error(e, part.parent) from None
-                    h.update(chunk)
-                    have += len(chunk)
-                    downloaded += len(chunk)
-                    throttle(len(chunk))
-                    if progress:
-                        progress(len(chunk))
-                if file.size and have < file.size:
-                    raise Transient(f"{file.path}: stream ended at {have} of {file.size} bytes")
-                break
-            except Transient as e:
-                out.flush()
-                if attempt >= network.max_attempts:
-                    raise SourceError(
-                        f"{file.path}: giving up after {attempt} attempts: {e.message}",
-                        hint="the partial download is kept and resumes on the next run",
-                    ) from None
-                time.sleep(backoff_delay(attempt, network, e.retry_after))
+                except Transient as e:
+                    out.flush()
+                    if attempt >= network.max_attempts:
+                        raise SourceError(
+                            f"{file.path}: giving up after {attempt} attempts: {e.message}",
+                            hint="the partial download is kept and resumes on the next run",
+                        ) from None
+                    time.sleep(backoff_delay(attempt, network, e.retry_after))
+    finally:
+        h = hasher.finish()
     return FetchResult(h.hexdigest(), have, downloaded)
 
 
@@ -225,11 +268,13 @@ def _fetch_ranges(source, pin, file, part, network, progress, jobs) -> FetchResu
 
     from concurrent.futures import ThreadPoolExecutor
 
+    import mmap
+
     h = hashlib.sha256()
     hashed = 0
-    buf = bytearray(8 << 20)
-    view = memoryview(buf)
     try:
+        mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)  # hash from the page cache, no copy
+        view = memoryview(mm)
         with ThreadPoolExecutor(max_workers=min(jobs, nseg)) as pool:
             futures = [pool.submit(worker, i) for i in range(nseg)]
             while hashed < size:
@@ -242,14 +287,12 @@ def _fetch_ranges(source, pin, file, part, network, progress, jobs) -> FetchResu
                         cond.wait(0.5)
                     if errors:
                         break
-                while hashed < ready:
-                    n = os.preadv(fd, [view[: min(len(buf), ready - hashed)]], hashed)
-                    if n <= 0:
-                        break
-                    h.update(view[:n])
-                    hashed += n
+                h.update(view[hashed:ready])
+                hashed = ready
             for fut in futures:
                 fut.result()
+        view.release()
+        mm.close()
     finally:
         os.close(fd)
     if errors:
