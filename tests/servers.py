@@ -141,3 +141,25 @@ offline = true
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@contextmanager
+def tinyproxy(work: Path) -> Iterator[tuple[str, Path]]:
+    """Debian's tinyproxy, an HTTP forward proxy; yields (its URL, its log file)."""
+    binary = shutil.which("tinyproxy")
+    if binary is None:
+        raise RuntimeError("tinyproxy is not installed (apt-get install tinyproxy)")
+    port = free_port()
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "tinyproxy.log"
+    conf = work / "tinyproxy.conf"
+    conf.write_text(f"Port {port}\nListen 127.0.0.1\nTimeout 60\nAllow 127.0.0.1\n"
+                    f"LogFile \"{log}\"\nLogLevel Info\nPidFile \"{work}/tp.pid\"\nMaxClients 50\n")
+    proc = subprocess.Popen([binary, "-d", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        yield f"http://127.0.0.1:{port}", log
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

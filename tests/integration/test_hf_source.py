@@ -329,3 +329,29 @@ def test_offline_apply_with_missing_objects_fails_clearly(hf_env, hub):
     r = hf_env.sh("apply", "--offline")
     assert r.code == 1 and "--offline" in r.err
     assert len(hub.log) == n
+
+
+@pytest.mark.skipif(__import__("shutil").which("tinyproxy") is None, reason="needs tinyproxy")
+def test_network_proxy_carries_every_request(hf_env, hub, tmp_path):
+    from tests.servers import tinyproxy
+
+    with tinyproxy(tmp_path / "proxy") as (proxy, log):
+        hf_env.write('[models.m]\nsource.huggingface = { repo = "acme/tiny" }\n'
+                     f'network = {{ proxy = "{proxy}" }}\n')
+        r = hf_env.run("apply")
+        assert r.code == 0, r.err
+        text = log.read_text()
+    assert "/api/models/acme/tiny/revision/main" in text
+    assert "/cdn/" in text  # the LFS bytes came through the proxy too
+
+
+def test_mk_hugging_face_factory_with_default_auth(hf_env, monkeypatch):
+    import reconcile
+
+    monkeypatch.setenv("TEAM_TOKEN", TOKEN)
+    hf = reconcile.sources.mk_hugging_face(default_auth={"tokenEnvVar": "TEAM_TOKEN"})
+    m = reconcile.fetch_model({"name": "gated", "source": hf("acme/gated")})
+    assert m.meta == {"org": "acme", "model": "gated", "sourceType": "huggingface",
+                      "repo": "acme/gated", "revision": "main"}
+    assert (m.path / "config.json").read_bytes() == b"{}"
+    assert m.hf_cache_path == "models--acme--gated"
