@@ -113,27 +113,56 @@ def _check_algo(algo: str) -> None:
         raise ValueError(f"unsupported hash type {algo!r}; use one of {', '.join(_SIZES)}")
 
 
+def _kind(entry: os.DirEntry[bytes]) -> str:
+    """A directory entry's type from ``d_type`` (no extra syscall); '?' = ask lstat."""
+    if entry.is_symlink():
+        return "l"
+    if entry.is_dir(follow_symlinks=False):
+        return "d"
+    if entry.is_file(follow_symlinks=False):
+        return "f"
+    return "?"
+
+
+def _listdir(path: bytes) -> list[tuple[bytes, str]]:
+    """(name, kind) of a directory's entries, sorted by name bytes as NAR requires."""
+    with os.scandir(path) as it:
+        return sorted((e.name, _kind(e)) for e in it)
+
+
 def _chunks(root: bytes, view: memoryview) -> Iterator[bytes | bytearray | memoryview]:
     """The NAR of ``root`` as chunks; file bodies are *views into* ``view``.
 
     A yielded memoryview is only valid until the next chunk is requested (the
     buffer is reused), which is exactly how ``hashlib.update`` consumes it.
     Headers and small files are coalesced into one bytearray so a tree of many
-    small files does not cost one hash update per NAR token.
+    small files does not cost one hash update per NAR token. Entry types come
+    from ``scandir`` and a regular file costs open + fstat + read + close: on
+    many small files the syscalls, not the hashing, are the cost.
     """
     out = bytearray(_MAGIC)
-    # one (directory path, sorted names, next index) per open directory node
-    stack: list[tuple[bytes, list[bytes], list[int]]] = []
-    path = root
+    # one (directory path, sorted (name, kind), next index) per open directory node
+    stack: list[tuple[bytes, list[tuple[bytes, str]], list[int]]] = []
+    path, kind = root, "?"
     while True:
-        st = os.lstat(path)
-        if stat.S_ISDIR(st.st_mode):
+        if kind == "?":
+            mode = os.lstat(path).st_mode
+            kind = (
+                "d"
+                if stat.S_ISDIR(mode)
+                else "f"
+                if stat.S_ISREG(mode)
+                else "l"
+                if stat.S_ISLNK(mode)
+                else "special"
+            )
+        if kind == "d":
             out += _DIR_HEAD
-            stack.append((path, sorted(os.listdir(path)), [0]))
+            stack.append((path, _listdir(path), [0]))
         else:
-            if stat.S_ISREG(st.st_mode):
+            if kind == "f":
                 fd = os.open(path, _FILE_FLAGS)
-                with open(fd, "rb", buffering=0) as f:
+                try:
                     fst = os.fstat(fd)
                     if not stat.S_ISREG(fst.st_mode):
                         raise ReconcileError(f"{os.fsdecode(path)}: replaced while hashing")
@@ -141,25 +170,27 @@ def _chunks(root: bytes, view: memoryview) -> Iterator[bytes | bytearray | memor
                     out += _REG_X_HEAD if fst.st_mode & stat.S_IXUSR else _REG_HEAD
                     out += struct.pack("<Q", size)
                     total = 0
-                    while n := f.readinto(view):
-                        total += n
-                        if total > size:
-                            break
-                        if n < _FLUSH and len(out) < _FLUSH:
-                            out += view[:n]
-                        else:
-                            if out:
-                                yield out
-                                out = bytearray()
+                    if size < _FLUSH:  # small: straight into the coalescing buffer
+                        while total <= size and (data := os.read(fd, size + 1 - total)):
+                            total += len(data)
+                            out += data
+                    else:
+                        if out:
+                            yield out
+                            out = bytearray()
+                        while total <= size and (n := os.readv(fd, [view])):
+                            total += n
                             yield view[:n]
-                    if total != size:
-                        raise ReconcileError(
-                            f"{os.fsdecode(path)}: changed size while hashing "
-                            f"({size} bytes at open); hash it again once it is stable"
-                        )
+                finally:
+                    os.close(fd)
+                if total != size:
+                    raise ReconcileError(
+                        f"{os.fsdecode(path)}: changed size while hashing "
+                        f"({size} bytes at open); hash it again once it is stable"
+                    )
                 out += _PAD[: -size % 8]
                 out += _CLOSE
-            elif stat.S_ISLNK(st.st_mode):
+            elif kind == "l":
                 out += _LNK_HEAD
                 out += _nstr(os.readlink(path))
                 out += _CLOSE
@@ -172,14 +203,14 @@ def _chunks(root: bytes, view: memoryview) -> Iterator[bytes | bytearray | memor
                 out += _CLOSE  # closes the "entry (" this node belongs to
         # find the next node: the next entry of the innermost unfinished directory
         while stack:
-            dpath, names, idx = stack[-1]
-            if idx[0] == len(names):
+            dpath, entries, idx = stack[-1]
+            if idx[0] == len(entries):
                 stack.pop()
                 out += _CLOSE  # the directory node
                 if stack:
                     out += _CLOSE  # the entry holding it
                 continue
-            name = names[idx[0]]
+            name, kind = entries[idx[0]]
             idx[0] += 1
             out += _ENTRY_HEAD
             out += _nstr(name)

@@ -268,13 +268,11 @@ def _fetch_ranges(source, pin, file, part, network, progress, jobs) -> FetchResu
 
     from concurrent.futures import ThreadPoolExecutor
 
-    import mmap
-
     h = hashlib.sha256()
     hashed = 0
+    buf = bytearray(8 << 20)  # read back through one buffer: an mmap would count every
+    view = memoryview(buf)  # touched page of a multi-GB file as resident memory
     try:
-        mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)  # hash from the page cache, no copy
-        view = memoryview(mm)
         with ThreadPoolExecutor(max_workers=min(jobs, nseg)) as pool:
             futures = [pool.submit(worker, i) for i in range(nseg)]
             while hashed < size:
@@ -287,12 +285,14 @@ def _fetch_ranges(source, pin, file, part, network, progress, jobs) -> FetchResu
                         cond.wait(0.5)
                     if errors:
                         break
-                h.update(view[hashed:ready])
-                hashed = ready
+                while hashed < ready:
+                    n = os.preadv(fd, [view[: min(len(buf), ready - hashed)]], hashed)
+                    if n <= 0:
+                        break
+                    h.update(view[:n])
+                    hashed += n
             for fut in futures:
                 fut.result()
-        view.release()
-        mm.close()
     finally:
         os.close(fd)
     if errors:
