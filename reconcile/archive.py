@@ -51,12 +51,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .errors import IntegrityError, ReconcileError, StoreError
+from .paths import check_relpath
 
 __all__ = ["MAX_MEMBERS", "MAX_TOTAL", "check_relpath", "safe_extract"]
 
 MAX_MEMBERS = 100_000
 MAX_TOTAL = 1 << 40  # 1 TiB: a cap on what streaming may produce, whatever headers say
-_MAX_COMPONENT = 255  # bytes; the limit of every common file system
 _MAX_LINK_TARGET = 4096  # PATH_MAX; a zip symlink's target is its (tiny) content
 _COPY = 1 << 20
 
@@ -74,49 +74,6 @@ _CORRUPT = (
     lzma.LZMAError,
     NotImplementedError,  # zip compression method zipfile does not know
 )
-
-
-def check_relpath(p: str) -> str:
-    """Validate a relative path from a manifest, listing or archive; return it normalised.
-
-    Such a path is data an attacker may control (an HF tree entry, an S3 key, a
-    zip member), yet it is joined to a directory we write into, and
-    ``os.path.join(dest, "/etc/x")`` discards ``dest``. So it must be relative
-    with ``/`` separators and no ``.``/``..`` component; backslashes, drive
-    letters (``C:``), NUL and control characters are refused because they mean
-    a different path on another OS or to another tool. Empty components are
-    dropped (``a//b/`` → ``a/b``), which is the only normalisation: the result
-    joined to any base stays strictly inside that base.
-
-    Raises ``ValueError`` whose message names the path and the reason.
-    """
-    if not isinstance(p, str):
-        raise ValueError(f"path must be a string, got {type(p).__name__}")
-    if p == "":
-        raise ValueError("empty path")
-    if "\0" in p:
-        raise ValueError(f"{p!r}: contains a NUL byte")
-    if _CONTROL.search(p):
-        raise ValueError(f"{p!r}: contains a control character")
-    if "\\" in p:
-        raise ValueError(f"{p!r}: contains a backslash; use '/' as the separator")
-    if p.startswith("/"):
-        raise ValueError(f"{p!r}: absolute path; it must be relative")
-    if _DRIVE.match(p):
-        raise ValueError(f"{p!r}: starts with a drive letter; it must be relative")
-    parts = [c for c in p.split("/") if c]
-    if not parts:
-        raise ValueError(f"{p!r}: empty path")
-    for c in parts:
-        if c in (".", ".."):
-            raise ValueError(f"{p!r}: '.' and '..' components are not allowed")
-        try:
-            size = len(os.fsencode(c))
-        except UnicodeError:
-            raise ValueError(f"{p!r}: cannot be encoded as a file name") from None
-        if size > _MAX_COMPONENT:
-            raise ValueError(f"{p!r}: a component is longer than {_MAX_COMPONENT} bytes")
-    return "/".join(parts)
 
 
 def _refuse(label: str, member: str, why: str) -> IntegrityError:

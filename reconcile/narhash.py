@@ -124,6 +124,15 @@ def _kind(entry: os.DirEntry[bytes]) -> str:
     return "?"
 
 
+def _lstat_kind(path: bytes) -> str:
+    mode = os.lstat(path).st_mode
+    if stat.S_ISDIR(mode):
+        return "d"
+    if stat.S_ISREG(mode):
+        return "f"
+    return "l" if stat.S_ISLNK(mode) else "special"
+
+
 def _listdir(path: bytes) -> list[tuple[bytes, str]]:
     """(name, kind) of a directory's entries, sorted by name bytes as NAR requires."""
     with os.scandir(path) as it:
@@ -146,16 +155,7 @@ def _chunks(root: bytes, view: memoryview) -> Iterator[bytes | bytearray | memor
     path, kind = root, "?"
     while True:
         if kind == "?":
-            mode = os.lstat(path).st_mode
-            kind = (
-                "d"
-                if stat.S_ISDIR(mode)
-                else "f"
-                if stat.S_ISREG(mode)
-                else "l"
-                if stat.S_ISLNK(mode)
-                else "special"
-            )
+            kind = _lstat_kind(path)
         if kind == "d":
             out += _DIR_HEAD
             stack.append((path, _listdir(path), [0]))

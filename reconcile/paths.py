@@ -1,30 +1,57 @@
-"""Relative paths from manifests and remote listings, checked before they touch disk.
+"""Relative paths from manifests, remote listings and archives, checked before they touch disk.
 
-A path that a server or a models.toml hands us is data, not trust: it must stay
-inside the directory it is joined to, whatever it contains.
+A path that a server, an archive or a models.toml hands us is data, not trust: it
+must stay inside the directory it is joined to, whatever it contains.
 """
 
 from __future__ import annotations
 
+import os
 import re
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_MAX_COMPONENT = 255  # bytes; the limit of every common file system
 
 
-def check_relpath(path: str) -> str:
-    """Return ``path`` normalised ('a//b' → 'a/b'), or raise ValueError saying why it is unsafe."""
-    if not isinstance(path, str) or path == "":
+def check_relpath(p: str) -> str:
+    """Validate a relative path from a manifest, listing or archive; return it normalised.
+
+    Such a path is data an attacker may control (an HF tree entry, an S3 key, a
+    zip member), yet it is joined to a directory we write into, and
+    ``os.path.join(dest, "/etc/x")`` discards ``dest``. So it must be relative
+    with ``/`` separators and no ``.``/``..`` component; backslashes, drive
+    letters (``C:``), NUL and control characters are refused because they mean
+    a different path on another OS or to another tool. Empty components are
+    dropped (``a//b/`` → ``a/b``), which is the only normalisation: the result
+    joined to any base stays strictly inside that base.
+
+    Raises ``ValueError`` whose message names the path and the reason.
+    """
+    if not isinstance(p, str):
+        raise ValueError(f"path must be a string, got {type(p).__name__}")
+    if p == "":
         raise ValueError("empty path")
-    if "\0" in path:
-        raise ValueError(f"{path!r}: contains a NUL byte")
-    if any(ord(c) < 0x20 for c in path):
-        raise ValueError(f"{path!r}: contains a control character")
-    if path.startswith("/") or "\\" in path or _DRIVE.match(path):
-        raise ValueError(f"{path!r}: must be a relative path with '/' separators")
-    parts = [p for p in path.split("/") if p != ""]
+    if "\0" in p:
+        raise ValueError(f"{p!r}: contains a NUL byte")
+    if _CONTROL.search(p):
+        raise ValueError(f"{p!r}: contains a control character")
+    if "\\" in p:
+        raise ValueError(f"{p!r}: contains a backslash; use '/' as the separator")
+    if p.startswith("/"):
+        raise ValueError(f"{p!r}: absolute path; it must be relative")
+    if _DRIVE.match(p):
+        raise ValueError(f"{p!r}: starts with a drive letter; it must be relative")
+    parts = [c for c in p.split("/") if c]
     if not parts:
-        raise ValueError(f"{path!r}: empty path")
-    for p in parts:
-        if p in (".", ".."):
-            raise ValueError(f"{path!r}: '.' and '..' components are not allowed")
+        raise ValueError(f"{p!r}: empty path")
+    for c in parts:
+        if c in (".", ".."):
+            raise ValueError(f"{p!r}: '.' and '..' components are not allowed")
+        try:
+            size = len(os.fsencode(c))
+        except UnicodeError:
+            raise ValueError(f"{p!r}: cannot be encoded as a file name") from None
+        if size > _MAX_COMPONENT:
+            raise ValueError(f"{p!r}: a component is longer than {_MAX_COMPONENT} bytes")
     return "/".join(parts)
