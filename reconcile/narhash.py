@@ -16,7 +16,7 @@ by the raw bytes of their names; the whole archive is prefixed by
 a file with mode 0o654 hashes like 0o644). Timestamps, owners and other
 permission bits are not part of the archive.
 
-Speed: file bodies are read with ``readinto`` into one reusable, page-aligned 2 MiB
+Speed: file bodies are read (``readv``/``readinto``) into one reusable, page-aligned 2 MiB
 buffer and handed to ``hashlib`` as memoryviews, so no bytes objects are allocated
 per chunk and OpenSSL (which releases the GIL) does the work; measured on par with
 ``nix-hash`` (both at the SHA-256 hardware limit). Memory stays constant whatever the

@@ -71,3 +71,9 @@ def validation_preset() -> str | None:
 def env_value(name: str) -> str | None:
     """A user-named variable (auth.tokenEnvVar): the one sanctioned dynamic read."""
     return _env(name)
+
+
+def direct_min() -> int | None:
+    """RECONCILE_DIRECT_MIN: transfers at least this many bytes use the http.client fast path."""
+    value = _env("RECONCILE_DIRECT_MIN")
+    return int(value) if value and value.isdigit() else None

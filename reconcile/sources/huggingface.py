@@ -217,8 +217,9 @@ class HuggingFaceSource(Source):
         kind = pin.get("repoType", "model")
         url = (f"{self.endpoint}/{PREFIX[kind]}{pin['repo']}/resolve/{pin['commit']}/"
                f"{quote(file.path)}")
-        yield from stream(self.client, url, start=start, end=end,
-                          raise_for_status=self.raise_for_status)
+        length = (file.size if end is None else end) - start
+        yield from stream(self.client, url, start=start, end=end, length=length,
+                          network=self.decl.network, raise_for_status=self.raise_for_status)
 
 
 def _pattern(p: str) -> str:

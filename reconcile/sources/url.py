@@ -96,8 +96,8 @@ class UrlSource(Source):
     def _local(self, url: str) -> Path:
         return Path(url2pathname(urlsplit(url).path))
 
-    def _open_url(self, url: str, start: int, end: int | None, if_range: str | None
-                  ) -> Iterator[bytes]:
+    def _open_url(self, url: str, start: int, end: int | None, if_range: str | None,
+                  length: int | None = None) -> Iterator[bytes]:
         if urlsplit(url).scheme == "file":
             from ..transfer import iter_file
 
@@ -109,6 +109,7 @@ class UrlSource(Source):
         from ..http import stream
 
         yield from stream(self.client, url, start=start, end=end, if_range=if_range,
+                          length=length, network=self.decl.network,
                           raise_for_status=self._raise_for_status)
 
     def _head(self, url: str) -> tuple[int | None, dict[str, str]]:
@@ -181,7 +182,8 @@ class UrlSource(Source):
 
     def open(self, pin, file, start=0, end=None) -> Iterator[bytes]:
         if "archiveSha256" not in pin:
-            yield from self._open_url(pin["url"], start, end, pin.get("etag"))
+            length = (file.size if end is None else end) - start if file.size else None
+            yield from self._open_url(pin["url"], start, end, pin.get("etag"), length)
             return
         # a member of an archive: make sure the archive object is in the store, then read
         # the member from the unpacked copy (one download serves every member)

@@ -65,6 +65,13 @@ def hub():
         yield h
 
 
+@pytest.fixture(params=["httpx", "direct"])
+def transport(request, monkeypatch):
+    """Run byte transfers through httpx, and again through the http.client fast path."""
+    monkeypatch.setenv("RECONCILE_DIRECT_MIN", "0" if request.param == "direct" else str(1 << 62))
+    return request.param
+
+
 @pytest.fixture
 def hf_env(project, hub, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
@@ -242,7 +249,7 @@ def test_not_found_errors_have_their_own_messages(hf_env, decl, expect):
     assert r.code == 1 and expect in r.err and "Traceback" not in r.err
 
 
-def test_gated_repo_without_token_gets_the_actionable_message(hf_env, monkeypatch):
+def test_gated_repo_without_token_gets_the_actionable_message(transport, hf_env, monkeypatch):
     hf_env.write('[models.m]\nsource.huggingface = { repo = "acme/gated" }\n')
     r = hf_env.sh("apply")
     assert r.code == 1 and "gated" in r.err and "accept the licence" in r.err
@@ -252,7 +259,7 @@ def test_gated_repo_without_token_gets_the_actionable_message(hf_env, monkeypatc
     assert r.code == 1 and "not been granted" in r.err
 
 
-def test_token_reaches_only_the_hub_and_never_the_lock_store_or_output(hf_env, hub, monkeypatch):
+def test_token_reaches_only_the_hub_and_never_the_lock_store_or_output(transport, hf_env, hub, monkeypatch):
     monkeypatch.setenv("MY_TOKEN", TOKEN)
     hf_env.write('[models.m]\nsource.huggingface = { repo = "acme/gated" }\n'
                  'auth = { tokenEnvVar = "MY_TOKEN" }\n')
@@ -286,7 +293,7 @@ def test_token_file_and_hf_home_token(hf_env, tmp_path, monkeypatch):
     ("reset", {"after": 100_000}),
     ("truncate", {"after": 50_000}),
 ])
-def test_transient_faults_are_retried_and_resumed(hf_env, hub, kind, kw):
+def test_transient_faults_are_retried_and_resumed(transport, hf_env, hub, kind, kw):
     hf_env.write('[models.m]\nsource.huggingface = { repo = "acme/tiny" }\n'
                  'network = { retry = { maxAttempts = 3, baseDelay = 0.05 } }\n')
     assert hf_env.run("lock").code == 0
@@ -305,7 +312,7 @@ def test_transient_faults_are_retried_and_resumed(hf_env, hub, kind, kw):
         assert hub.bytes_sent("model.safetensors") < len(WEIGHTS) + kw["after"] + 1
 
 
-def test_corrupted_bytes_are_refused_and_nothing_is_installed(hf_env, hub):
+def test_corrupted_bytes_are_refused_and_nothing_is_installed(transport, hf_env, hub):
     hf_env.write('[models.m]\nsource.huggingface = { repo = "acme/tiny" }\n')
     assert hf_env.run("lock").code == 0
     hub.fault("*model.safetensors", "corrupt")

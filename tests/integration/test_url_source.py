@@ -21,6 +21,13 @@ pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(nginx_binary() is None, reason="needs nginx-light")]
 
 
+@pytest.fixture(params=["httpx", "direct"])
+def transport(request, monkeypatch):
+    """Run byte transfers through httpx, and again through the http.client fast path."""
+    monkeypatch.setenv("RECONCILE_DIRECT_MIN", "0" if request.param == "direct" else str(1 << 62))
+    return request.param
+
+
 @pytest.fixture
 def site(tmp_path):
     root = tmp_path / "site"
@@ -53,7 +60,7 @@ def test_bare_url_is_downloaded_once_at_lock_time_and_not_again_by_apply(project
     assert read_lock(project.lock).models["w"].pin["etag"]
 
 
-def test_declared_sha256_means_lock_downloads_nothing(project, site):
+def test_declared_sha256_means_lock_downloads_nothing(transport, project, site):
     url, root, work, data = site
     sha = hashlib.sha256(data).hexdigest()
     project.write(f'[models.w]\nsource.url = {{ url = "{url}/weights.bin", sha256 = "{sha}" }}\n')
@@ -72,7 +79,7 @@ def test_wrong_declared_sha256_fails_apply_and_installs_nothing(project, site):
     assert not (project.cache / "models--reconcile--w").exists()
 
 
-def test_content_changed_since_lock_is_refused(project, site):
+def test_content_changed_since_lock_is_refused(transport, project, site):
     url, root, work, data = site
     project.write(f'[models.w]\nsource.url = {{ url = "{url}/weights.bin" }}\n')
     project.run("lock")
@@ -98,7 +105,7 @@ def test_dead_server_is_a_clear_error(project):
     assert r.code == 1 and "127.0.0.1:9" in r.err and "Traceback" not in r.err
 
 
-def test_kill_during_throttled_download_resumes_with_range(project, site):
+def test_kill_during_throttled_download_resumes_with_range(transport, project, site):
     url, root, work, _ = site
     data = (root / "slow" / "big.bin").read_bytes()
     sha = hashlib.sha256(data).hexdigest()
