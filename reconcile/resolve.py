@@ -14,7 +14,6 @@ import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from . import treehash
 from .config import Manifest, ModelDecl
@@ -206,6 +205,3 @@ def check_ref_conflicts(models: Iterable[LockedModel]) -> None:
                 )
             claims[k] = (m.key, m.hf.commit)
 
-
-def lock_path_for(manifest_path: Path) -> Path:
-    return manifest_path.with_name("models.lock")

@@ -19,14 +19,13 @@ import errno
 import hashlib
 import os
 import shutil
-import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import StoreError
-from .lockfile import LockedFile, LockedModel
+from .lockfile import LockedModel
 
 
 class Store:
@@ -86,15 +85,6 @@ class Store:
         shutil.copyfile(self.object_path(sha256), tmp)
         self.publish_object(Path(tmp), sha256, True)
 
-    def put_bytes(self, data: bytes, executable: bool = False) -> str:
-        sha = hashlib.sha256(data).hexdigest()
-        if not self.has_object(sha, executable):
-            fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix="put-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            self.publish_object(Path(tmp), sha, executable)
-        return sha
-
     def put_file(self, path: Path, sha256: str, executable: bool = False) -> None:
         """Copy (or hard link) an already hashed local file into objects/."""
         if self.has_object(sha256, executable):
@@ -115,9 +105,6 @@ class Store:
 
     def has_model(self, model: LockedModel) -> bool:
         return os.path.isdir(self.model_path(model))
-
-    def missing_objects(self, model: LockedModel) -> list[LockedFile]:
-        return [f for f in model.regular_files() if not self.has_object(f.sha256)]
 
     def assemble(self, model: LockedModel) -> Path:
         """Build the tree in tmp/ from objects, then publish it with one rename."""
@@ -225,6 +212,3 @@ def disk_error(e: OSError, where: Path) -> StoreError:
         return StoreError(f"cannot write under {where}: {e.strerror}")
     return StoreError(f"I/O error under {where}: {e.strerror or e}")
 
-
-def is_mode_regular(mode: int) -> bool:
-    return stat.S_ISREG(mode)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import SourceError
@@ -56,7 +56,6 @@ class Resolution:
     pin: dict[str, Any]  # immutable coordinates; never a secret
     files: list[RemoteFile]
     hf: HFIdentity | None = None
-    prefetched: dict[str, str] = field(default_factory=dict)  # path -> sha256 already in store
 
 
 class Transient(SourceError):

@@ -66,7 +66,6 @@ class HuggingFaceSource(Source):
             from ..http import make_client
 
             token = find_token(self.decl.auth, *hf_token_fallbacks())
-            self.has_token = token is not None
             headers = {"Authorization": f"Bearer {token}"} if token else {}
             self._client = make_client(self.decl.network, headers)
         return self._client

@@ -499,10 +499,6 @@ def scan_npy(f: BinaryIO, file: str, member: str | None, base: int = 0) -> list[
     return []
 
 
-def _member_stream(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> BinaryIO:
-    return zf.open(info)
-
-
 def scan_zip(path: Path, rel: str) -> list[Finding]:
     findings: list[Finding] = []
     try:
