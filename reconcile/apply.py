@@ -84,19 +84,26 @@ class Executor:
         report.count(action.kind)
 
     def execute(self, plan: Plan) -> ApplyReport:
+        """Run every node once its predecessors succeeded (Kahn's order, in parallel).
+
+        It walks the plan's edge list directly; the networkx view of the same DAG is
+        for printing and analysis, and importing networkx would add 0.15 s to every run.
+        """
         report = ApplyReport()
         if plan.empty:
             return report
-        g = plan.graph
         self.store.ensure()
-        waiting = {n: g.in_degree(n) for n in g.nodes}
+        succ: dict[str, list[str]] = {n: [] for n in plan.nodes}
+        waiting = dict.fromkeys(plan.nodes, 0)
+        for a, b in set(plan.edges):
+            succ[a].append(b)
+            waiting[b] += 1
         ready = sorted(n for n, d in waiting.items() if d == 0)
         running: dict[Future[Any], str] = {}
         failed: set[str] = set()
-        lock = threading.Lock()
 
         def run(node: str) -> None:
-            self.run_action(g.nodes[node]["action"], report)
+            self.run_action(plan.nodes[node], report)
 
         with ThreadPoolExecutor(max_workers=max(1, self.jobs)) as pool:
             while ready or running:
@@ -107,25 +114,28 @@ class Executor:
                 for fut in finished:
                     node = running.pop(fut)
                     err = fut.exception()
-                    with lock:
-                        if err is not None:
-                            report.failures.append((g.nodes[node]["action"], err))
-                            for d in _descendants(g, node):
-                                if d not in failed:
-                                    failed.add(d)
-                                    report.skipped.append(g.nodes[d]["action"])
-                            continue
-                        for succ in g.successors(node):
-                            waiting[succ] -= 1
-                            if waiting[succ] == 0 and succ not in failed:
-                                ready.append(succ)
+                    if err is not None:
+                        report.failures.append((plan.nodes[node], err))
+                        for d in _descendants(succ, node) - failed:
+                            failed.add(d)
+                            report.skipped.append(plan.nodes[d])
+                        continue
+                    for nxt in succ[node]:
+                        waiting[nxt] -= 1
+                        if waiting[nxt] == 0 and nxt not in failed:
+                            ready.append(nxt)
         return report
 
 
-def _descendants(g: Any, node: str) -> set[str]:
-    import networkx as nx
-
-    return set(nx.descendants(g, node))
+def _descendants(succ: dict[str, list[str]], node: str) -> set[str]:
+    seen: set[str] = set()
+    stack = list(succ[node])
+    while stack:
+        n = stack.pop()
+        if n not in seen:
+            seen.add(n)
+            stack.extend(succ[n])
+    return seen
 
 
 def failure_message(report: ApplyReport) -> str:

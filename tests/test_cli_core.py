@@ -224,3 +224,43 @@ def test_hash_command_matches_the_lock(project):
     row = json.loads(project.run("status", "--json").out)[0]
     assert project.run("hash", row["store_path"]).out.strip() == row["hash"]
     assert project.run("hash", "/nonexistent").code == 2
+
+
+def test_progress_bars_only_on_a_terminal(project, tmp_path):
+    """Under a pseudo-terminal rich draws bars; piped output is one summary line."""
+    import shutil
+    import subprocess
+    import sys
+
+    project.write('[models.big]\nsource.mock = { files = [{ path = "w.bin", size = 8388608 }] }\n'
+                  'network = { bandwidth = { limit = "16M" } }\n')
+    piped = project.sh("apply")
+    assert piped.code == 0 and piped.out.count("\n") == 1 and "\x1b[" not in piped.out + piped.err
+    if shutil.which("script") is None:
+        pytest.skip("needs util-linux script for a pseudo-terminal")
+    from reconcile.store import remove_tree
+
+    remove_tree(project.store)  # fetch again, this time watched
+    cmd = f"{sys.executable} -m reconcile -f {project.manifest} apply"
+    r = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0
+    assert "\x1b[" in r.stdout and "w.bin" in r.stdout  # a live bar named after the file
+
+
+def test_store_copies_when_hard_links_cannot_cross_filesystems(project, monkeypatch):
+    import errno
+
+    from reconcile import store as store_mod
+
+    def no_link(src, dst):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(store_mod.os, "link", no_link)
+    project.write(MINIMAL)
+    assert project.run("apply").code == 0
+    row = json.loads(project.run("status", "--json").out)[0]
+    assert row["state"] == "ok"
+    cfg = os.path.join(row["store_path"], "config.json")
+    assert os.stat(cfg).st_nlink == 1  # a copy, not a link
+    assert project.run("verify").code == 0
