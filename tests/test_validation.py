@@ -174,3 +174,21 @@ def test_scrubbed_env_drops_secrets(monkeypatch):
     env = scrubbed_env(Path("/x"))
     assert "GITHUB_TOKEN" not in env and "MLFLOW_TRACKING_PASSWORD" not in env
     assert env["HOME"] == "/root" and env["src"] == "/x"
+
+
+def test_default_preset_comes_from_the_environment(project, monkeypatch):
+    project.write(model('"config.json", "helper.py"', "{ }"))
+    monkeypatch.setenv("RECONCILE_VALIDATION", "strict")
+    r = project.sh("apply")
+    assert r.code == 1 and "noPythonCode" in r.err and "helper.py" in r.err
+    monkeypatch.setenv("RECONCILE_VALIDATION", "standard")
+    assert project.sh("apply").code == 0
+
+
+def test_validate_a_locked_model_by_key_with_a_preset(project):
+    project.write(model('"config.json", "helper.py"', "{ }"))
+    assert project.sh("apply").code == 0  # standard allows Python files
+    r = project.sh("validate", "m", "--preset", "strict", "--continue-on-error", "--json")
+    rows = {o["validator"]: o for o in json.loads(r.out)}
+    assert r.code == 1 and rows["noPythonCode"]["status"] == "fail"
+    assert rows["modelscan"]["status"] == "pass" and "safetensorsOnly" in rows
