@@ -81,6 +81,17 @@ def curl_run(url: str, work: Path) -> dict:
     return {"s": dt, "rss_kib": rss}
 
 
+def curl_verified_run(url: str, work: Path, sha256: str) -> dict:
+    """What a user who checks downloads runs: curl, then sha256sum -c."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    out = work / "out"
+    script = f"curl -sf -o {out} {url} && echo '{sha256}  {out}' | sha256sum -c --quiet"
+    dt, rss = run_timed(["sh", "-c", script], BASE_ENV)
+    shutil.rmtree(work, ignore_errors=True)
+    return {"s": dt, "rss_kib": rss}
+
+
 def median(rows: list[dict], key: str = "s") -> float:
     return statistics.median(r[key] for r in rows)
 
@@ -115,15 +126,20 @@ def main() -> None:
                 "reconcile peak RSS MB": max(r["rss_kib"] for r in rec) / 1024,
                 "huggingface_hub peak RSS MB": max(r["rss_kib"] for r in off) / 1024,
             })
-            rb, cb = [], []
+            rb, cb, cv = [], [], []
             big_url = f"{url}/bench/file-b/resolve/{sha_b}/big.bin"
+            big_sha = json.loads((root / "site" / "api" / "bench" / "file-b" / "tree"
+                                  / f"{sha_b}.json").read_text())[0]["lfs"]["oid"]
             for _ in range(3):
                 cb.append(curl_run(big_url, work))
                 rb.append(reconcile_run(url, "bench/file-b", work))
+                cv.append(curl_verified_run(big_url, work, big_sha))
             results.append({
                 "work": f"one {2048 // scale} MiB file",
                 "reconcile apply s": median(rb), "curl s": median(cb),
                 "ratio (curl / reconcile)": median(cb) / median(rb),
+                "curl + sha256sum -c s": median(cv),
+                "ratio (curl+sha256sum / reconcile)": median(cv) / median(rb),
                 "reconcile peak RSS MB": max(r["rss_kib"] for r in rb) / 1024,
             })
             rc = reconcile_run(url, "bench/file-c", work)
