@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hfsite import build_repo, serve  # noqa: E402
+from hfsite import build_repo, serve
 
 PY = sys.executable
 BASE_ENV = {**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1",

@@ -12,13 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.servers import free_port, nginx_binary, wait_port  # noqa: E402
+from tests.servers import free_port, nginx_binary, run_nginx
 
 
 def git_oid_file(path: Path) -> str:
@@ -94,7 +93,9 @@ def _maps(root: Path) -> str:
             if h.get("linked"):
                 linked.append(f'  "{uri}" \'"{h["linked"]}"\';')
                 lsize.append(f'  "{uri}" "{h["size"]}";')
-    block = lambda var, rows: "map $uri $%s {\n  default \"\";\n%s\n}\n" % (var, "\n".join(rows))  # noqa: E731
+    def block(var: str, rows: list[str]) -> str:
+        return f"map $uri ${var} {{\n  default \"\";\n" + "\n".join(rows) + "\n}\n"
+
     return block("hf_etag", etag) + block("hf_linked_etag", linked) + block("hf_linked_size", lsize)
 
 
@@ -141,10 +142,5 @@ http {{
   }}
 }}
 """)
-    proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(work)])
-    try:
-        wait_port(port)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with run_nginx(conf, work, port) as url:
+        yield url

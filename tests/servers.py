@@ -6,9 +6,9 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from collections.abc import Iterator
 
 
 def free_port() -> int:
@@ -61,8 +61,18 @@ http {{
   }}
 }}
 """)
+    with run_nginx(conf, work, port) as url:
+        yield url
+
+
+@contextmanager
+def run_nginx(conf: Path, work: Path, port: int) -> Iterator[str]:
+    """Run nginx in the foreground on a written config until the block ends."""
+    binary = nginx_binary()
+    if binary is None:
+        raise RuntimeError("nginx is not installed (apt-get install nginx-light)")
     proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(work)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
         yield f"http://127.0.0.1:{port}"

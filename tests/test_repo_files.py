@@ -48,7 +48,7 @@ def test_main_job_runs_offline_from_a_fresh_copy(project):
 
 def test_schemas_in_the_repo_are_generated_from_the_code():
     for name, text in schema.render().items():
-        assert (REPO / "schemas" / name).read_text() == text, f"run python -m reconcile.schema"
+        assert (REPO / "schemas" / name).read_text() == text, "run python -m reconcile.schema"
 
 
 def test_repo_manifest_and_lock_validate_against_their_schemas():

@@ -46,7 +46,7 @@ def gets(work: Path, path: str) -> int:
 
 
 def test_bare_url_is_downloaded_once_at_lock_time_and_not_again_by_apply(project, site):
-    url, root, work, data = site
+    url, _root, work, data = site
     project.write(f'[models.w]\nsource.url = {{ url = "{url}/weights.bin" }}\n')
     assert project.run("lock").code == 0
     f = read_lock(project.lock).models["w"].files[0]
@@ -61,7 +61,7 @@ def test_bare_url_is_downloaded_once_at_lock_time_and_not_again_by_apply(project
 
 
 def test_declared_sha256_means_lock_downloads_nothing(transport, project, site):
-    url, root, work, data = site
+    url, _root, work, data = site
     sha = hashlib.sha256(data).hexdigest()
     project.write(f'[models.w]\nsource.url = {{ url = "{url}/weights.bin", sha256 = "{sha}" }}\n')
     assert project.run("lock").code == 0
@@ -71,7 +71,7 @@ def test_declared_sha256_means_lock_downloads_nothing(transport, project, site):
 
 
 def test_wrong_declared_sha256_fails_apply_and_installs_nothing(project, site):
-    url, root, work, data = site
+    url, _root, _work, _data = site
     project.write(f'[models.w]\nsource.url = {{ url = "{url}/weights.bin", sha256 = "{"0" * 64}" }}\n')
     r = project.sh("apply")
     assert r.code == 1 and "sha256 mismatch" in r.err and "Traceback" not in r.err
@@ -80,7 +80,7 @@ def test_wrong_declared_sha256_fails_apply_and_installs_nothing(project, site):
 
 
 def test_content_changed_since_lock_is_refused(transport, project, site):
-    url, root, work, data = site
+    url, root, _work, data = site
     project.write(f'[models.w]\nsource.url = {{ url = "{url}/weights.bin" }}\n')
     project.run("lock")
     for p in (project.store / "objects" / "sha256").iterdir():
@@ -143,7 +143,7 @@ def _tar(entries) -> bytes:
 
 
 def test_extract_tar_gives_a_model_tree_and_hash_matches_reconcile_hash(project, site):
-    url, root, work, _ = site
+    url, root, _work, _ = site
     (root / "m.tar.gz").write_bytes(_tar([("config.json", b'{"model_type": "bert"}', 0o644),
                                           ("bin/run.sh", b"#!/bin/sh\n", 0o755)]))
     project.write(f'[models.m]\nsource.url = {{ url = "{url}/m.tar.gz", extract = true }}\n')
