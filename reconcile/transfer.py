@@ -32,6 +32,12 @@ Progress = Callable[[int], None]
 # files, where a CDN's per-connection limit dominates, are split.
 PARALLEL_THRESHOLD = 8 << 30
 SEGMENT_MIN = 32 << 20
+# A stream that turns out slow (a CDN's per-connection limit, a long fat pipe) is
+# split after a probe: if its first PROBE_BYTES came slower than SLOW_RATE and at
+# least SPLIT_MIN remain, the rest is fetched as parallel ranges.
+PROBE_BYTES = 32 << 20
+SLOW_RATE = 100_000_000  # bytes/s, about 800 Mbit/s
+SPLIT_MIN = 128 << 20
 
 
 @dataclass
@@ -90,15 +96,18 @@ def fetch(
         if expected and store.has_object(expected):
             return FetchResult(expected, file.size, 0, fetched=False)
         part = store.partial_path(key)
-        if (
-            file.size >= PARALLEL_THRESHOLD
-            and jobs > 1
-            and source.supports_ranges
-            and expected
-        ):
+        can_split = (jobs > 1 and source.supports_ranges and bool(expected)
+                     and not network.bandwidth_limit)
+        if can_split and file.size >= PARALLEL_THRESHOLD:
             result = _fetch_ranges(source, pin, file, part, network, progress, jobs)
         else:
-            result = _fetch_stream(source, pin, file, part, network, progress)
+            got = _fetch_stream(source, pin, file, part, network, progress,
+                                probe=can_split and file.size >= SPLIT_MIN)
+            if isinstance(got, _Handover):
+                result = _fetch_ranges(source, pin, file, part, network, progress, jobs,
+                                       start=got.have, h=got.h, downloaded=got.downloaded)
+            else:
+                result = got
         if expected and result.sha256 != expected:
             part.unlink(missing_ok=True)
             raise IntegrityError(
@@ -166,7 +175,17 @@ class _Hasher:
         return self.h
 
 
-def _fetch_stream(source, pin, file, part, network, progress) -> FetchResult:
+@dataclass
+class _Handover:
+    """A stream that proved slow, handed to _fetch_ranges at ``have`` bytes."""
+
+    h: Any
+    have: int
+    downloaded: int
+
+
+def _fetch_stream(source, pin, file, part, network, progress, probe: bool = False
+                  ) -> FetchResult | _Handover:
     h, have = _rehash_partial(part)
     if file.size and have > file.size:
         part.unlink()
@@ -177,6 +196,7 @@ def _fetch_stream(source, pin, file, part, network, progress) -> FetchResult:
     downloaded = 0
     attempt = 0
     hasher = _Hasher(h)
+    handover = False
     try:
         with open(part, "ab") as out:
             while True:
@@ -184,7 +204,9 @@ def _fetch_stream(source, pin, file, part, network, progress) -> FetchResult:
                 try:
                     if file.size and have == file.size and file.sha256:
                         break
-                    for chunk in source.open(pin, file, have, None):
+                    started, from_here = time.monotonic(), have
+                    stream = source.open(pin, file, have, None)
+                    for chunk in stream:
                         try:
                             out.write(chunk)
                         except OSError as e:
@@ -195,6 +217,15 @@ def _fetch_stream(source, pin, file, part, network, progress) -> FetchResult:
                         throttle(len(chunk))
                         if progress:
                             progress(len(chunk))
+                        if probe and have - from_here >= PROBE_BYTES:
+                            probe = False
+                            rate = (have - from_here) / max(time.monotonic() - started, 1e-6)
+                            if rate < SLOW_RATE and file.size - have >= SPLIT_MIN:
+                                stream.close()  # hang up; the rest comes as ranges
+                                handover = True
+                                break
+                    if handover:
+                        break
                     if file.size and have < file.size:
                         raise Transient(f"{file.path}: stream ended at {have} of {file.size} bytes")
                     break
@@ -208,10 +239,13 @@ def _fetch_stream(source, pin, file, part, network, progress) -> FetchResult:
                     time.sleep(backoff_delay(attempt, network, e.retry_after))
     finally:
         h = hasher.finish()
+    if handover:
+        return _Handover(h, have, downloaded)
     return FetchResult(h.hexdigest(), have, downloaded)
 
 
-def _fetch_ranges(source, pin, file, part, network, progress, jobs) -> FetchResult:
+def _fetch_ranges(source, pin, file, part, network, progress, jobs, *, start: int = 0,
+                  h: Any = None, downloaded: int = 0) -> FetchResult:
     """Several ranges at once into one preallocated file; a hasher follows the watermark.
 
     Segments are written with pwrite at their offsets. The file is hashed in order
@@ -219,12 +253,12 @@ def _fetch_ranges(source, pin, file, part, network, progress, jobs) -> FetchResu
     check costs no second pass over data that is already in the page cache.
     """
     size = file.size
-    nseg = max(2, min(jobs * 2, size // SEGMENT_MIN))
-    seg = -(-size // nseg)
-    bounds = [(i * seg, min(size, (i + 1) * seg)) for i in range(nseg)]
+    nseg = max(2, min(jobs * 2, (size - start) // SEGMENT_MIN))
+    seg = -(-(size - start) // nseg)
+    bounds = [(start + i * seg, min(size, start + (i + 1) * seg)) for i in range(nseg)]
     fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
-    # A range download cannot trust an old partial's unwritten holes: start clean.
-    os.ftruncate(fd, 0)
+    if start == 0:  # an old partial's unwritten holes cannot be trusted: start clean
+        os.ftruncate(fd, 0)
     try:
         os.ftruncate(fd, size)
     except OSError as e:
@@ -234,7 +268,7 @@ def _fetch_ranges(source, pin, file, part, network, progress, jobs) -> FetchResu
     cond = threading.Condition()
     errors: list[BaseException] = []
     throttle = _Throttle(network.bandwidth_limit)
-    downloaded = [0]
+    downloaded = [downloaded]
 
     def worker(i: int) -> None:
         start, end = bounds[i]
@@ -272,8 +306,8 @@ def _fetch_ranges(source, pin, file, part, network, progress, jobs) -> FetchResu
 
     from concurrent.futures import ThreadPoolExecutor
 
-    h = hashlib.sha256()
-    hashed = 0
+    h = h or hashlib.sha256()
+    hashed = start
     buf = bytearray(8 << 20)  # read back through one buffer: an mmap would count every
     view = memoryview(buf)  # touched page of a multi-GB file as resident memory
     try:
@@ -282,7 +316,7 @@ def _fetch_ranges(source, pin, file, part, network, progress, jobs) -> FetchResu
             while hashed < size:
                 with cond:
                     while True:
-                        idx = min(hashed // seg, nseg - 1)
+                        idx = min((hashed - start) // seg, nseg - 1)
                         ready = done[idx]
                         if ready > hashed or errors:
                             break

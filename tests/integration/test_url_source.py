@@ -181,3 +181,31 @@ def test_extract_zip(project, site):
     project.write(f'[models.m]\nsource.url = {{ url = "{url}/m.zip", extract = true }}\n')
     assert project.run("apply").code == 0
     assert Path(project.run("path", "m").out.strip(), "a", "b.txt").read_text() == "hello"
+
+
+def test_a_slow_stream_is_split_into_parallel_ranges(transport, project, tmp_path, monkeypatch):
+    """A per-connection limit (what CDNs do): after a probe the rest comes in ranges."""
+    from reconcile import transfer
+    from reconcile.config import parse_manifest
+    from reconcile.lockfile import LockedFile
+    from reconcile.resolve import SourceContext, make_source
+    from reconcile.store import Store
+
+    root = tmp_path / "slowsite"
+    root.mkdir()
+    data = os.urandom(24 * 1024 * 1024)
+    (root / "w.bin").write_bytes(data)
+    monkeypatch.setattr(transfer, "PROBE_BYTES", 2 << 20)
+    monkeypatch.setattr(transfer, "SPLIT_MIN", 8 << 20)
+    monkeypatch.setattr(transfer, "SEGMENT_MIN", 2 << 20)
+    with nginx(root, tmp_path / "ng", extra="limit_rate 8m;") as url:
+        m = parse_manifest(f'[models.m]\nsource.url = {{ url = "{url}/w.bin" }}\n'.encode())
+        store = Store(tmp_path / "store").ensure()
+        src = make_source(m.models["m"], SourceContext(store))
+        f = LockedFile("w.bin", len(data), hashlib.sha256(data).hexdigest())
+        got = transfer.fetch(src, {"url": f"{url}/w.bin"}, f, store, m.models["m"].network, jobs=8)
+        src.close()
+        log = access_log(tmp_path / "ng")
+    assert got.sha256 == f.sha256 and store.object_path(f.sha256).read_bytes() == data
+    ranges = [line for line in log if " 206 " in line]
+    assert len(ranges) >= 4, log  # the stream was handed over to parallel ranges
