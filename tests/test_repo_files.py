@@ -69,3 +69,16 @@ def test_schema_rejects_what_the_checker_rejects():
     ]
     for doc in bad:
         assert list(jsonschema.Draft202012Validator(ms).iter_errors(doc)), doc
+
+
+def test_readme_manifest_example_is_valid():
+    import re
+
+    from reconcile.config import parse_manifest
+
+    text = (REPO / "README.md").read_text()
+    example = re.search(r"```toml\n(.*?)```", text, re.S).group(1)
+    m = parse_manifest(example.encode())
+    assert m.models["bert"].source["files"] == ["*.json", "*.safetensors", "vocab.txt"]
+    assert m.models["llama"].auth.token_env_var == "MY_ORG_TOKEN"
+    assert "has-license" in m.validators
