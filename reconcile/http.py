@@ -22,6 +22,11 @@ CHUNK = 1 << 20
 DIRECT_MIN = 16 << 20  # transfers at least this big skip httpx (see direct_stream)
 
 
+def base_headers(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """What every request carries: our name, and no transparent compression."""
+    return {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **(extra or {})}
+
+
 def make_client(network: NetworkConfig, headers: dict[str, str] | None = None) -> Any:
     import httpx
 
@@ -32,7 +37,7 @@ def make_client(network: NetworkConfig, headers: dict[str, str] | None = None) -
         follow_redirects=True,
         proxy=network.proxy,
         trust_env=True,  # HTTP(S)_PROXY / NO_PROXY like every other tool
-        headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **(headers or {})},
+        headers=base_headers(headers),
         limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
     )
 
@@ -71,7 +76,7 @@ def transient_status(response: Any) -> Transient | None:
 
 
 def stream(
-    client: Any,
+    client: Callable[[], Any],
     url: str,
     *,
     start: int = 0,
@@ -84,10 +89,10 @@ def stream(
 ) -> Iterator[bytes]:
     """Yield bytes [start, end) of ``url``; a server that ignores Range is handled.
 
-    ``length`` (the bytes expected) lets big transfers take ``direct_stream``.
+    ``client`` returns the source's httpx client; it is only asked for when needed, so a
+    big transfer (``length`` ≥ DIRECT_MIN, via ``direct_stream``) never pays for importing
+    httpx and building its TLS context. ``headers`` are the source's own (auth included).
     """
-    import httpx
-
     h = dict(headers or {})
     if start or end is not None:
         h["Range"] = f"bytes={start}-" + ("" if end is None else str(end - 1))
@@ -99,11 +104,12 @@ def stream(
     if (network is not None and length is not None
             and length >= (DIRECT_MIN if threshold is None else threshold)
             and _no_proxy(url, network)):
-        yield from direct_stream(url, {**dict(client.headers), **h}, start, end,
-                                 network, raise_for_status)
+        yield from direct_stream(url, base_headers(h), start, end, network, raise_for_status)
         return
+    import httpx
+
     try:
-        with client.stream("GET", url, headers=h) as r:
+        with client().stream("GET", url, headers=h) as r:
             if (t := transient_status(r)) is not None:
                 raise t
             raise_for_status(r)

@@ -56,18 +56,25 @@ class HuggingFaceSource(Source):
         super().__init__(decl, context)
         self.endpoint = settings.hf_endpoint()
         self._client: Any = None
+        self._auth: dict[str, str] | None = None
 
     # --- transport ----------------------------------------------------------------
 
     @property
-    def client(self) -> Any:
-        if self._client is None:
+    def auth_headers(self) -> dict[str, str]:
+        if self._auth is None:
             from ..auth import find_token, hf_token_fallbacks
-            from ..http import make_client
 
             token = find_token(self.decl.auth, *hf_token_fallbacks())
-            headers = {"Authorization": f"Bearer {token}"} if token else {}
-            self._client = make_client(self.decl.network, headers)
+            self._auth = {"Authorization": f"Bearer {token}"} if token else {}
+        return self._auth
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from ..http import make_client
+
+            self._client = make_client(self.decl.network, self.auth_headers)
         return self._client
 
     def close(self) -> None:
@@ -217,7 +224,8 @@ class HuggingFaceSource(Source):
         url = (f"{self.endpoint}/{PREFIX[kind]}{pin['repo']}/resolve/{pin['commit']}/"
                f"{quote(file.path)}")
         length = (file.size if end is None else end) - start
-        yield from stream(self.client, url, start=start, end=end, length=length,
+        yield from stream(lambda: self.client, url, start=start, end=end, length=length,
+                          headers=self.auth_headers,
                           network=self.decl.network, raise_for_status=self.raise_for_status)
 
 

@@ -108,7 +108,7 @@ class UrlSource(Source):
             return
         from ..http import stream
 
-        yield from stream(self.client, url, start=start, end=end, if_range=if_range,
+        yield from stream(lambda: self.client, url, start=start, end=end, if_range=if_range,
                           length=length, network=self.decl.network,
                           raise_for_status=self._raise_for_status)
 
