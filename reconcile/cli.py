@@ -257,36 +257,10 @@ def cmd_hash(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .validation.runner import Runner, parse_ref, report
+    from .validation.runner import report
 
-    target = Path(args.target)
-    ws = _ws(args)
-    manifest = ws.manifest if Path(args.manifest).exists() else None
-    if target.is_dir():
-        root, model = target, None
-    else:
-        model = ws.model(args.target)
-        if not ws.store.has_model(model):
-            raise UsageError(f"model '{args.target}' is not installed; run `reconcile apply`")
-        root = ws.store.model_path(model)
-    runner = Runner(ws.store, manifest, preset=args.preset)
-    if args.validator:
-        customs = manifest.validators if manifest else {}
-        vals = [parse_ref(v, customs, "--validator") for v in args.validator]
-    elif model is not None:
-        vals = runner.validators(model)
-    else:
-        from .validation.runner import validators_for
-
-        vals = validators_for(None, manifest.validators if manifest else {}, args.preset)
-    from .validation.runner import run_validator
-
-    outcomes = []
-    for v in vals:
-        o = run_validator(v, root)
-        outcomes.append(o)
-        if o.status != "pass" and o.on_failure == "abort" and not args.continue_on_error:
-            break
+    outcomes = _ws(args).validate(args.target, preset=args.preset, validators=args.validator,
+                                  continue_on_error=args.continue_on_error)
     failed = [o for o in outcomes if o.status != "pass" and o.on_failure == "abort"]
     if args.json:
         from dataclasses import asdict

@@ -220,6 +220,38 @@ class Workspace:
             out.append(entry)
         return out
 
+    def validate(self, target: str, *, preset: str | None = None,
+                 validators: list[str] | None = None, continue_on_error: bool = False) -> list[Any]:
+        """`reconcile validate`: a directory, or a locked and installed model by key.
+
+        Validators: the ones named (``NAME[:ARG]``), else the model's own set, else the
+        preset's. Stops at the first aborting failure unless ``continue_on_error``.
+        """
+        from .validation.runner import Runner, parse_ref, run_validator, validators_for
+
+        manifest = self.manifest if self.manifest_path.exists() else None
+        customs = manifest.validators if manifest else {}
+        model = None
+        root = Path(target)
+        if not root.is_dir():
+            model = self.model(target)
+            if not self.store.has_model(model):
+                raise LockError(f"model '{target}' is not installed", hint="run `reconcile apply`")
+            root = self.store.model_path(model)
+        if validators:
+            chosen = [parse_ref(v, customs, "--validator") for v in validators]
+        elif model is not None:
+            chosen = Runner(self.store, manifest, preset=preset).validators(model)
+        else:
+            chosen = validators_for(None, customs, preset)
+        outcomes = []
+        for v in chosen:
+            outcome = run_validator(v, root)
+            outcomes.append(outcome)
+            if outcome.status != "pass" and outcome.on_failure == "abort" and not continue_on_error:
+                break
+        return outcomes
+
     def model(self, key: str) -> LockedModel:
         lock = self.read_lock()
         if lock is None or key not in lock.models:
