@@ -119,3 +119,41 @@ def test_two_applies_at_once_both_succeed_and_fetch_each_object_once(project, tm
         r = subprocess.run([sys.executable, "-m", "reconcile", "-f", str(d / "models.toml"),
                             "status", "--json"], capture_output=True, text=True)
         assert all(row["state"] == "ok" for row in json.loads(r.stdout))
+
+
+def test_a_full_disk_is_a_clear_error_and_leaves_nothing_half_visible(project, monkeypatch):
+    import builtins
+    import errno
+
+    from reconcile import transfer
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def write(self, b):
+            self.n += len(b)
+            if self.n > 1_000_000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(b)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    project.write('[models.w]\nsource.mock = { files = [{ path = "w.bin", size = 4194304 }] }\n')
+    with monkeypatch.context() as m:
+        m.setattr(transfer, "open", lambda *a, **k: FullDisk(builtins.open(*a, **k)),
+                  raising=False)
+        r = project.run("apply")
+    assert r.code == 1 and "disk full" in r.err and "Traceback" not in r.err
+    assert "resume" in r.err or "gc" in r.err
+    assert not list((project.store / "objects" / "sha256").iterdir())
+    assert not (project.cache / "models--test--model").exists()
+    assert project.run("apply").code == 0  # space is back: the next run converges
+    assert project.run("verify").code == 0
