@@ -176,7 +176,8 @@ def link(cache: Path, model: LockedModel, store: Store, project: str) -> None:
         try:
             (rdir / "blobs").mkdir(parents=True, exist_ok=True)
             snap.mkdir(parents=True, exist_ok=True)
-            (cache / "CACHEDIR.TAG").exists() or _write_cachedir_tag(cache)
+            if not (cache / "CACHEDIR.TAG").exists():
+                _write_cachedir_tag(cache)
             for f in model.files:
                 rel = f"{model.hf.folder}/snapshots/{model.hf.commit}/{f.path}"
                 p = snap / f.path

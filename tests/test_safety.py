@@ -148,7 +148,7 @@ def test_a_full_disk_is_a_clear_error_and_leaves_nothing_half_visible(project, m
 
     project.write('[models.w]\nsource.mock = { files = [{ path = "w.bin", size = 4194304 }] }\n')
     with monkeypatch.context() as m:
-        m.setattr(transfer, "open", lambda *a, **k: FullDisk(builtins.open(*a, **k)),
+        m.setattr(transfer, "open", lambda *a, **k: FullDisk(builtins.open(*a, **k)),  # noqa: SIM115
                   raising=False)
         r = project.run("apply")
     assert r.code == 1 and "disk full" in r.err and "Traceback" not in r.err
