@@ -56,6 +56,7 @@ def hub():
     repo.refs["refs/pr/1"] = repo.commit({"extra.txt": b"pr"}, branch="pr-branch", parent=first)
     repo.refs["main"] = first
     h.repo("acme/data", "dataset").commit({"train.csv": b"a,b\n1,2\n"})
+    h.repo("acme/demo", "space").commit({"app.py": b"print('hi')\n", "README.md": b"# demo\n"})
     h.repo("gpt2x").commit({"config.json": b'{"model_type": "gpt2"}'})
     gated = h.repo("acme/gated", gated=True, granted={TOKEN})
     gated.commit({"config.json": b"{}", "model.safetensors": b"secret weights" * 100})
@@ -167,6 +168,7 @@ def test_official_client_raises_its_own_errors_for_the_stand_ins(hub, tmp_path, 
     ("acme/tiny", 'repo = "acme/tiny"', {}),
     ("acme/tiny", 'repo = "acme/tiny", revision = "v1.0"', {"revision": "v1.0"}),
     ("acme/data", 'repo = "acme/data", repoType = "dataset"', {"repo_type": "dataset"}),
+    ("acme/demo", 'repo = "acme/demo", repoType = "space"', {"repo_type": "space"}),
     ("gpt2x", 'repo = "gpt2x"', {}),
 ])
 def test_cache_is_identical_to_the_official_clients(hf_env, hub, tmp_path, repo, decl, kw):
