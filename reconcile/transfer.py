@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import NetworkConfig
-from .errors import IntegrityError, ReconcileError, SourceError
+from .errors import IntegrityError, SourceError
 from .lockfile import LockedFile
 from .sources.base import Source, Transient
 from .store import Store, disk_error
@@ -251,12 +251,19 @@ def _fetch_ranges(source, pin, file, part, network, progress, jobs, *, start: in
     Segments are written with pwrite at their offsets. The file is hashed in order
     as soon as a prefix is complete, so hashing overlaps the transfer and the final
     check costs no second pass over data that is already in the page cache.
+
+    The work happens under a separate name (``<part>.ranges``): a file with holes must
+    never look like a resumable stream prefix to the next run. It becomes ``part`` only
+    once every range has arrived.
     """
     size = file.size
+    work = part.with_name(part.name + ".ranges")
+    if start:
+        os.replace(part, work)  # a slow stream's prefix, handed over
     nseg = max(2, min(jobs * 2, (size - start) // SEGMENT_MIN))
     seg = -(-(size - start) // nseg)
     bounds = [(start + i * seg, min(size, start + (i + 1) * seg)) for i in range(nseg)]
-    fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(work, os.O_RDWR | os.O_CREAT, 0o644)
     if start == 0:  # an old partial's unwritten holes cannot be trusted: start clean
         os.ftruncate(fd, 0)
     try:
@@ -334,10 +341,8 @@ def _fetch_ranges(source, pin, file, part, network, progress, jobs, *, start: in
     finally:
         os.close(fd)
     if errors:
-        err = errors[0]
-        if isinstance(err, ReconcileError):
-            raise err
-        raise err
+        raise errors[0]
+    os.replace(work, part)
     return FetchResult(h.hexdigest(), hashed, downloaded[0])
 
 

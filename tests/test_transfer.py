@@ -104,3 +104,25 @@ def test_backoff_honours_retry_after_and_grows():
     assert transfer.backoff_delay(1, net, 7) == 7
     assert 0.5 <= transfer.backoff_delay(1, net, None) <= 1
     assert 4 <= transfer.backoff_delay(4, net, None) <= 8
+
+
+def test_a_crash_during_ranges_never_poisons_the_next_run(store, monkeypatch):
+    """After a slow stream is handed to ranges and the process dies, the partial on disk
+    has holes; the next run must not take it for a resumable prefix."""
+    monkeypatch.setattr(transfer, "PROBE_BYTES", 1 << 20)
+    monkeypatch.setattr(transfer, "SLOW_RATE", 1 << 60)  # every stream counts as slow
+    monkeypatch.setattr(transfer, "SPLIT_MIN", 1 << 20)
+    monkeypatch.setattr(transfer, "SEGMENT_MIN", 1 << 20)
+    src, pin, f = mock_source(store)
+
+    class Crash(Flaky):
+        def open(self, pin, file, start=0, end=None):
+            if end is not None and start > 4 << 20:
+                raise RuntimeError("simulated crash in a range worker")
+            yield from self.inner.open(pin, file, start, end)
+
+    with pytest.raises(RuntimeError):
+        transfer.fetch(Crash(src, 0, 0), pin, f, store, NetworkConfig(base_delay=0.01), jobs=4)
+    assert not store.has_object(f.sha256)
+    got = transfer.fetch(src, pin, f, store, NetworkConfig(base_delay=0.01), jobs=4)
+    assert got.sha256 == f.sha256 and store.has_object(f.sha256)
