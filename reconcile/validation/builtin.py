@@ -166,7 +166,7 @@ def modelscan(root: Path, arg: Any = None) -> list[str]:
         if kind == "safetensors":
             out.extend(f"{rel}: {p}" for p in check_safetensors(Path(path)))
         elif kind == "gguf":
-            out.extend(f"{rel}: {p}" for p in check_gguf(Path(path)))
+            out.extend(f"{rel}: {p}" for p in check_gguf(Path(path), deep=True))
         elif kind in ("pickle", "zip", "numpy", "compressed", "tar"):
             out.extend(str(f) for f in scan_file(Path(path), rel) if f.severity in counted)
     return out
