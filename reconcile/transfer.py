@@ -21,6 +21,7 @@ from typing import Any
 
 from .config import NetworkConfig
 from .errors import IntegrityError, SourceError
+from .http import BUFFERS
 from .lockfile import LockedFile
 from .sources.base import Source, Transient
 from .store import Store, disk_error
@@ -159,6 +160,7 @@ class _Hasher:
         while (batch := self.q.get()) is not None:
             for chunk in batch:
                 self.h.update(chunk)
+                BUFFERS.release(chunk)  # written and hashed: its buffer can be reused
 
     def update(self, chunk: bytes) -> None:
         self.batch.append(chunk)
@@ -286,6 +288,7 @@ def _fetch_ranges(source, pin, file, part, network, progress, jobs, *, start: in
                 for chunk in source.open(pin, file, done[i], end):
                     chunk = chunk[: end - done[i]]
                     os.pwrite(fd, chunk, done[i])
+                    BUFFERS.release(chunk)  # hashed later, from the file
                     throttle(len(chunk))
                     with cond:
                         done[i] += len(chunk)
