@@ -21,7 +21,7 @@ Times are wall clock to process exit; "durable" adds the `sync` right after (the
 until the written data is on disk). Median of N (default 3); RSS is the max over runs.
 reconcile checks the sha256 of every file it downloads; huggingface_hub and curl do not.
 
-Writes bench/results/hf.json and bench/README-hf.md, prints the markdown table.
+Writes bench/results/hf.json and hf.md (the section for bench/README.md), prints the table.
 """
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ def main() -> None:
     ap.add_argument("--only", default="A,B,C",
                     help="sections to run, e.g. B (a partial or --quick run writes"
                          " results/hf-B.json / hf-quick.json and leaves hf.json and"
-                         " README-hf.md alone)")
+                         " hf.md alone)")
     args = ap.parse_args()
     only = set(args.only.upper().split(","))
     full = only >= {"A", "B", "C"}
@@ -311,12 +311,12 @@ def main() -> None:
                                    "max_rss_mb": _rss(rs)} for tool, rs in sec["runs"].items()}
                       for key, sec in res["sections"].items()}
     (HERE / "results").mkdir(exist_ok=True)
-    # only a full-size run of every section replaces hf.json and README-hf.md
+    # only a full-size run of every section replaces hf.json and hf.md
     name = f"hf-{''.join(sorted(only))}" if not full else "hf"
     name += "-quick.json" if args.quick else ".json"
     (HERE / "results" / name).write_text(json.dumps(res, indent=2))
     if full and not args.quick:
-        (HERE / "README-hf.md").write_text(readme(res, table))
+        (HERE / "results" / "hf.md").write_text(readme(res, table))
     print()
     print(table)
 
