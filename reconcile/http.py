@@ -9,6 +9,7 @@ exactly the behaviour the Hub's 302s need.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Callable, Iterator
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -36,16 +37,22 @@ class BufferPool:
         self.size, self.keep = size, keep
         self._free: list[bytearray] = []  # append/pop are atomic under the GIL
 
-    def get(self) -> bytearray:
+    def get(self) -> mmap.mmap:
+        """A buffer; anonymous mmaps are page-aligned, as O_DIRECT writes need."""
         try:
             return self._free.pop()
         except IndexError:
-            return bytearray(self.size)
+            return mmap.mmap(-1, self.size)
+
+    def is_whole(self, chunk: Any) -> bool:
+        """Is ``chunk`` a whole (so page-aligned) buffer of this pool's kind?"""
+        return (isinstance(chunk, memoryview) and isinstance(chunk.obj, mmap.mmap)
+                and chunk.nbytes == self.size == len(chunk.obj))
 
     def release(self, chunk: Any) -> None:
         """Take back the buffer under ``chunk`` (a memoryview from direct_stream)."""
         buf = chunk.obj if isinstance(chunk, memoryview) else None
-        if isinstance(buf, bytearray) and len(buf) == self.size and len(self._free) < self.keep:
+        if isinstance(buf, mmap.mmap) and len(buf) == self.size and len(self._free) < self.keep:
             self._free.append(buf)
 
 

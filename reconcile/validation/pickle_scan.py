@@ -1460,6 +1460,12 @@ class _Entry:
     flags: int
     crc: int | None
 
+    @classmethod
+    def of(cls, info: zipfile.ZipInfo, data_start: int) -> _Entry:
+        """A central-directory entry whose data begins at ``data_start`` (local header)."""
+        return cls(info.filename, info.header_offset, data_start, info.compress_size,
+                   info.file_size, info.compress_type, info.flag_bits, info.CRC)
+
 
 class _Opener(Protocol):
     def __call__(self) -> Any: ...
@@ -1740,16 +1746,7 @@ def _scan_zip(path: Path, rel: str, prefix: str | None, depth: int) -> list[Find
                         "disagree on what this member is",
                     )
                 )
-            entry = _Entry(
-                info.filename,
-                info.header_offset,
-                local.data_start,
-                info.compress_size,
-                info.file_size,
-                info.compress_type,
-                info.flag_bits,
-                info.CRC,
-            )
+            entry = _Entry.of(info, local.data_start)
             spans.append((info.header_offset, entry.data_start + info.compress_size, info.filename))
             findings += _scan_entry(fd, entry, rel, size, prefix, depth)
         spans.sort()
@@ -1992,16 +1989,7 @@ def _contains_pickle(path: Path) -> bool:
                 local = _local_header(fd, info.header_offset, size)
                 if local is None:
                     return True
-                e = _Entry(
-                    info.filename,
-                    info.header_offset,
-                    local.data_start,
-                    info.compress_size,
-                    info.file_size,
-                    info.compress_type,
-                    info.flag_bits,
-                    info.CRC,
-                )
+                e = _Entry.of(info, local.data_start)
                 if e.method not in (0, 8, 12, 14) or e.flags & 1:
                     return True
                 if _blob_has_pickle(lambda e=e: _MemberStream(fd, e, size)):
