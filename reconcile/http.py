@@ -35,7 +35,7 @@ class BufferPool:
 
     def __init__(self, size: int = CHUNK, keep: int = 32) -> None:
         self.size, self.keep = size, keep
-        self._free: list[bytearray] = []  # append/pop are atomic under the GIL
+        self._free: list[mmap.mmap] = []  # append/pop are atomic under the GIL
 
     def get(self) -> mmap.mmap:
         """A buffer; anonymous mmaps are page-aligned, as O_DIRECT writes need."""

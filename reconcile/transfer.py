@@ -184,8 +184,8 @@ class _PartWriter:
     Written through the page cache, a 2 GiB download cost 1.3 to 5.5 s of kernel time
     on these VMs from one minute to the next (every page allocated, perhaps faulted in
     by the host, dirtied, written back), and curl pays that too. The same 1 MiB buffers
-    that get hashed, written with O_DIRECT, took a steady 0.8 s: one stream became
-    ~1.4x curl (bench/README.md). Whatever is not a whole, page-aligned pool buffer at
+    that get hashed, written with O_DIRECT, took a steady 0.7-1.4 s: one stream became
+    1.5-2.8x curl (bench/README.md). Whatever is not a whole, page-aligned pool buffer at
     an aligned offset (a tail, an unaligned resume, a chunk from httpx) goes through an
     ordinary descriptor, as does everything on a filesystem without O_DIRECT (tmpfs);
     the kernel keeps the two views of the file coherent. Offsets are explicit, so the
@@ -216,7 +216,10 @@ class _PartWriter:
                 self.dfd = None
         view = memoryview(chunk)
         while done < len(view):
-            done += os.pwrite(self.fd, view[done:], self.pos + done)
+            n = os.pwrite(self.fd, view[done:], self.pos + done)
+            if n <= 0:  # a regular file that takes nothing more: out of space
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            done += n
         self.pos += done
 
     def close(self) -> None:

@@ -608,27 +608,16 @@ class _Walker:
                 False, error=f"{type(e).__name__}: {e}", offset=pos, evidence=self.seg_evidence
             )
 
+    # what an inner pickle gets afresh, and the outer one gets back afterwards
+    _PER_PICKLE = ("stack", "marks", "memo", "memo_full", "tracked", "seg_evidence",
+                   "seg_imports")
+
     def nested(self, r: _Reader) -> None:
         """A complete inner pickle with its own stack and memo (joblib object arrays)."""
-        saved = (
-            self.stack,
-            self.marks,
-            self.memo,
-            self.memo_full,
-            self.tracked,
-            self.seg_evidence,
-            self.seg_imports,
-        )
+        saved = {k: getattr(self, k) for k in self._PER_PICKLE}
         seg = self.walk(r)
-        (
-            self.stack,
-            self.marks,
-            self.memo,
-            self.memo_full,
-            self.tracked,
-            self.seg_evidence,
-            self.seg_imports,
-        ) = saved
+        for k, v in saved.items():
+            setattr(self, k, v)
         if seg.evidence:
             self.confirm()
         if not seg.ok:
