@@ -55,6 +55,17 @@ class LockError(ReconcileError):
     """models.lock is missing, stale, unreadable, or disagrees with the manifest."""
 
 
+class ModelsFailed(LockError):
+    """Several models failed to lock; each is named, so one run shows every fix needed."""
+
+    def __init__(self, failures: list[tuple[str, ReconcileError]]) -> None:
+        lines = [f"{len(failures)} models failed to lock:"]
+        lines += ["  " + str(err).replace("\n", "\n  ") for _, err in failures]
+        super().__init__("\n".join(lines))
+        self.failures = failures
+        self.exit_code = max(err.exit_code for _, err in failures)
+
+
 class LockFileInvalid(LockError):
     """models.lock cannot be parsed; regenerate it with `reconcile lock`."""
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from . import treehash
 from .config import Manifest, ModelDecl
-from .errors import ConfigError, IntegrityError, LockError
+from .errors import ConfigError, IntegrityError, LockError, ModelsFailed, ReconcileError
 from .lockfile import HFLink, Lock, LockedFile, LockedModel
 from .sources import registry
 from .sources.base import Resolution, Source
@@ -98,10 +98,23 @@ def lock_models(
                 hint="run `reconcile lock` with network access, or commit an up-to-date lock",
             )
         store.ensure()
+        failures: list[tuple[str, ReconcileError]] = []
         with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(todo)))) as pool:
-            for locked in pool.map(lambda d: resolve_model(d, context, on_model), todo):
-                report.lock.models[locked.key] = locked
-                report.resolved.append(locked.key)
+            futures = [(d.key, pool.submit(resolve_model, d, context, on_model)) for d in todo]
+            for key, future in futures:
+                try:
+                    locked = future.result()
+                except ReconcileError as e:
+                    if not e.message.startswith(f"models.{key}:"):
+                        e.message = f"models.{key}: {e.message}"  # which model, in every case
+                    failures.append((key, e))
+                    continue
+                report.lock.models[key] = locked
+                report.resolved.append(key)
+        if len(failures) == 1:
+            raise failures[0][1]
+        if failures:
+            raise ModelsFailed(failures)
     report.removed = sorted(set(old_models) - set(manifest.models))
     check_ref_conflicts(report.lock.models.values())
     report.lock.models = dict(sorted(report.lock.models.items()))

@@ -251,6 +251,21 @@ def test_not_found_errors_have_their_own_messages(hf_env, decl, expect):
     assert r.code == 1 and expect in r.err and "Traceback" not in r.err
 
 
+def test_lock_names_every_failing_model_and_writes_no_lock(hf_env):
+    hf_env.write('[models.good]\nsource.huggingface = { repo = "acme/tiny" }\n'
+                 '[models.gone]\nsource.huggingface = { repo = "acme/nope" }\n'
+                 '[models.typo]\nsource.huggingface = { repo = "acme/tiny", revision = "nope" }\n')
+    r = hf_env.sh("lock")
+    assert r.code == 1 and "2 models failed to lock" in r.err and "Traceback" not in r.err
+    assert "models.gone: model acme/nope not found" in r.err
+    assert "models.typo: model acme/tiny has no revision 'nope'" in r.err
+    assert "hint: check the repo id" in r.err  # each keeps its own hint
+    assert not hf_env.lock.exists()
+    hf_env.write('[models.gone]\nsource.huggingface = { repo = "acme/nope" }\n')
+    r = hf_env.sh("lock")  # one failure: its own error, named
+    assert r.code == 1 and r.err.startswith("error: models.gone: model acme/nope not found")
+
+
 def test_gated_repo_without_token_gets_the_actionable_message(transport, hf_env, monkeypatch):
     hf_env.write('[models.m]\nsource.huggingface = { repo = "acme/gated" }\n')
     r = hf_env.sh("apply")
