@@ -11,6 +11,7 @@
 Invariant: anything under objects/ or models/ is complete and verified. Writers work
 in tmp/ and publish with an atomic rename, so a kill -9 at any moment leaves at worst
 a partial file in tmp/ (resumed next time), never a half file where readers look.
+Objects are fsynced before they are named, so a power cut cannot leave one either.
 """
 
 from __future__ import annotations
@@ -70,8 +71,23 @@ class Store:
             yield
 
     def publish_object(self, tmp_file: Path, sha256: str, executable: bool = False) -> Path:
-        """Move a verified file into objects/ (read-only); content-addressed, so a race is harmless."""
+        """Move a verified file into objects/ (read-only); content-addressed, so a race is harmless.
+
+        The bytes reach the disk before the name does: no-op applies trust objects
+        without re-hashing them, so after a power cut an object must be whole or absent,
+        never a zero-filled file under a good name. (For a download written with O_DIRECT
+        the fsync has next to nothing left to do.) A disk that fills up during delayed
+        allocation reports it here, too.
+        """
         dest = self.object_path(sha256, executable)
+        try:
+            fd = os.open(tmp_file, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise disk_error(e, self.root) from None
         os.chmod(tmp_file, 0o555 if executable else 0o444)
         os.replace(tmp_file, dest)
         return dest

@@ -144,3 +144,42 @@ def test_a_full_disk_is_a_clear_error_and_leaves_nothing_half_visible(project, m
     assert not (project.cache / "models--test--model").exists()
     assert project.run("apply").code == 0  # space is back: the next run converges
     assert project.run("verify").code == 0
+
+
+def test_objects_reach_the_disk_before_their_names(project, monkeypatch):
+    """A no-op apply trusts objects/ without re-hashing, so after a power cut an object
+    must be whole or absent: its bytes are fsynced before the rename that names it."""
+    synced: set[int] = set()
+    published: list[tuple[str, bool]] = []
+    fsync, replace = os.fsync, os.replace
+
+    def recording_fsync(fd):
+        synced.add(os.fstat(fd).st_ino)
+        return fsync(fd)
+
+    def checking_replace(src, dst, *a, **kw):
+        if "/objects/" in str(dst):
+            published.append((str(dst), os.stat(src).st_ino in synced))
+        return replace(src, dst, *a, **kw)
+
+    project.write(THROTTLED.replace('limit = "1M"', 'limit = "1G"'))
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", checking_replace)
+    assert project.run("apply").code == 0
+    objects = list((project.store / "objects" / "sha256").iterdir())
+    assert len(published) == len(objects) == 5 and all(ok for _, ok in published), published
+
+
+def test_a_disk_that_fills_up_at_writeback_is_reported_and_nothing_is_named(project, monkeypatch):
+    import errno
+
+    def delayed_enospc(fd):  # delayed allocation: the write was accepted, writeback fails
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    project.write('[models.w]\nsource.mock = { files = [{ path = "w.bin", size = 65536 }] }\n')
+    with monkeypatch.context() as m:
+        m.setattr(os, "fsync", delayed_enospc)
+        r = project.run("apply")
+    assert r.code == 1 and "disk full" in r.err and "Traceback" not in r.err
+    assert not list((project.store / "objects" / "sha256").iterdir())
+    assert project.run("apply").code == 0
