@@ -148,13 +148,14 @@ def license_check(root: Path, _arg: Any = None) -> list[str]:
 
 
 def modelscan(root: Path, arg: Any = None) -> list[str]:
-    """Our pickle/zip/numpy scanner plus safetensors and GGUF header checks.
+    """Our pickle/zip/numpy scanner, safetensors and GGUF header checks, chat templates.
 
     By default critical findings (code execution), globals outside the allow-list and
     unparseable data all fail. ``"lenient"`` fails only on critical ones (for models
     that legitimately pickle e.g. sklearn classes); ``"strict"`` (the paranoid preset)
     also fails on warnings such as TorchScript source.
     """
+    from . import chat_template
     from .formats import check_gguf, check_safetensors, sniff
     from .pickle_scan import scan_file
 
@@ -162,6 +163,7 @@ def modelscan(root: Path, arg: Any = None) -> list[str]:
         arg, {"critical", "unknown", "error"})
     out = []
     for rel, path in files(root):
+        out.extend(chat_template.check_file(Path(path), rel))
         kind = sniff(Path(path))
         if kind == "safetensors":
             out.extend(f"{rel}: {p}" for p in check_safetensors(Path(path)))

@@ -17,6 +17,8 @@ import struct
 from pathlib import Path
 from typing import IO, Any
 
+from .chat_template import findings as template_findings
+
 NPY_MAGIC = b"\x93NUMPY"
 
 # dtype -> bits per element (safetensors 0.8 accepts exactly these, case-sensitive)
@@ -253,6 +255,7 @@ GGML_TYPES: dict[int, tuple[int, int]] = {
     35: (256, 66), 39: (32, 17), 40: (64, 36), 41: (128, 18),
 }  # fmt: skip
 _GGUF_MAX_DIMS = 4
+_TEMPLATE_MAX = 1 << 20  # real chat templates are a few KiB
 _MAX_PROBLEMS = 20
 
 
@@ -382,6 +385,11 @@ def _gguf_metadata(r: _GGUFReader, kvs: int, problems: list[str]) -> int:
             if alignment == 0 or alignment & (alignment - 1):
                 problems.append(f"general.alignment {alignment} is not a power of two")
                 alignment = 32
+        elif key.split(".")[:2] == ["tokenizer", "chat_template"] and vtype == 8:
+            text = r.string(repr(key), keep=_TEMPLATE_MAX)
+            if text is None:
+                problems.append(f"{key}: a chat template over {_TEMPLATE_MAX} bytes")
+            problems.extend(f"{key}: chat template {f}" for f in template_findings(text or ""))
         else:
             r.skip_value(vtype, repr(key))
     return alignment
