@@ -148,7 +148,8 @@ def license_check(root: Path, _arg: Any = None) -> list[str]:
 
 
 def modelscan(root: Path, arg: Any = None) -> list[str]:
-    """Our pickle/zip/numpy scanner, safetensors and GGUF header checks, chat templates.
+    """Our pickle/zip/numpy scanner, safetensors and GGUF header checks, chat templates,
+    ONNX external-data paths.
 
     By default critical findings (code execution), globals outside the allow-list and
     unparseable data all fail. ``"lenient"`` fails only on critical ones (for models
@@ -157,6 +158,7 @@ def modelscan(root: Path, arg: Any = None) -> list[str]:
     """
     from . import chat_template
     from .formats import check_gguf, check_safetensors, sniff
+    from .onnx_check import check_onnx
     from .pickle_scan import scan_file
 
     counted = {"lenient": {"critical"}, "strict": {"critical", "unknown", "error", "warning"}}.get(
@@ -164,6 +166,8 @@ def modelscan(root: Path, arg: Any = None) -> list[str]:
     out = []
     for rel, path in files(root):
         out.extend(chat_template.check_file(Path(path), rel))
+        if rel.lower().endswith(".onnx"):
+            out.extend(check_onnx(Path(path), rel, root))
         kind = sniff(Path(path))
         if kind == "safetensors":
             out.extend(f"{rel}: {p}" for p in check_safetensors(Path(path)))
