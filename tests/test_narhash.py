@@ -169,7 +169,11 @@ def test_large_files_cross_every_buffer_boundary(tmp_path: Path) -> None:
 
 @needs_nix
 def test_deep_tree_needs_no_recursion(tmp_path: Path) -> None:
-    depth = sys.getrecursionlimit() + 200
+    # Python's default limit: some imports (keras) raise it, and a tree deeper than
+    # the raised limit would outgrow PATH_MAX
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(1000)
+    depth = 1000 + 200
     deep = tmp_path / "deep"
     dirs = [str(deep)]
     for _ in range(depth):  # os.makedirs itself recurses
@@ -179,6 +183,7 @@ def test_deep_tree_needs_no_recursion(tmp_path: Path) -> None:
             os.mkdir(d)
         assert format_hash(nar_hash(deep)) == nix_hash_path(deep)
     finally:  # shutil.rmtree (and so pytest's tmp_path cleanup) recurses too
+        sys.setrecursionlimit(limit)
         for d in reversed(dirs):
             if os.path.isdir(d):
                 os.rmdir(d)

@@ -149,7 +149,7 @@ def license_check(root: Path, _arg: Any = None) -> list[str]:
 
 def modelscan(root: Path, arg: Any = None) -> list[str]:
     """Our pickle/zip/numpy scanner, safetensors and GGUF header checks, chat templates,
-    ONNX external-data paths.
+    ONNX external-data paths, Keras configs.
 
     By default critical findings (code execution), globals outside the allow-list and
     unparseable data all fail. ``"lenient"`` fails only on critical ones (for models
@@ -158,6 +158,7 @@ def modelscan(root: Path, arg: Any = None) -> list[str]:
     """
     from . import chat_template
     from .formats import check_gguf, check_safetensors, sniff
+    from .keras_check import check_keras_h5, check_keras_zip
     from .onnx_check import check_onnx
     from .pickle_scan import scan_file
 
@@ -168,6 +169,8 @@ def modelscan(root: Path, arg: Any = None) -> list[str]:
         out.extend(chat_template.check_file(Path(path), rel))
         if rel.lower().endswith(".onnx"):
             out.extend(check_onnx(Path(path), rel, root))
+        elif rel.lower().endswith((".h5", ".hdf5", ".keras")):
+            out.extend(check_keras_h5(Path(path), rel))
         kind = sniff(Path(path))
         if kind == "safetensors":
             out.extend(f"{rel}: {p}" for p in check_safetensors(Path(path)))
@@ -175,6 +178,8 @@ def modelscan(root: Path, arg: Any = None) -> list[str]:
             out.extend(f"{rel}: {p}" for p in check_gguf(Path(path), deep=True))
         elif kind in ("pickle", "zip", "numpy", "compressed", "tar"):
             out.extend(str(f) for f in scan_file(Path(path), rel) if f.severity in counted)
+            if kind == "zip":
+                out.extend(check_keras_zip(Path(path), rel))
     return out
 
 
