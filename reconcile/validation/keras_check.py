@@ -43,8 +43,8 @@ def config_findings(doc: Any) -> list[str]:
             continue
         if not isinstance(node, dict):
             continue
-        cls, module = node.get("class_name"), node.get("module")
-        name = (node.get("config") or {}).get("name") if isinstance(node.get("config"), dict) else None
+        cls, module, config = node.get("class_name"), node.get("module"), node.get("config")
+        name = config.get("name") if isinstance(config, dict) else None
         if cls == "Lambda":
             out.append(f"Lambda layer {name or '?'!r}: runs serialized Python code when loaded")
         elif cls in FUNCTION_CLASSES:
@@ -63,15 +63,11 @@ def _keras_module(module: str) -> bool:
     return any(module == k or module.startswith(k + ".") for k in KERAS_MODULES)
 
 
-def is_keras_zip(names: set[str]) -> bool:
-    return "config.json" in names and "metadata.json" in names
-
-
 def check_keras_zip(path: Path, rel: str) -> list[str]:
     try:
         with zipfile.ZipFile(path) as z:
-            if not is_keras_zip(set(z.namelist())):
-                return []
+            if not {"config.json", "metadata.json"} <= set(z.namelist()):
+                return []  # a zip, but not a Keras model
             info = z.getinfo("config.json")
             if info.file_size > MAX_CONFIG:
                 return [f"{rel}: Keras config.json of {info.file_size} bytes"]

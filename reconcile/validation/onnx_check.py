@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 from pathlib import Path, PurePosixPath
+
+from ..paths import check_relpath
 
 # field numbers from onnx.proto3 (ir_version 10)
 MODEL_GRAPH, MODEL_TRAINING, MODEL_FUNCTIONS = 7, 20, 25
@@ -140,21 +143,21 @@ def _external_problem(entries: dict[str, str], base: PurePosixPath, root: Path) 
     location = entries.get("location", "")
     if not location:
         return "external data without a location"
-    if "\0" in location or "\\" in location or location.startswith("/") or (
-            len(location) > 1 and location[1] == ":"):
-        return f"external data location {location!r} is not a plain relative path"
-    parts = PurePosixPath(location).parts
-    if ".." in parts:
-        return f"external data location {location!r} leaves the model directory"
+    try:
+        parts = check_relpath(location).split("/")
+    except ValueError:
+        leaves = ".." in location.split("/")
+        why = "leaves the model directory" if leaves else "is not a plain relative path"
+        return f"external data location {location!r} {why}"
     target = root.joinpath(*base.parts, *parts)
-    if os.path.islink(target) or any(os.path.islink(root.joinpath(*base.parts, *parts[:i]))
-                                     for i in range(1, len(parts))):
+    if any(os.path.islink(root.joinpath(*base.parts, *parts[:i]))
+           for i in range(1, len(parts) + 1)):
         return f"external data location {location!r} is a symlink"
     try:
         st = os.stat(target)
     except OSError:
         return f"external data file {location!r} is missing"
-    if not os.path.isfile(target):
+    if not stat.S_ISREG(st.st_mode):
         return f"external data location {location!r} is not a regular file"
     try:
         offset = int(entries.get("offset") or 0)
