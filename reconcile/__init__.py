@@ -79,6 +79,7 @@ def instantiate(defs: dict[str, dict[str, Any]], *, store: Any = None, cache: Pa
     from . import hfcache
     from .apply import failure_message
     from .config import manifest_from_dict
+    from .lockfile import dumps
     from .resolve import lock_models
     from .validation.runner import Validator
     from .workspace import Workspace
@@ -104,8 +105,10 @@ def instantiate(defs: dict[str, dict[str, Any]], *, store: Any = None, cache: Pa
     manifest = manifest_from_dict(doc)
     ws = Workspace(Path("<python>"), manifest=manifest, store=store, cache=cache)
     ws.store.ensure()
-    lock = lock_models(manifest, None, ws.store, jobs=jobs).lock
-    report = ws.apply_lock(lock, jobs=jobs)
+    with ws.store.session():  # like apply: gc waits, and the models get a root of their own
+        lock = lock_models(manifest, None, ws.store, jobs=jobs).lock
+        ws.store.add_api_root(dumps(lock))
+        report = ws.apply_lock(lock, jobs=jobs)
     if not report.ok:
         raise ReconcileError(failure_message(report))
     out = {}

@@ -108,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}",
               file=sys.stderr)
         return 1
+    except Exception as e:  # a bug of ours: one line, and how to get the whole story
+        if os.environ.get("RECONCILE_DEBUG"):
+            raise
+        print(f"error: internal error: {type(e).__name__}: {e}\n  hint: run again with"
+              " RECONCILE_DEBUG=1 for the traceback, and report it", file=sys.stderr)
+        return 1
 
 
 def _ws(args: argparse.Namespace) -> Any:

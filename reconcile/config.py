@@ -49,7 +49,7 @@ VALIDATION_SPEC: dict[str, Any] = {
     "preset": "enum:" + "|".join(PRESETS),
 }
 INTEGRATION_SPEC: dict[str, Any] = {
-    "huggingface": {"enable": "bool", "org": "name", "model": "name", "refs": "strlist"}
+    "huggingface": {"enable": "bool", "org": "name", "model": "name", "refs": "reflist"}
 }
 MODEL_SPEC: dict[str, Any] = {
     "name": "name",
@@ -302,6 +302,18 @@ class _Checker:
         elif spec == "strlist":
             self.expect(isinstance(v, list) and all(isinstance(x, str) for x in v),
                         where, "a list of strings", v)
+        elif spec == "reflist":
+            from .lockfile import check_ref
+
+            self.expect(isinstance(v, list) and all(isinstance(x, str) for x in v),
+                        where, "a list of ref names", v)
+            for i, ref in enumerate(v):
+                try:
+                    check_ref(ref)
+                except ValueError as e:
+                    raise self.fail(f"{where}[{i}]", str(e),
+                                    hint="a ref is a branch or tag name such as 'main' or"
+                                    " 'v1.0'") from None
         elif spec == "list":
             self.expect(isinstance(v, list), where, "a list", v)
         elif spec == "any-table":
@@ -360,6 +372,7 @@ class _Checker:
             if "command" not in vdecl:
                 raise self.fail(f"validators.{vname}.command", "a custom validator needs a command")
             validators[vname] = dict(vdecl)
+        self.customs = validators
         models = {}
         for key, mdecl in doc.get("models", {}).items():
             models[key] = self.model(key, mdecl, shared, registry)
@@ -379,6 +392,32 @@ class _Checker:
                 self.table(opts, spec, f"{where}.{name}")
                 shared[f"{stype}.{name}"] = dict(opts)
         return shared
+
+    def validator_refs(self, where: str, validation: dict[str, Any]) -> None:
+        """Each validator a model names exists and gets an argument it can use: a typo
+        found after a 10 GB download is a typo found too late."""
+        from .validation.builtin import BUILTINS, check_arg
+
+        customs = self.customs
+        for i, item in enumerate(validation.get("validators", [])):
+            at = f"{where}.validation.validators[{i}]"
+            if isinstance(item, dict):
+                if len(item) != 1:
+                    raise self.fail(at, f"a validator table has exactly one key, got {list(item)}")
+                ((name, arg),) = item.items()
+            else:
+                name, _, text = item.partition(":")
+                arg = (text.split(",") if name in ("requiredFiles", "fileTypes") else text) \
+                    if text else None
+            if name in BUILTINS:
+                if problem := check_arg(name, arg):
+                    raise self.fail(at, f"{name}: {problem}")
+            elif name not in customs:
+                close = difflib.get_close_matches(name, [*BUILTINS, *customs], n=1)
+                raise self.fail(at, f"unknown validator '{name}'",
+                                hint=f"did you mean '{close[0]}'?" if close else
+                                "declare it as [validators.NAME] with a command, or use one of: "
+                                + ", ".join(BUILTINS))
 
     def unknown_source(self, where: str, stype: str, registry: Any) -> ConfigError:
         planned = {"s3", "mlflow", "git-lfs", "git-xet", "ollama"}
@@ -443,6 +482,7 @@ class _Checker:
             sub, _, msg = str(e).partition(": ")
             raise self.fail(f"{swhere}.{sub}" if msg else swhere, msg or str(e)) from None
         hash_ = decl.get("hash")
+        self.validator_refs(where, decl.get("validation", {}))
         return ModelDecl(
             key=key,
             name=decl.get("name", key),

@@ -8,8 +8,14 @@
 
 Snapshots never point straight into the store: `hf cache delete` unlinks the first
 symlink hop, which must be a repo-local blob, never a store object. Writes are
-atomic (temp name + rename). What reconcile created is recorded in the store's
-state/, and only that is ever removed; files of huggingface_hub's own are left be.
+atomic (temp name + rename).
+
+The cache is shared with huggingface_hub, transformers and other projects, so
+reconcile owns only what it created (recorded in the store's state/, see
+``Ownership``): a path that already held the right value stays its maker's, a path
+another tool rewrote becomes theirs, and prune removes a path only when no project
+needs it any more. Refs follow one rule (``may_write_ref``): reconcile never
+overwrites a ref it did not write unless models.toml names that ref.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ import errno
 import hashlib
 import json
 import os
+import stat
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ReconcileError
@@ -62,36 +70,93 @@ def tree_json(model: LockedModel) -> str:
     return json.dumps(data, indent=1)
 
 
-def is_linked(cache: Path, model: LockedModel, store: Store) -> bool:
-    """Cheap check (readlink/stat, never a hash) that the cache shows this model fully."""
+@dataclass
+class LinkState:
+    """How far the cache shows a model: ``linked`` when nothing is left for apply to
+    write; ``conflicts`` are refs that another tool or project holds at another commit,
+    which apply leaves alone (so they do not make the model unlinked)."""
+
+    linked: bool
+    conflicts: list[str] = field(default_factory=list)
+
+
+def is_linked(cache: Path, model: LockedModel, store: Store, project: str = "") -> bool:
+    return link_state(cache, model, store, project).linked
+
+
+def link_state(cache: Path, model: LockedModel, store: Store, project: str = "") -> LinkState:
+    """Cheap check (readlink/stat, never a hash) of what the cache shows of this model."""
     if model.hf is None:
-        return True
+        return LinkState(True)
     rdir = repo_dir(cache, model)
     snap = rdir / "snapshots" / model.hf.commit
     try:
-        for ref in model.hf.refs:
-            with open(rdir / "refs" / ref, encoding="utf-8") as fh:
-                if fh.read() != model.hf.commit:
-                    return False
         if not os.path.isfile(rdir / "trees" / f"{model.hf.commit}.json"):
-            return False
+            return LinkState(False)
         if not os.path.isdir(snap):
-            return False
+            return LinkState(False)
         for f in model.files:
             p = os.path.join(snap, f.path)
             if f.type == "f":
-                if os.readlink(p) != _blob_target(f.path, f.blob_name):
-                    return False
                 if not os.path.exists(p):  # follows the link: the blob is there
-                    return False
+                    return LinkState(False)
+                try:
+                    right = os.readlink(p) == _blob_target(f.path, f.blob_name)
+                except OSError:  # a real file: huggingface_hub without symlinks
+                    right = False
+                if not right and not _is_foreign_copy(p, f.size):
+                    return LinkState(False)
             elif f.type == "l":
                 if os.readlink(p) != (f.target or ""):
-                    return False
+                    return LinkState(False)
             elif not os.path.isdir(p):
-                return False
+                return LinkState(False)
+    except OSError:
+        return LinkState(False)
+    conflicts = []
+    own = None
+    for ref in model.hf.refs:
+        current = read_ref(rdir / "refs" / ref)
+        if current == model.hf.commit:
+            continue
+        if current is None:
+            return LinkState(False)
+        own = own or Ownership(store, cache, model.hf.folder)
+        if may_write_ref(own, f"{model.hf.folder}/refs/{ref}", current, model, project):
+            return LinkState(False)
+        conflicts.append(f"refs/{ref} of {model.hf.repo_id} is {current[:12]}, written by"
+                         f" {own.holder(f'{model.hf.folder}/refs/{ref}', current)}; the lock"
+                         f" pins {model.hf.commit[:12]}")
+    return LinkState(True, conflicts)
+
+
+def _is_foreign_copy(path: str, size: int) -> bool:
+    """A real file or another blob name that huggingface_hub put at a snapshot path
+    (HF_HUB_DISABLE_SYMLINKS, an older etag): it holds the content, so it counts."""
+    try:
+        return os.path.getsize(path) == size
     except OSError:
         return False
-    return True
+
+
+def read_ref(path: Path) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, UnicodeDecodeError):
+        return None
+
+
+def may_write_ref(own: Ownership, rel: str, current: str | None, model: LockedModel,
+                  project: str) -> bool:
+    """The refs rule: a ref is written when it is absent, when reconcile wrote its current
+    value for this project only, or when models.toml names it (``claim``). A ref that
+    huggingface_hub or another project wrote is never overwritten otherwise."""
+    if current is None or (model.hf is not None and model.hf.claim):
+        return True
+    if not own.holds(rel, current):
+        return False
+    return all(o.startswith(project + ":") for o in own.data.get(rel, ()))
 
 
 def _tmp_name(path: Path) -> Path:
@@ -114,24 +179,57 @@ def _ownership_dir(store: Store, cache: Path) -> Path:
 
 
 class Ownership:
-    """What reconcile created in one repo folder of an HF cache; prune removes only that.
+    """What reconcile created in one repo folder of an HF cache, and for whom.
 
-    One record per repo folder, guarded by that folder's lock, so links of different
-    repos never race on the same file.
+    ``owned[rel]`` lists the owners (one project's model at one commit) of a path
+    reconcile created; ``written[rel]`` is what reconcile wrote there (a link target,
+    a ref's commit, a blob's inode). reconcile owns a path only while it still holds
+    that value: huggingface_hub rewriting a ref makes the ref huggingface_hub's. A path
+    that already held the right value when reconcile came is never taken. Prune removes
+    a path when its last owner goes and it still holds what reconcile wrote.
+    One record per repo folder, guarded by that folder's lock.
     """
 
     def __init__(self, store: Store, cache: Path, folder: str) -> None:
         self.path = _ownership_dir(store, cache) / f"{folder}.json"
         self.cache = cache
         try:
-            self.data: dict[str, list[str]] = json.loads(self.path.read_text())["owned"]
-        except (FileNotFoundError, ValueError, KeyError):
-            self.data = {}
+            doc = json.loads(self.path.read_text())
+            self.data: dict[str, list[str]] = doc["owned"]
+            self.written: dict[str, str] = doc.get("written", {})
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            self.data, self.written = {}, {}
+        self.changed = False
+
+    def holds(self, rel: str, value: str) -> bool:
+        """reconcile created ``rel`` and it still holds what reconcile wrote."""
+        return rel in self.data and self.written.get(rel, value) == value
+
+    def holder(self, rel: str, value: str) -> str:
+        if not self.holds(rel, value):
+            return "another tool (huggingface_hub?)"
+        return "another project using reconcile"
 
     def add(self, relpath: str, owner: str) -> None:
         owners = self.data.setdefault(relpath, [])
         if owner not in owners:
             owners.append(owner)
+            self.changed = True
+
+    def create(self, rel: str, owner: str, value: str, *, replace: bool = False) -> None:
+        """Record that reconcile wrote ``value`` at ``rel`` for ``owner`` (``replace``: the
+        previous owners no longer have what they wanted there: a ref moved)."""
+        if replace:
+            self.data[rel] = []
+        self.written[rel] = value
+        self.add(rel, owner)
+        self.changed = True
+
+    def forget(self, rel: str) -> None:
+        if rel in self.data or rel in self.written:
+            self.data.pop(rel, None)
+            self.written.pop(rel, None)
+            self.changed = True
 
     def release(self, owner: str) -> list[str]:
         """Drop ``owner``; return the paths nobody owns any more."""
@@ -139,14 +237,33 @@ class Ownership:
         for rel, owners in list(self.data.items()):
             if owner in owners:
                 owners.remove(owner)
+                self.changed = True
                 if not owners:
                     freed.append(rel)
                     del self.data[rel]
         return freed
 
+    def owners(self) -> set[str]:
+        return {o for owners in self.data.values() for o in owners}
+
     def save(self) -> None:
-        atomic_write_text(self.path, json.dumps({"cache": str(self.cache), "owned": self.data},
-                                                indent=1))
+        if not self.changed:
+            return
+        atomic_write_text(self.path, json.dumps(
+            {"cache": str(self.cache), "owned": self.data, "written": self.written}, indent=1))
+        self.changed = False
+
+
+def records(store: Store) -> list[tuple[Path, str]]:
+    """(cache, folder) of every ownership record in this store, for any cache."""
+    out = []
+    for record in sorted(store.state.glob("hfcache/*/*.json")):
+        try:
+            cache = Path(json.loads(record.read_text())["cache"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        out.append((cache, record.stem))
+    return out
 
 
 def owner_id(model: LockedModel, project: str) -> str:
@@ -160,8 +277,63 @@ def owners_of_project(store: Store, cache: Path, project: str) -> set[str]:
     d = _ownership_dir(store, cache)
     for record in d.glob("*.json") if d.is_dir() else ():
         own = Ownership(store, cache, record.stem)
-        out |= {o for owners in own.data.values() for o in owners if o.startswith(project + ":")}
+        out |= {o for o in own.owners() if o.startswith(project + ":")}
     return out
+
+
+def _value(path: Path, *, ref: bool = False) -> str | None:
+    """What is at a cache path now, in the form Ownership.written keeps it: a ref's
+    commit, a symlink's target, else the file's identity (dev:inode)."""
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        return "link:" + os.readlink(path)
+    if ref:
+        return read_ref(path)
+    return f"inode:{st.st_dev}:{st.st_ino}"
+
+
+def _value_at(cache: Path, rel: str) -> str | None:
+    return _value(cache / rel, ref=rel.split("/", 2)[1:2] == ["refs"])
+
+
+def model_paths(model: LockedModel) -> list[str]:
+    """Every cache path (relative to the cache) that shows this model."""
+    assert model.hf is not None
+    folder, commit = model.hf.folder, model.hf.commit
+    out = [f"{folder}/trees/{commit}.json", *(f"{folder}/refs/{r}" for r in model.hf.refs)]
+    for f in model.files:
+        if f.type == "f":
+            out.append(f"{folder}/blobs/{f.blob_name}")
+        if f.type != "d":
+            out.append(f"{folder}/snapshots/{commit}/{f.path}")
+    if "main" not in model.hf.refs:
+        out.append(f"{folder}/refs/main")
+    return out
+
+
+def adopt(cache: Path, model: LockedModel, store: Store, project: str) -> None:
+    """Register this project as an owner of what reconcile created that shows ``model``,
+    although nothing needed writing (another project linked it first). Without this a
+    prune in that other project would take the model away from this one."""
+    if model.hf is None:
+        return
+    owner = owner_id(model, project)
+
+    def missing(own: Ownership) -> list[str]:
+        return [rel for rel in model_paths(model)
+                if rel in own.data and owner not in own.data[rel]
+                and (v := _value_at(cache, rel)) is not None and own.holds(rel, v)]
+
+    if not missing(Ownership(store, cache, model.hf.folder)):
+        return
+    with store.lock("hfcache-" + model.hf.folder):
+        own = Ownership(store, cache, model.hf.folder)
+        for rel in missing(own):
+            own.add(rel, owner)
+        own.save()
 
 
 def link(cache: Path, model: LockedModel, store: Store, project: str) -> None:
@@ -169,35 +341,38 @@ def link(cache: Path, model: LockedModel, store: Store, project: str) -> None:
     if model.hf is None:
         return
     rdir = repo_dir(cache, model)
-    snap = rdir / "snapshots" / model.hf.commit
+    folder, commit = model.hf.folder, model.hf.commit
+    snap = rdir / "snapshots" / commit
     owner = owner_id(model, project)
-    with store.lock("hfcache-" + model.hf.folder):
-        own = Ownership(store, cache, model.hf.folder)
+    with store.lock("hfcache-" + folder):
+        own = Ownership(store, cache, folder)
         try:
             (rdir / "blobs").mkdir(parents=True, exist_ok=True)
             snap.mkdir(parents=True, exist_ok=True)
             if not (cache / "CACHEDIR.TAG").exists():
                 _write_cachedir_tag(cache)
             for f in model.files:
-                rel = f"{model.hf.folder}/snapshots/{model.hf.commit}/{f.path}"
+                rel = f"{folder}/snapshots/{commit}/{f.path}"
                 p = snap / f.path
                 p.parent.mkdir(parents=True, exist_ok=True)
                 if f.type == "d":
                     p.mkdir(exist_ok=True)
                     continue
                 if f.type == "l":
-                    _ensure_link(p, f.target or "", own, rel, owner)
+                    _ensure_link(p, f.target or "", own, rel, owner, 0)
                     continue
                 blob = rdir / "blobs" / f.blob_name
                 _ensure_blob(blob, store.object_path(f.sha256, f.executable), f.size, own,
-                             f"{model.hf.folder}/blobs/{f.blob_name}", owner)
-                _ensure_link(p, _blob_target(f.path, f.blob_name), own, rel, owner)
-            tree = rdir / "trees" / f"{model.hf.commit}.json"
-            atomic_write_text(tree, tree_json(model))
-            own.add(f"{model.hf.folder}/trees/{model.hf.commit}.json", owner)
+                             f"{folder}/blobs/{f.blob_name}", owner)
+                _ensure_link(p, _blob_target(f.path, f.blob_name), own, rel, owner, f.size)
+            _ensure_tree(rdir / "trees" / f"{commit}.json", tree_json(model), own,
+                         f"{folder}/trees/{commit}.json", owner)
             for ref in model.hf.refs:  # last: a ref points only at a complete snapshot
-                atomic_write_text(rdir / "refs" / ref, model.hf.commit)
-                own.add(f"{model.hf.folder}/refs/{ref}", owner)
+                _ensure_ref(rdir / "refs" / ref, model, own, f"{folder}/refs/{ref}", owner,
+                            project)
+            if "main" not in model.hf.refs:  # so from_pretrained(repo_id) finds it offline
+                _ensure_ref(rdir / "refs" / "main", model, own, f"{folder}/refs/main", owner,
+                            project, fallback=True)
         except OSError as e:
             raise ReconcileError(
                 f"cannot link {model.key} into the HF cache at {cache}: {e.strerror or e}",
@@ -217,41 +392,41 @@ def _write_cachedir_tag(cache: Path) -> None:
     )
 
 
-def _ensure_link(path: Path, target: str, own: Ownership, rel: str, owner: str) -> None:
-    try:
-        current = os.readlink(path)
-    except FileNotFoundError:
-        current = None
-    except OSError as e:
-        if e.errno != errno.EINVAL:
-            raise
-        # a real file (HF_HUB_DISABLE_SYMLINKS) that huggingface_hub put there: leave it
+def _ensure_link(path: Path, target: str, own: Ownership, rel: str, owner: str,
+                 size: int) -> None:
+    value = "link:" + target
+    current = _value(path)
+    if current == value:
+        if own.holds(rel, value):
+            own.add(rel, owner)  # reconcile made it (maybe for another project): share it
+        return  # else huggingface_hub made the same link first: it stays theirs
+    if current is not None and not own.holds(rel, current):
+        own.forget(rel)  # someone else's (a real file, another blob name): leave it
+        if size and not _is_foreign_copy(str(path), size):
+            raise ReconcileError(
+                f"{path} exists and is not what models.lock pins; reconcile did not create it"
+                " and will not overwrite it",
+                hint="remove that snapshot (e.g. `hf cache delete`) and run apply again")
         return
-    if current != target:
-        if current is not None and rel not in own.data:
-            # huggingface_hub's own link to another blob name; both name the content
-            return
-        _atomic_symlink(target, path)
-    own.add(rel, owner)
+    _atomic_symlink(target, path)
+    own.create(rel, owner, value)
 
 
 def _ensure_blob(blob: Path, obj: Path, size: int, own: Ownership, rel: str, owner: str) -> None:
-    try:
-        st = os.stat(blob)
-    except FileNotFoundError:
-        st = None
-    if st is not None:
-        if os.path.samefile(blob, obj):
-            own.add(rel, owner)
-            return
-        if rel not in own.data:
-            if st.st_size != size:
-                raise ReconcileError(
-                    f"{blob} exists with {st.st_size} bytes, expected {size}; reconcile did not"
-                    " create it and will not overwrite it",
-                    hint="remove that blob (e.g. `hf cache delete`) and run apply again",
-                )
-            return  # huggingface_hub downloaded the same content under the same name
+    current = _value(blob)
+    if current is not None and not own.holds(rel, current):
+        own.forget(rel)
+        have = os.path.getsize(blob) if os.path.exists(blob) else None
+        if have != size:
+            raise ReconcileError(
+                f"{blob} exists with {have if have is not None else 'no readable'} bytes,"
+                f" expected {size}; reconcile did not create it and will not overwrite it",
+                hint="remove that blob (e.g. `hf cache delete`) and run apply again",
+            )
+        return  # huggingface_hub downloaded the same content under the same name
+    if current is not None and os.path.exists(blob) and os.path.samefile(blob, obj):
+        own.add(rel, owner)
+        return
     tmp = _tmp_name(blob)
     try:
         os.unlink(tmp)
@@ -262,35 +437,74 @@ def _ensure_blob(blob: Path, obj: Path, size: int, own: Ownership, rel: str, own
     except OSError as e:
         if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
             raise
-        os.symlink(obj, tmp)
+        os.symlink(obj, tmp)  # the store is on another filesystem: gc keeps obj for it
     os.replace(tmp, blob)
-    own.add(rel, owner)
+    own.create(rel, owner, _value(blob) or "")
+
+
+def _ensure_tree(path: Path, text: str, own: Ownership, rel: str, owner: str) -> None:
+    current = _value(path)
+    if current is not None and not own.holds(rel, current):
+        own.forget(rel)  # huggingface_hub's listing of the same commit: it stays theirs
+        return
+    atomic_write_text(path, text)
+    own.create(rel, owner, _value(path) or "")
+
+
+def _ensure_ref(path: Path, model: LockedModel, own: Ownership, rel: str, owner: str,
+                project: str, *, fallback: bool = False) -> None:
+    assert model.hf is not None
+    commit = model.hf.commit
+    current = _value(path, ref=True)
+    if current == commit:
+        if own.holds(rel, commit):
+            own.add(rel, owner)
+        return
+    if fallback:  # refs/main for a model pinned elsewhere: only where nobody else has one
+        ok = current is None or (own.holds(rel, current) and all(
+            o.startswith(f"{project}:{model.key}:") for o in own.data.get(rel, ())))
+    else:
+        ok = may_write_ref(own, rel, current, model, project)
+    if not ok:
+        if not own.holds(rel, current or ""):
+            own.forget(rel)
+        return  # a conflict: plan and status show it
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, commit)
+    own.create(rel, owner, commit, replace=True)
 
 
 def unlink(cache: Path, owner: str, store: Store) -> list[Path]:
-    """Drop one owner; remove what no owner needs any more and reconcile created."""
+    """Drop one owner; remove what no owner needs any more and still holds what
+    reconcile wrote (a path another tool rewrote since is theirs)."""
     folder = owner.split(":")[2].split("@")[0]
     removed = []
     with store.lock("hfcache-" + folder):
         own = Ownership(store, cache, folder)
-        for rel in sorted(own.release(owner), key=lambda r: (-r.count("/"), r)):
+        written = dict(own.written)
+        freed = own.release(owner)
+        for rel in sorted(freed, key=lambda r: (-r.count("/"), r)):
+            own.forget(rel)
             p = cache / rel
+            current = _value_at(cache, rel)
+            if current is None or written.get(rel, current) != current:
+                continue
             try:
-                if p.is_symlink() or p.is_file():
-                    p.unlink()
-                    removed.append(p)
+                p.unlink()
+                removed.append(p)
             except OSError:
                 continue
         own.save()
-        _prune_empty_dirs(cache / folder)
+        for p in removed:
+            _prune_empty_parents(p.parent, cache / folder)
     return removed
 
 
-def _prune_empty_dirs(root: Path) -> None:
-    if not root.is_dir():
-        return
-    for dirpath, _dirs, _files in os.walk(root, topdown=False):
+def _prune_empty_parents(d: Path, root: Path) -> None:
+    """Remove the directories that removing reconcile's files left empty, up to ``root``."""
+    while d == root or root in d.parents:
         try:
-            os.rmdir(dirpath)
+            os.rmdir(d)
         except OSError:
-            pass
+            return
+        d = d.parent

@@ -29,17 +29,22 @@ def get_model_path(model: Any) -> Path:
 def mk_link_script(model: Any, cache_dir: str = "$HOME/.cache/huggingface/hub") -> str:
     """A POSIX shell script that links a fetched model into another HF cache.
 
-    It reproduces the layout reconcile writes (relative snapshot links to blobs that
+    ``cache_dir`` is a shell word of the caller's (``$HOME`` expands); everything that
+    comes from the lock is quoted. It reproduces the layout reconcile writes (relative snapshot links to blobs that
     are hard links, or symlinks across filesystems, to the store) for machines or
     containers that see the store but run no Python.
     """
+    from .lockfile import check_model
+
     locked = model.locked
     if locked.hf is None:
         raise ValueError(f"model {locked.key} has HF integration disabled")
+    check_model(locked)  # every word below comes from the lock: checked, then quoted
+    commit = shlex.quote(locked.hf.commit)
     repo = f'"{cache_dir}"/{shlex.quote(locked.hf.folder)}'
     store_tree = shlex.quote(str(model.store_path))
     lines = ["#!/bin/sh", "set -eu", f"repo={repo}", f"src={store_tree}",
-             f"snap=\"$repo/snapshots/{locked.hf.commit}\"",
+             f"snap=\"$repo/snapshots/\"{commit}",
              'mkdir -p "$repo/blobs" "$repo/refs" "$snap"']
     for f in locked.files:
         q = shlex.quote(f.path)
@@ -57,8 +62,9 @@ def mk_link_script(model: Any, cache_dir: str = "$HOME/.cache/huggingface/hub") 
                      f' 2>/dev/null || ln -s "$src"/{q} "$repo/blobs/"{blob}')
         lines.append(f'ln -sfn {shlex.quote(rel)} "$snap"/{q}')
     for ref in locked.hf.refs:
-        lines.append(f'mkdir -p "$(dirname "$repo/refs/{ref}")"')
-        lines.append(f'printf %s {locked.hf.commit} > "$repo/refs/{ref}"')
+        q = shlex.quote(ref)
+        lines.append(f'mkdir -p "$(dirname "$repo/refs/"{q})"')
+        lines.append(f'printf %s {commit} > "$repo/refs/"{q}')
     return "\n".join(lines) + "\n"
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 from . import treehash
 from .errors import LockFileInvalid
+from .paths import check_relpath
 
 LOCK_NAME = "models.lock"
 LOCK_VERSION = 1
@@ -53,6 +55,9 @@ class HFLink:
     repo_type: str
     commit: str
     refs: tuple[str, ...]
+    # True when models.toml names the refs (integration.huggingface.refs): only then may
+    # apply overwrite a ref that another tool wrote (see hfcache.link)
+    claim: bool = False
 
     @property
     def folder(self) -> str:
@@ -127,41 +132,205 @@ def lock_from_doc(doc: dict[str, Any], path: Path = Path(LOCK_NAME)) -> Lock:
     if version != LOCK_VERSION:
         raise bad(f"lock format version {version!r} is not supported (expected {LOCK_VERSION})")
     models: dict[str, LockedModel] = {}
-    for key, m in doc.get("models", {}).items():
+    entries = doc.get("models", {})
+    if not isinstance(entries, dict):
+        raise bad("'models' must be a table")
+    for key, m in entries.items():
         try:
+            if not isinstance(m, dict):
+                raise FieldError("", "expected a table")
             models[key] = _model(key, m)
+            check_model(models[key])
+        except FieldError as e:
+            where = f"models.{_key(key)}" + (f".{e.field}" if e.field else "")
+            raise bad(f"{where}: {e.message}") from None
         except (KeyError, TypeError, ValueError) as e:
-            raise bad(f"models.{key}: malformed entry ({type(e).__name__}: {e})") from None
+            raise bad(f"models.{_key(key)}: malformed entry ({type(e).__name__}: {e})") from None
     return Lock(models=models, version=version)
+
+
+# --- checking: the lock comes in pull requests, so every field is untrusted -------------
+
+HEX40 = re.compile(r"[0-9a-f]{40}")
+HEX64 = re.compile(r"[0-9a-f]{64}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+_REPO_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+_SOURCE_TYPE = re.compile(r"[a-z][a-z0-9-]{0,31}")
+_FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
+REPO_TYPES = ("model", "dataset", "space")
+
+
+class FieldError(ValueError):
+    """One field of one locked model is wrong; ``field`` is its dotted name in the model."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+def check_model(m: LockedModel) -> None:
+    """Refuse a locked model any of whose fields could name a place outside the store or
+    the HF cache, or whose files do not give its hash.
+
+    Every name that reaches the disk comes from here: object names (sha256), blob
+    names (HF etags), snapshot paths, symlink targets, the repo folder, the commit
+    and refs. The same check runs on what a source resolved, before it is locked.
+    """
+    for field_, value, pattern, what in (
+        ("key", m.key, _NAME, "a safe name (letters, digits, . _ + -)"),
+        ("name", m.name, _NAME, "a safe name (letters, digits, . _ + -)"),
+        ("source", m.source_type, _SOURCE_TYPE, "a source type such as 'huggingface'"),
+        ("fingerprint", m.fingerprint, _FINGERPRINT, "'sha256:' and 64 hex digits"),
+    ):
+        if not (isinstance(value, str) and pattern.fullmatch(value)):
+            raise FieldError(field_, f"{value!r} is not {what}")
+    if not (m.hash.startswith("sha256-") and _sri_ok(m.hash)):
+        raise FieldError("hash", f"{m.hash!r} is not an SRI sha256 ('sha256-' + 44 base64 chars)")
+    for k, v in m.pin.items():
+        if not isinstance(v, str | int | bool) or not _NAME.fullmatch(str(k)):
+            raise FieldError(f"pin.{k}", "pins hold plain strings, numbers and booleans")
+    _check_files(m.files)
+    if m.hf is not None:
+        _check_hf(m.hf)
+    actual = treehash.tree_hash(f.entry() for f in m.files)
+    if actual != m.hash:
+        raise FieldError("hash", f"the files listed give {actual}, not {m.hash}: the file list"
+                         " was edited or the lock is corrupt")
+
+
+def _sri_ok(value: str) -> bool:
+    import base64
+    import binascii
+
+    try:
+        return len(base64.b64decode(value[7:], validate=True)) == 32 and len(value) == 51
+    except (binascii.Error, ValueError):
+        return False
+
+
+def _check_files(files: tuple[LockedFile, ...]) -> None:
+    seen: dict[str, str] = {}
+    for i, f in enumerate(files):
+        where = f"files[{i}]"
+        try:
+            norm = check_relpath(f.path)
+        except ValueError as e:
+            raise FieldError(f"{where}.path", str(e)) from None
+        if norm != f.path:
+            raise FieldError(f"{where}.path", f"{f.path!r} is not normalised (write {norm!r})")
+        if f.path in seen:
+            raise FieldError(f"{where}.path", f"{f.path!r} is listed twice")
+        seen[f.path] = f.type
+        if f.type == "f":
+            if not isinstance(f.size, int) or f.size < 0:
+                raise FieldError(f"{where}.size", "expected a non-negative integer")
+            if not HEX64.fullmatch(f.sha256):
+                raise FieldError(f"{where}.sha256", f"{f.sha256!r} is not 64 lowercase hex digits")
+            if f.blob is not None and not (HEX40.fullmatch(f.blob) or HEX64.fullmatch(f.blob)):
+                raise FieldError(f"{where}.blob", f"{f.blob!r} is not a git or sha256 id (hex)")
+            if f.git_oid is not None and not (HEX40.fullmatch(f.git_oid)
+                                              or HEX64.fullmatch(f.git_oid)):
+                raise FieldError(f"{where}.oid", f"{f.git_oid!r} is not a git object id (hex)")
+        elif f.type == "l":
+            if not symlink_stays_inside(f.path, f.target):
+                raise FieldError(f"{where}.target", f"{f.target!r} points outside the model")
+        elif f.type != "d":
+            raise FieldError(f"{where}.type", f"{f.type!r} is not f, l or d")
+    for path in seen:  # nothing may sit below a file or a symlink: no write through links
+        parent = path.rpartition("/")[0]
+        while parent:
+            if seen.get(parent, "d") != "d":
+                raise FieldError("files", f"{path!r} lies below {parent!r}, which is not a"
+                                 " directory")
+            parent = parent.rpartition("/")[0]
+
+
+def symlink_stays_inside(path: str, target: str | None) -> bool:
+    """True when a relative link at ``path`` to ``target`` resolves inside the tree.
+
+    Lexical resolution is exact here because no entry may lie below a symlink.
+    """
+    import posixpath
+
+    if not target or not isinstance(target, str) or target.startswith("/"):
+        return False
+    if "\0" in target or any(ord(c) < 0x20 for c in target):
+        return False
+    joined = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
+    return joined != ".." and not joined.startswith("../") and joined not in (".", "")
+
+
+def _check_hf(hf: HFLink) -> None:
+    parts = hf.repo_id.split("/")
+    if not (1 <= len(parts) <= 2 and all(_REPO_PART.fullmatch(p) and "--" not in p
+                                         and ".." not in p for p in parts)):
+        raise FieldError("hf.repo", f"{hf.repo_id!r} is not a repo id such as 'org/name'")
+    if hf.repo_type not in REPO_TYPES:
+        raise FieldError("hf.type", f"{hf.repo_type!r} is not one of {', '.join(REPO_TYPES)}")
+    if not HEX40.fullmatch(hf.commit):
+        raise FieldError("hf.commit", f"{hf.commit!r} is not a 40-hex commit")
+    for ref in hf.refs:
+        try:
+            check_ref(ref)
+        except ValueError as e:
+            raise FieldError("hf.refs", str(e)) from None
+
+
+def check_ref(ref: str) -> str:
+    """A ref names a file under refs/ (``main``, ``v1.0``, ``refs/pr/1``): a safe relpath."""
+    norm = check_relpath(ref)
+    if norm != ref or any(c.startswith(".") or c.endswith(".lock") for c in ref.split("/")):
+        raise ValueError(f"{ref!r} is not a valid ref name")
+    return ref
+
+
+def _get(d: dict[str, Any], key: str, kind: type, where: str, default: Any = ...) -> Any:
+    """d[key] when it has the expected TOML type; a FieldError naming it otherwise."""
+    if key not in d:
+        if default is ...:
+            raise FieldError(f"{where}{key}", "missing")
+        return default
+    v = d[key]
+    if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
+        raise FieldError(f"{where}{key}", f"expected {kind.__name__}, got {type(v).__name__}")
+    return v
 
 
 def _model(key: str, m: dict[str, Any]) -> LockedModel:
     files = []
-    for f in m["files"]:
+    for i, f in enumerate(_get(m, "files", list, "")):
+        w = f"files[{i}]."
+        if not isinstance(f, dict):
+            raise FieldError(f"files[{i}]", "expected a table")
         files.append(
             LockedFile(
-                path=str(f["path"]),
-                size=int(f.get("size", 0)),
-                sha256=str(f.get("sha256", "")),
-                executable=bool(f.get("executable", False)),
-                blob=f.get("blob"),
-                lfs=bool(f.get("lfs", False)),
-                git_oid=f.get("oid"),
-                type=str(f.get("type", "f")),
-                target=f.get("target"),
+                path=_get(f, "path", str, w),
+                size=_get(f, "size", int, w, 0),
+                sha256=_get(f, "sha256", str, w, ""),
+                executable=_get(f, "executable", bool, w, False),
+                blob=_get(f, "blob", str, w, None),
+                lfs=_get(f, "lfs", bool, w, False),
+                git_oid=_get(f, "oid", str, w, None),
+                type=_get(f, "type", str, w, "f"),
+                target=_get(f, "target", str, w, None),
             )
         )
     hf = None
     if "hf" in m:
-        h = m["hf"]
-        hf = HFLink(str(h["repo"]), str(h.get("type", "model")), str(h["commit"]), tuple(h["refs"]))
+        h = _get(m, "hf", dict, "")
+        refs = _get(h, "refs", list, "hf.")
+        if not all(isinstance(r, str) for r in refs):
+            raise FieldError("hf.refs", "expected a list of strings")
+        hf = HFLink(_get(h, "repo", str, "hf."), _get(h, "type", str, "hf.", "model"),
+                    _get(h, "commit", str, "hf."), tuple(refs),
+                    claim=_get(h, "claimRefs", bool, "hf.", False))
     return LockedModel(
         key=key,
-        name=str(m["name"]),
-        source_type=str(m["source"]),
-        fingerprint=str(m["fingerprint"]),
-        hash=str(m["hash"]),
-        pin=dict(m.get("pin", {})),
+        name=_get(m, "name", str, ""),
+        source_type=_get(m, "source", str, ""),
+        fingerprint=_get(m, "fingerprint", str, ""),
+        hash=_get(m, "hash", str, ""),
+        pin=dict(_get(m, "pin", dict, "", {})),
         files=tuple(files),
         hf=hf,
     )
@@ -238,6 +407,8 @@ def dumps(lock: Lock) -> str:
         if m.hf:
             hf = {"repo": m.hf.repo_id, "type": m.hf.repo_type, "commit": m.hf.commit,
                   "refs": list(m.hf.refs)}
+            if m.hf.claim:
+                hf["claimRefs"] = True
             lines.append(f"hf = {_val(hf)}\n")
         if not m.files:
             lines.append("files = []\n")

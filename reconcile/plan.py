@@ -46,6 +46,8 @@ class Plan:
     nodes: dict[str, Action] = field(default_factory=dict)
     edges: list[tuple[str, str]] = field(default_factory=list)
     converged_models: list[str] = field(default_factory=list)
+    # refs apply leaves alone because another tool or project holds them: (key, what)
+    conflicts: list[tuple[str, str]] = field(default_factory=list)
 
     @cached_property
     def graph(self) -> Any:
@@ -108,9 +110,11 @@ def make_plan(
                          fetches)]
         if needs_validation(m):
             last = [_add(plan, Action("validate", key, m), last)]
-        if m.hf is not None and (last or not hfcache.is_linked(cache, m, store)):
-            note = "link" if last else "relink"
-            _add(plan, Action("link", key, m, note=note), last)
+        state = hfcache.link_state(cache, m, store, project) if m.hf is not None else None
+        if state is not None:
+            plan.conflicts.extend((key, c) for c in state.conflicts)
+            if last or not state.linked:
+                _add(plan, Action("link", key, m, note="link" if last else "relink"), last)
         if not last and f"link:{key}" not in plan.nodes:
             plan.converged_models.append(key)
     if prune:
@@ -137,12 +141,14 @@ def render(plan: Plan) -> str:
         elif a.kind == "unlink":
             lines.append(f"  - unlink   {a.note}")
     c = plan.counts()
+    notes = [f"  ! {key}: {what} (left alone; name the ref in"
+             " integration.huggingface.refs to take it over)" for key, what in plan.conflicts]
     if not lines:
-        return "No changes. The store and HF cache match models.lock."
+        return "\n".join([*notes, "No changes. The store and HF cache match models.lock."])
     summary = (f"Plan: {c.get('fetch', 0)} to fetch ({human(plan.fetch_bytes())}),"
                f" {c.get('assemble', 0)} to assemble, {c.get('validate', 0)} to validate,"
                f" {c.get('link', 0)} to link, {c.get('unlink', 0)} to unlink.")
-    return "\n".join([*lines, "", summary])
+    return "\n".join([*lines, *notes, "", summary])
 
 
 def human(n: int) -> str:

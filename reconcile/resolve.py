@@ -17,8 +17,15 @@ from dataclasses import dataclass, field
 
 from . import treehash
 from .config import Manifest, ModelDecl
-from .errors import ConfigError, IntegrityError, LockError, ModelsFailed, ReconcileError
-from .lockfile import HFLink, Lock, LockedFile, LockedModel
+from .errors import (
+    ConfigError,
+    IntegrityError,
+    LockError,
+    ModelsFailed,
+    ReconcileError,
+    SourceError,
+)
+from .lockfile import FieldError, HFLink, Lock, LockedFile, LockedModel, check_model
 from .sources import registry
 from .sources.base import Resolution, Source
 from .store import Store
@@ -154,9 +161,7 @@ def resolve_model(
             hint="if the new content is what you want, put the resolved hash in models.toml;"
             " nothing was installed",
         )
-    if on_model:
-        on_model(decl.key)
-    return LockedModel(
+    locked = LockedModel(
         key=decl.key,
         name=decl.name,
         source_type=decl.source_type,
@@ -166,6 +171,16 @@ def resolve_model(
         files=tuple(files),
         hf=hf_link(decl, source, res, model_hash),
     )
+    try:  # what a server said becomes names on disk: the same checks as a lock on read
+        check_model(locked)
+    except FieldError as e:
+        raise SourceError(f"models.{decl.key}: the source answered with an unusable"
+                          f" {e.field}: {e.message}",
+                          hint="nothing was locked or installed; report it to the server's"
+                          " owner if it persists") from None
+    if on_model:
+        on_model(decl.key)
+    return locked
 
 
 def hf_link(decl: ModelDecl, source: Source, res: Resolution, model_hash: str) -> HFLink | None:
@@ -187,13 +202,13 @@ def hf_link(decl: ModelDecl, source: Source, res: Resolution, model_hash: str) -
         repo_type = res.hf.repo_type if res.hf else "model"
         commit = res.hf.commit if res.hf and res.hf.commit else synthetic_commit(model_hash)
         revision = res.hf.revision if res.hf else None
-    if integ.refs:
-        refs = tuple(integ.refs)
-    elif revision and not SHA_RE.match(revision):
-        refs = (revision,)
-    else:
-        refs = ("main",)
-    return HFLink(repo_id, repo_type, commit, refs)
+    if integ.refs:  # named in models.toml: apply may take these over from another tool
+        return HFLink(repo_id, repo_type, commit, tuple(integ.refs), claim=True)
+    if revision and not SHA_RE.match(revision):
+        return HFLink(repo_id, repo_type, commit, (revision,))
+    if res.hf and res.hf.commit:  # a sha pin: refs/main only where nobody has one (hfcache)
+        return HFLink(repo_id, repo_type, commit, ())
+    return HFLink(repo_id, repo_type, commit, ("main",))
 
 
 def synthetic_commit(model_hash: str) -> str:

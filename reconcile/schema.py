@@ -16,6 +16,10 @@ from .config import AUTH_SPEC, MODEL_SPEC, NAME_RE, NETWORK_SPEC, SRI_RE, VALIDA
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 
 
+# a ref: relative, '/'-separated, no '.', '..' or hidden components (lockfile.check_ref)
+REF_PATTERN = r"^(?!/)(?!.*(^|/)\.)(?!.*//)[^\\\x00-\x1f\x7f]+(?<!/)$"
+
+
 def _type(spec: Any) -> dict[str, Any]:
     if isinstance(spec, dict):
         return {"type": "object", "additionalProperties": False,
@@ -26,6 +30,7 @@ def _type(spec: Any) -> dict[str, Any]:
         "int": {"type": "integer", "minimum": 0},
         "number": {"type": "number", "minimum": 0},
         "strlist": {"type": "array", "items": {"type": "string"}},
+        "reflist": {"type": "array", "items": {"type": "string", "pattern": REF_PATTERN}},
         "list": {"type": "array"},
         "any-table": {"type": "object"},
         "size": {"oneOf": [{"type": "integer", "minimum": 0},
@@ -77,13 +82,13 @@ def models_schema() -> dict[str, Any]:
 
 def lock_schema() -> dict[str, Any]:
     hex64 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+    hexid = {"type": "string", "pattern": "^([0-9a-f]{40}|[0-9a-f]{64})$"}
     file = {
         "type": "object", "additionalProperties": False, "required": ["path"],
         "properties": {
             "path": {"type": "string"}, "type": {"enum": ["f", "l", "d"]},
             "size": {"type": "integer", "minimum": 0}, "sha256": hex64,
-            "executable": {"type": "boolean"}, "blob": {"type": "string"},
-            "oid": {"type": "string"}, "lfs": {"type": "boolean"}, "target": {"type": "string"},
+            "executable": {"type": "boolean"}, "blob": hexid, "oid": hexid, "lfs": {"type": "boolean"}, "target": {"type": "string"},
         },
     }
     model = {
@@ -97,7 +102,9 @@ def lock_schema() -> dict[str, Any]:
             "hf": {"type": "object", "required": ["repo", "type", "commit", "refs"],
                    "properties": {"repo": {"type": "string"}, "type": {"enum": ["model", "dataset", "space"]},
                                   "commit": {"type": "string", "pattern": "^[0-9a-f]{40}$"},
-                                  "refs": {"type": "array", "items": {"type": "string"}}}},
+                                  "refs": {"type": "array", "items": {"type": "string",
+                                                                      "pattern": REF_PATTERN}},
+                                  "claimRefs": {"type": "boolean"}}},
             "files": {"type": "array", "items": file},
         },
     }

@@ -156,6 +156,44 @@ class Store:
 
     # --- roots and gc --------------------------------------------------------------
 
+    @contextmanager
+    def session(self, *, exclusive: bool = False) -> Iterator[None]:
+        """Hold the store: shared by every lock and apply, exclusive for gc.
+
+        gc decides what is garbage from the registered lockfiles, and an apply or a
+        lock in progress has objects that no lockfile names yet; gc therefore waits for
+        none of them and they never wait for each other. (flock, not filelock: filelock
+        has no shared mode.) Raises StoreError when gc cannot have the store now.
+        """
+        import fcntl
+
+        self.locks.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.locks / "store.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if exclusive:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise StoreError(
+                        f"the store at {self.root} is in use by a running apply or lock",
+                        hint="run gc again when it has finished") from None
+            else:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    def add_api_root(self, lock_text: str) -> Path:
+        """Keep models fetched through the Python API (no lockfile of their own) alive:
+        their lock is written under roots/ itself; delete the file to release them."""
+        from .fsutil import atomic_write_text
+
+        name = "api-" + hashlib.sha256(lock_text.encode()).hexdigest()[:32] + ".lock"
+        path = self.roots / name
+        if not path.exists():
+            atomic_write_text(path, lock_text)
+        return path
+
     def add_root(self, lockfile: Path) -> None:
         lockfile = lockfile.resolve()
         name = hashlib.sha256(os.fsencode(lockfile)).hexdigest()[:32]
@@ -170,6 +208,10 @@ class Store:
         out = []
         for link in self.roots.iterdir():
             if link.name.startswith("."):
+                continue
+            if not link.is_symlink():
+                if link.is_file():
+                    out.append(link)  # a lock kept here by the Python API
                 continue
             target = Path(os.readlink(link))
             if target.is_file():

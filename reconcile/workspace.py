@@ -31,6 +31,26 @@ class GcReport:
     bytes: int = 0
 
 
+def check_pins(lock: Lock, manifest: Manifest, path: Path) -> None:
+    """Each source checks the pins it will put into URLs and requests (a hand-edited
+    lock must not send a request, or a token, anywhere the declaration does not)."""
+    from .errors import LockFileInvalid
+    from .sources import registry
+
+    for key, m in lock.models.items():
+        decl = manifest.models.get(key)
+        cls = registry.get(m.source_type)
+        if cls is None or decl is None or m.fingerprint != decl.fingerprint():
+            continue  # stale: apply locks it again, --locked refuses it
+        try:
+            cls.check_pin(m.pin, decl.source)
+        except ValueError as e:
+            raise LockFileInvalid(
+                f"{path}: models.{key}.pin.{e}",
+                hint="regenerate it with `reconcile lock` (or `git checkout` it if you edited"
+                " it)") from None
+
+
 class Workspace:
     def __init__(
         self,
@@ -96,9 +116,13 @@ class Workspace:
              jobs: int = 4) -> Any:
         from .resolve import lock_models
 
-        report = lock_models(self.manifest, self.read_lock(), self.store, upgrade=upgrade,
-                             offline=offline or settings.offline(), jobs=jobs)
-        report.written = write_lock(self.lock_path, report.lock)
+        old = self.read_lock()
+        self.store.ensure()
+        with self.store.session():  # objects fetched at lock time are named by no lock yet
+            report = lock_models(self.manifest, old, self.store, upgrade=upgrade,
+                                 offline=offline or settings.offline(), jobs=jobs)
+            report.written = write_lock(self.lock_path, report.lock)
+            self.store.add_root(self.lock_path)
         return report
 
     def current_lock(self, *, locked: bool = False, offline: bool = False, jobs: int = 4) -> Lock:
@@ -132,6 +156,7 @@ class Workspace:
                 raise LockError(f"{self.lock_path} does not exist", hint="run `reconcile lock`")
             # models removed from the manifest leave with the next lock: plan without them
             lock = Lock({k: m for k, m in lock.models.items() if k in self.manifest.models})
+        check_pins(lock, self.manifest, self.lock_path)
         runner = self.validation(revalidate)
         return make_plan(lock, self.store, self.cache, project=self.project,
                          needs_validation=runner.needs, prune=prune)
@@ -139,11 +164,12 @@ class Workspace:
     def apply(self, *, jobs: int = 4, offline: bool = False, prune: bool = False,
               locked: bool = False, revalidate: bool = False, progress: Any = None) -> Any:
         offline = offline or settings.offline()
-        lock = self.current_lock(locked=locked, offline=offline, jobs=jobs)
         self.store.ensure()
-        self.store.add_root(self.lock_path)
-        return self.apply_lock(lock, jobs=jobs, offline=offline, prune=prune,
-                               revalidate=revalidate, progress=progress)
+        with self.store.session():
+            lock = self.current_lock(locked=locked, offline=offline, jobs=jobs)
+            self.store.add_root(self.lock_path)
+            return self.apply_lock(lock, jobs=jobs, offline=offline, prune=prune,
+                                   revalidate=revalidate, progress=progress)
 
     def apply_lock(self, lock: Lock, *, jobs: int = 4, offline: bool = False,
                    prune: bool = False, revalidate: bool = False, progress: Any = None) -> Any:
@@ -172,11 +198,15 @@ class Workspace:
         executor = Executor(self.store, self.cache, self.project, fetch_object,
                             lambda a: runner.run(a.model), jobs=jobs,
                             progress=progress or ProgressSink())
-        try:
-            report = executor.execute(plan)
-        finally:
-            for src in sources.values():
-                src.close()
+        with self.store.session():
+            try:
+                report = executor.execute(plan)
+            finally:
+                for src in sources.values():
+                    src.close()
+            for key, m in lock.models.items():  # this project needs what others linked, too
+                if m.hf is not None and f"link:{key}" not in plan.nodes:
+                    hfcache.adopt(self.cache, m, self.store, self.project)
         report.plan = plan
         return report
 
@@ -197,7 +227,8 @@ class Workspace:
                 out.append(entry)
                 continue
             installed = self.store.has_model(m)
-            linked = hfcache.is_linked(self.cache, m, self.store) if m.hf else True
+            link = hfcache.link_state(self.cache, m, self.store, self.project)
+            linked = link.linked
             warnings = runner.recorded_warnings(m) if installed else []
             if not installed:
                 state = "missing"
@@ -215,6 +246,8 @@ class Workspace:
                     entry["hf_revision"] = m.hf.commit
                     entry["hf_refs"] = list(m.hf.refs)
                     entry["snapshot_path"] = str(hfcache.snapshot_dir(self.cache, m))
+            if link.conflicts:
+                entry["conflicts"] = link.conflicts
             if warnings:
                 entry["warnings"] = warnings
             out.append(entry)
@@ -325,44 +358,71 @@ class Workspace:
             return True
 
     def gc(self, *, dry_run: bool = False) -> GcReport:
-        """Delete store entries no registered lockfile needs (this one is registered first)."""
+        """Delete store entries no registered lockfile needs (this one is registered first).
+
+        Holds the store exclusively: a running apply or lock has objects no lockfile
+        names yet. Objects that an HF cache blob symlinks to (a cache on another
+        filesystem than the store) are kept as long as that blob is there.
+        """
         self.store.ensure()
-        if self.lock_path.exists():
-            self.store.add_root(self.lock_path)
-        keep_models: set[str] = set()
-        keep_objects: set[str] = set()
-        for root in self.store.live_roots():
-            try:
-                lock = read_lock(root)
-            except LockError:
-                continue  # an unreadable lock elsewhere protects nothing, but we keep going
-            for m in (lock.models.values() if lock else ()):
-                keep_models.add(m.store_id)
-                keep_objects.update(f.sha256 for f in m.regular_files())
         report = GcReport()
-        with self.store.lock("gc"):
-            for d in sorted(self.store.models.iterdir()):
-                if d.name not in keep_models:
-                    report.models.append(d)
-                    if not dry_run:
-                        remove_tree(d)
-            for sub in ("sha256", "sha256-x"):
-                for obj in sorted((self.store.objects / sub).iterdir()):
-                    if obj.name not in keep_objects:
-                        report.objects.append(obj)
-                        report.bytes += obj.stat().st_size
-                        if not dry_run:
-                            obj.unlink()
-            for p in (self.store.state / "lockcache").glob("*.json"):
-                if not dry_run:
-                    p.unlink(missing_ok=True)  # parse caches: rebuilt on the next read
-            for p in sorted(self.store.tmp.iterdir()):
-                if self._in_use(p):
-                    continue  # another apply is writing it right now
-                report.partials.append(p)
-                if not dry_run:
-                    if p.is_dir():
-                        remove_tree(p)
-                    else:
-                        p.unlink(missing_ok=True)
+        with self.store.session(exclusive=True):
+            if self.lock_path.exists():
+                self.store.add_root(self.lock_path)
+            keep_models: set[str] = set()
+            keep_objects = self._linked_objects()
+            for root in self.store.live_roots():
+                try:
+                    lock = read_lock(root)
+                except LockError:
+                    continue  # an unreadable lock elsewhere protects nothing; go on
+                for m in (lock.models.values() if lock else ()):
+                    keep_models.add(m.store_id)
+                    keep_objects.update(f.sha256 for f in m.regular_files())
+            self._collect(report, keep_models, keep_objects, dry_run)
         return report
+
+    def _linked_objects(self) -> set[str]:
+        """Objects that HF cache blobs point to by symlink, in every cache this store
+        linked into: deleting one would break a cache that huggingface_hub reads."""
+        keep: set[str] = set()
+        objects = str(self.store.objects.resolve())
+        for cache, folder in hfcache.records(self.store):
+            blobs = cache / folder / "blobs"
+            try:
+                entries = list(os.scandir(blobs))
+            except OSError:
+                continue
+            for de in entries:
+                if de.is_symlink():
+                    target = os.readlink(de.path)
+                    if target.startswith(objects + os.sep):
+                        keep.add(os.path.basename(target))
+        return keep
+
+    def _collect(self, report: GcReport, keep_models: set[str], keep_objects: set[str],
+                 dry_run: bool) -> None:
+        for d in sorted(self.store.models.iterdir()):
+            if d.name not in keep_models:
+                report.models.append(d)
+                if not dry_run:
+                    remove_tree(d)
+        for sub in ("sha256", "sha256-x"):
+            for obj in sorted((self.store.objects / sub).iterdir()):
+                if obj.name not in keep_objects:
+                    report.objects.append(obj)
+                    report.bytes += obj.stat().st_size
+                    if not dry_run:
+                        obj.unlink()
+        for p in (self.store.state / "lockcache").glob("*.json"):
+            if not dry_run:
+                p.unlink(missing_ok=True)  # parse caches: rebuilt on the next read
+        for p in sorted(self.store.tmp.iterdir()):
+            if self._in_use(p):
+                continue  # another apply is writing it right now
+            report.partials.append(p)
+            if not dry_run:
+                if p.is_dir():
+                    remove_tree(p)
+                else:
+                    p.unlink(missing_ok=True)

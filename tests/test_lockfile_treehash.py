@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 from reconcile import treehash
 from reconcile.lockfile import HFLink, Lock, LockedFile, LockedModel, dumps, parse_lock
 
-names = st.text(alphabet=string.ascii_letters + string.digits + "._-é ✓\"\\", min_size=1,
+names = st.text(alphabet=string.ascii_letters + string.digits + "._-é ✓\"", min_size=1,
                 max_size=12).filter(lambda s: s not in (".", ".."))
+safe_names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,15}", fullmatch=True)
 paths = st.lists(names, min_size=1, max_size=3).map("/".join)
 hexes = st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)
 
@@ -38,11 +39,14 @@ def locks(draw):
     for key in draw(st.lists(st.text(alphabet=string.ascii_lowercase, min_size=1, max_size=8), max_size=4,
                              unique=True)):
         files = draw(st.lists(locked_files(), max_size=6, unique_by=lambda f: f.path))
+        kinds = {f.path: f.type for f in files}  # nothing below a file or a symlink
+        files = [f for f in files if all(kinds.get(f.path.rsplit("/", i)[0], "d") == "d"
+                                         for i in range(1, f.path.count("/") + 1))]
         hf = draw(st.none() | st.builds(HFLink, st.just("org/" + key), st.sampled_from(
             ["model", "dataset"]), st.text("0123456789abcdef", min_size=40, max_size=40),
             st.lists(st.sampled_from(["main", "v1", "refs/pr/1"]), min_size=1, max_size=2,
                      unique=True).map(tuple)))
-        models[key] = LockedModel(key, draw(names), "mock", "sha256:" + draw(hexes),
+        models[key] = LockedModel(key, draw(safe_names), "mock", "sha256:" + draw(hexes),
                                   treehash.tree_hash(f.entry() for f in files),
                                   draw(st.dictionaries(st.sampled_from(["org", "commit", "etag"]),
                                                        names)), tuple(files), hf)

@@ -84,6 +84,16 @@ class Source(ABC):
         """Normalise options after the generic type check; raise ValueError('key: msg')."""
         return opts
 
+    @classmethod
+    def check_pin(cls, pin: dict[str, Any], options: dict[str, Any]) -> None:
+        """Refuse a pin (from a lock, untrusted) that disagrees with its declaration or
+        cannot be used safely; raise ValueError('key: msg'). The pin says where bytes
+        come from, so a hand-edited one must not point anywhere models.toml does not."""
+        for k, v in pin.items():
+            if k in options and isinstance(options[k], str | int | bool) and options[k] != v:
+                raise ValueError(f"{k}: {v!r} is not what models.toml declares"
+                                 f" ({options[k]!r})")
+
     @abstractmethod
     def resolve(self) -> Resolution:
         """Pin the declaration and list its files (network allowed)."""

@@ -158,6 +158,14 @@ class HuggingFaceSource(Source):
 
     # --- the interface --------------------------------------------------------------
 
+    @classmethod
+    def check_pin(cls, pin: dict[str, Any], options: dict[str, Any]) -> None:
+        super().check_pin(pin, options)
+        if not SHA1.match(str(pin.get("commit", ""))):
+            raise ValueError(f"commit: {pin.get('commit')!r} is not a 40-hex commit")
+        if pin.get("repoType", "model") not in PREFIX:
+            raise ValueError(f"repoType: {pin.get('repoType')!r} is not a repo type")
+
     def resolve(self) -> Resolution:
         rev = self.options["revision"]
         if SHA1.match(rev):

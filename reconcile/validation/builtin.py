@@ -200,3 +200,26 @@ BUILTINS: dict[str, tuple[Check, str, bool]] = {
     "noPythonCode": (no_python_code, "no .py files and no auto_map remote code", False),
     "licenseCheck": (license_check, "a licence is present", False),
 }
+
+
+def check_arg(name: str, arg: Any) -> str | None:
+    """What is wrong with a built-in's argument (None: nothing), checked when models.toml
+    is read so that a bad one stops apply before anything is fetched."""
+    _check, _desc, takes_arg = BUILTINS[name]
+    if not takes_arg:
+        if name == "modelscan":
+            return None if arg in (None, "lenient", "strict") else (
+                f"the argument is 'lenient' or 'strict', got {arg!r}")
+        return None if arg in (None, True) else "takes no argument"
+    if arg is None:
+        return f"needs an argument, e.g. {{ {name} = … }}"
+    if name == "maxSize":
+        from ..config import parse_size
+
+        try:
+            parse_size(arg, name)
+        except ValueError as e:
+            return str(e).split(": ", 1)[1]
+        return None
+    ok = isinstance(arg, str) or (isinstance(arg, list) and all(isinstance(x, str) for x in arg))
+    return None if ok and arg else "expected a string or a list of strings"
