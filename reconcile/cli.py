@@ -206,6 +206,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         for r in rows:
             where = r.get("hf_repo_id", "")
             print(f"{r['state']:<9} {r['key']:<24} {r.get('hash') or '-':<52} {where}")
+            for c in r.get("conflicts", []):
+                print(f"          conflict: {c} (left alone)")
             for w in r.get("warnings", []):
                 print(f"          warning: {w}")
     return 0 if all(r["state"] == "ok" for r in rows) else 1

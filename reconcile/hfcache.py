@@ -476,19 +476,28 @@ def _ensure_ref(path: Path, model: LockedModel, own: Ownership, rel: str, owner:
 
 def unlink(cache: Path, owner: str, store: Store) -> list[Path]:
     """Drop one owner; remove what no owner needs any more and still holds what
-    reconcile wrote (a path another tool rewrote since is theirs)."""
+    reconcile wrote (a path another tool rewrote since is theirs). A blob that a
+    snapshot link reconcile does not remove still points to (huggingface_hub reused
+    it for another revision) stays."""
     folder = owner.split(":")[2].split("@")[0]
     removed = []
     with store.lock("hfcache-" + folder):
         own = Ownership(store, cache, folder)
         written = dict(own.written)
         freed = own.release(owner)
-        for rel in sorted(freed, key=lambda r: (-r.count("/"), r)):
+        blobs = [r for r in freed if r.split("/")[1:2] == ["blobs"]]
+        in_use: set[str] | None = None
+        for rel in sorted(freed, key=lambda r: (r in blobs, -r.count("/"), r)):
             own.forget(rel)
             p = cache / rel
             current = _value_at(cache, rel)
             if current is None or written.get(rel, current) != current:
                 continue
+            if rel in blobs:
+                if in_use is None:  # once, after the links this prune removes are gone
+                    in_use = _referenced_blobs(cache / folder)
+                if p.name in in_use:
+                    continue
             try:
                 p.unlink()
                 removed.append(p)
@@ -498,6 +507,21 @@ def unlink(cache: Path, owner: str, store: Store) -> list[Path]:
         for p in removed:
             _prune_empty_parents(p.parent, cache / folder)
     return removed
+
+
+def _referenced_blobs(repo: Path) -> set[str]:
+    """Blob names that any snapshot link of this repo folder points to."""
+    out = set()
+    for dirpath, _dirs, names in os.walk(repo / "snapshots"):
+        for name in names:
+            try:
+                target = os.readlink(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            head, _, blob = target.rpartition("/")
+            if head.endswith("blobs"):
+                out.add(blob)
+    return out
 
 
 def _prune_empty_parents(d: Path, root: Path) -> None:

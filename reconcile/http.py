@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .config import NetworkConfig
+from .errors import SourceError
 from .sources.base import Transient
 
 USER_AGENT = "reconcile/0.1"
@@ -113,6 +114,21 @@ def transient_status(response: Any) -> Transient | None:
     return None
 
 
+def refuse_html(headers: Any, requested: str) -> None:
+    """A file download answered with an HTML page is a login page, an error page or a
+    wrong URL, never a model file: stop at the first byte, not after a validator.
+    (The requested URL's name decides, not a CDN's after redirects: a file that is
+    itself named .html may be HTML.)"""
+    kind = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    if kind in ("text/html", "application/xhtml+xml") and not urlsplit(
+            requested).path.lower().endswith((".html", ".htm", ".xhtml")):
+        raise SourceError(
+            f"{scrub_url(requested)}: the server answered with an HTML page ({kind}),"
+            " not the file",
+            hint="that is usually a login page or a wrong URL: check the URL, and give"
+            " credentials with auth.tokenEnvVar if the file is private")
+
+
 def stream(
     client: Callable[[], Any],
     url: str,
@@ -151,6 +167,7 @@ def stream(
             if (t := transient_status(r)) is not None:
                 raise t
             raise_for_status(r)
+            refuse_html(r.headers, url)
             skip = 0
             if start and r.status_code == 200:
                 skip = start  # Range ignored (or If-Range failed): skip what we have
@@ -209,6 +226,7 @@ def direct_stream(url: str, headers: dict[str, str], start: int, end: int | None
     import ssl
 
     headers = {k: v for k, v in headers.items() if k.lower() not in ("host", "connection")}
+    requested = url
     for _ in range(max_redirects + 1):
         parts = urlsplit(url)
         host, port = parts.hostname or "", parts.port
@@ -243,6 +261,7 @@ def direct_stream(url: str, headers: dict[str, str], start: int, end: int | None
             raise t
         try:
             raise_for_status(answer)
+            refuse_html(r.headers, requested)
         except BaseException:
             conn.close()
             raise

@@ -192,3 +192,42 @@ def test_validate_a_locked_model_by_key_with_a_preset(project):
     rows = {o["validator"]: o for o in json.loads(r.out)}
     assert r.code == 1 and rows["noPythonCode"]["status"] == "fail"
     assert rows["modelscan"]["status"] == "pass" and "safetensorsOnly" in rows
+
+
+def test_valid_formats_knows_real_files_and_refuses_what_their_names_lie_about(tmp_path):
+    """Real files written by their own libraries pass; an HTML page or a wrong format
+    under a weight file's name fails, naming the file."""
+    import numpy as np
+    import torch
+    from safetensors.numpy import save_file
+
+    root = tmp_path / "m"
+    root.mkdir()
+    save_file({"w": np.zeros(4, dtype=np.float32)}, str(root / "model.safetensors"))
+    torch.save({"w": torch.zeros(2)}, root / "pytorch_model.bin")
+    torch.save({"w": torch.zeros(2)}, root / "legacy.pt", _use_new_zipfile_serialization=False)
+    np.save(root / "arr.npy", np.arange(3))
+    (root / "config.json").write_text("{}")
+    (root / "README.md").write_text("<html> in a readme is fine\n")
+    (root / "page.html").write_text("<!DOCTYPE html><html></html>")
+    check = BUILTINS["validFormats"][0]
+    assert check(root, None) == []
+    login = b"\n  <!DOCTYPE html>\n<html><body>Sign in</body></html>"
+    for name in ("model-00001-of-00002.safetensors", "q4.gguf", "pytorch_model.bin", "x.ckpt"):
+        (root / name).write_bytes(login)
+        (finding,) = check(root, None)
+        assert finding.startswith(f"{name}: is an HTML page"), finding
+        (root / name).unlink()
+    (root / "weights.gguf").write_bytes(b"\x08" + b"\0" * 7 + b"{}      ")  # safetensors
+    (finding,) = check(root, None)
+    assert finding == "weights.gguf: is not a gguf file, as its name says"
+
+
+def test_a_login_page_saved_as_weights_is_not_installed_under_the_default_preset(project, tmp_path):
+    page = tmp_path / "model.safetensors"
+    page.write_text("<!DOCTYPE html><html><body>Please sign in</body></html>")
+    project.write(f'[models.w]\nsource.url = {{ url = "file://{page}" }}\n')
+    r = project.run("apply")
+    assert r.code == 1 and "validFormats" in r.err and "is an HTML page" in r.err
+    rows = json.loads(project.run("status", "--json").out)
+    assert rows[0]["state"] != "ok"

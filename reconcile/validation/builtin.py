@@ -119,6 +119,44 @@ def valid_config_json(root: Path, _arg: Any = None) -> list[str]:
     return out
 
 
+# what a file's name promises → the kinds sniff() may find in it
+NAMED_FORMATS: dict[str, tuple[str, ...]] = {
+    ".safetensors": ("safetensors",),
+    ".gguf": ("gguf",),
+    ".pt": ("zip", "pickle"), ".pth": ("zip", "pickle"), ".ckpt": ("zip", "pickle"),
+    ".pkl": ("pickle", "compressed"), ".pickle": ("pickle", "compressed"),
+    ".npy": ("numpy",), ".npz": ("zip",), ".zip": ("zip",),
+}
+_HTML_HEADS = (b"<!doctype html", b"<html", b"<head", b"<body", b"<?xml")
+
+
+def valid_formats(root: Path, _arg: Any = None) -> list[str]:
+    """A file whose name says a format is that format (headers only, no weights read).
+
+    The usual cause is not an attack but a download that went wrong: a login or error
+    page saved as ``model.safetensors``, which transformers would then fail on far from
+    here. JSON files are validConfigJson's.
+    """
+    out = []
+    for rel, path in files(root):
+        name = Path(rel).name.lower()
+        ext = Path(name).suffix
+        if name.startswith("pytorch_model") and ext == ".bin":
+            want: tuple[str, ...] = ("zip", "pickle")
+        else:
+            want = NAMED_FORMATS.get(ext, ())
+        if ext in (".html", ".htm", ".xml", ".svg", ".md", ".txt"):
+            continue
+        with open(path, "rb") as f:
+            head = f.read(512).lstrip().lower()
+        if head.startswith(_HTML_HEADS) and ext not in (".json", ""):
+            out.append(f"{rel}: is an HTML page, not a {ext or 'model'} file (a login or error"
+                       " page saved in its place?)")
+        elif want and _sniff(path) not in want:
+            out.append(f"{rel}: is not a {' or '.join(want)} file, as its name says")
+    return out
+
+
 def no_python_code(root: Path, _arg: Any = None) -> list[str]:
     out = [f"{rel}: Python code (would run with trust_remote_code)" for rel, _ in files(root)
            if rel.endswith((".py", ".pyc", ".pyw"))]
@@ -197,6 +235,7 @@ BUILTINS: dict[str, tuple[Check, str, bool]] = {
     "fileTypes": (file_types, "only the listed extensions", True),
     "modelscan": (modelscan, "static scan for code execution in pickles; header checks", False),
     "validConfigJson": (valid_config_json, "every .json parses; config.json is an object", False),
+    "validFormats": (valid_formats, "files named as a weight format are that format", False),
     "noPythonCode": (no_python_code, "no .py files and no auto_map remote code", False),
     "licenseCheck": (license_check, "a licence is present", False),
 }

@@ -77,10 +77,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # exactly what each preset runs, and what a failure does
     "none": {"validators": [], "onFailure": "skip"},
     "minimal": {"validators": ["modelscan"], "onFailure": "warn"},
-    "standard": {"validators": ["modelscan", "validConfigJson"], "onFailure": "abort"},
-    "strict": {"validators": ["modelscan", "validConfigJson", "safetensorsOnly", "noPythonCode",
-                              "noSymlinks"], "onFailure": "abort"},
-    "paranoid": {"validators": [{"modelscan": "strict"}, "validConfigJson", "safetensorsOnly",
+    "standard": {"validators": ["modelscan", "validConfigJson", "validFormats"],
+                 "onFailure": "abort"},
+    "strict": {"validators": ["modelscan", "validConfigJson", "validFormats", "safetensorsOnly",
+                              "noPythonCode", "noSymlinks"], "onFailure": "abort"},
+    "paranoid": {"validators": [{"modelscan": "strict"}, "validConfigJson", "validFormats",
+                                "safetensorsOnly",
                                 "noPythonCode", "noSymlinks", "noPickleFiles", "licenseCheck"],
                  "onFailure": "abort"},
 }

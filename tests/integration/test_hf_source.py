@@ -17,67 +17,15 @@ import pytest
 
 from reconcile.lockfile import read_lock
 from tests.hub import Hub, git_oid
+from tests.integration.conftest import FILES, TOKEN, WEIGHTS
 
 pytestmark = pytest.mark.integration
-
-TOKEN = "hf_TestSecretToken123"
-WEIGHTS = os.urandom(300_000)
-
-
-def tokenizer_files() -> dict[str, bytes]:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {"[UNK]": 0, "[CLS]": 1, "[SEP]": 2, "[PAD]": 3, "hello": 4, "world": 5}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return {
-        "tokenizer.json": tok.to_str().encode(),
-        "tokenizer_config.json": json.dumps({"tokenizer_class": "PreTrainedTokenizerFast",
-                                             "unk_token": "[UNK]", "pad_token": "[PAD]"}).encode(),
-    }
-
-
-FILES = {
-    "config.json": json.dumps({"model_type": "bert", "hidden_size": 8, "num_attention_heads": 2,
-                               "num_hidden_layers": 1, "intermediate_size": 16,
-                               "vocab_size": 6}).encode(),
-    "model.safetensors": WEIGHTS,
-    "sub/readme.txt": b"nested\n",
-    "sub/deeper/notes.md": b"# notes\n",
-    **tokenizer_files(),
-}
-
-
-@pytest.fixture
-def hub():
-    h = Hub()
-    repo = h.repo("acme/tiny")
-    first = repo.commit(FILES, tag="v1.0")
-    repo.refs["refs/pr/1"] = repo.commit({"extra.txt": b"pr"}, branch="pr-branch", parent=first)
-    repo.refs["main"] = first
-    h.repo("acme/data", "dataset").commit({"train.csv": b"a,b\n1,2\n"})
-    h.repo("acme/demo", "space").commit({"app.py": b"print('hi')\n", "README.md": b"# demo\n"})
-    h.repo("gpt2x").commit({"config.json": b'{"model_type": "gpt2"}'})
-    gated = h.repo("acme/gated", gated=True, granted={TOKEN})
-    gated.commit({"config.json": b"{}", "model.safetensors": b"secret weights" * 100})
-    many = h.repo("acme/many")
-    many.commit({f"shard-{i:03d}.json": b"{}" for i in range(25)})
-    with h:
-        yield h
-
 
 @pytest.fixture(params=["httpx", "direct"])
 def transport(request, monkeypatch):
     """Run byte transfers through httpx, and again through the http.client fast path."""
     monkeypatch.setenv("RECONCILE_DIRECT_MIN", "0" if request.param == "direct" else str(1 << 62))
     return request.param
-
-
-@pytest.fixture
-def hf_env(project, hub, monkeypatch):
-    monkeypatch.setenv("HF_ENDPOINT", hub.url)
-    monkeypatch.setenv("RECONCILE_VALIDATION", "none")
-    return project
 
 
 def official_cache(hub: Hub, tmp: Path, repo: str, **kw) -> Path:

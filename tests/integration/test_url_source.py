@@ -36,8 +36,13 @@ def site(tmp_path):
     (root / "weights.bin").write_bytes(data)
     (root / "slow").mkdir()
     (root / "slow" / "big.bin").write_bytes(os.urandom(4 * 1024 * 1024))
+    (root / "login").mkdir()  # what a sign-in wall answers for any file: an HTML page
+    page = b"<!DOCTYPE html><html><body><form>Sign in</form></body></html>\n"
+    (root / "login" / "model.safetensors").write_bytes(page)
+    (root / "login" / "index.html").write_bytes(page)
     work = tmp_path / "nginx"
-    with nginx(root, work, extra="location /slow/ { limit_rate 1m; }") as url:
+    with nginx(root, work, extra="location /slow/ { limit_rate 1m; }"
+               " location /login/ { types { } default_type text/html; }") as url:
         yield url, root, work, data
 
 
@@ -295,3 +300,22 @@ def test_a_partial_ending_mid_page_resumes_exactly(big_fetch):
     fetch, data, stats = big_fetch
     assert fetch(partial=data[: (5 << 20) + 77]).read_bytes() == data
     assert stats["buffered"] == len(data) - ((5 << 20) + 77)
+
+
+def test_an_html_answer_to_a_file_download_fails_at_fetch_with_a_hint(transport, project, site):
+    """A login page must not be installed as model.safetensors: it fails at the first
+    byte, at lock time (no sha256 known) and at apply time (sha256 declared)."""
+    url, _root, _work, _data = site
+    project.write(f'[models.w]\nsource.url = {{ url = "{url}/login/model.safetensors" }}\n')
+    r = project.run("apply")
+    assert r.code == 1 and "HTML page (text/html), not the file" in r.err
+    assert "login page or a wrong URL" in r.err and not project.lock.exists()
+    sha = "0" * 64
+    project.write(f'[models.w]\nsource.url = {{ url = "{url}/login/model.safetensors",'
+                  f' sha256 = "{sha}" }}\n')
+    r = project.run("apply")
+    assert r.code == 1 and "HTML page" in r.err and "sha256 mismatch" not in r.err
+    assert not any((project.store / "objects" / "sha256").iterdir())
+    # a file that is itself named .html may be HTML
+    project.write(f'[models.w]\nsource.url = {{ url = "{url}/login/index.html" }}\n')
+    assert project.run("apply").code == 0
