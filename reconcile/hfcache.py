@@ -91,7 +91,7 @@ def link_state(cache: Path, model: LockedModel, store: Store, project: str = "")
     rdir = repo_dir(cache, model)
     snap = rdir / "snapshots" / model.hf.commit
     try:
-        if not os.path.isfile(rdir / "trees" / f"{model.hf.commit}.json"):
+        if not model.hf.partial and not os.path.isfile(rdir / "trees" / f"{model.hf.commit}.json"):
             return LinkState(False)
         if not os.path.isdir(snap):
             return LinkState(False)
@@ -303,7 +303,9 @@ def model_paths(model: LockedModel) -> list[str]:
     """Every cache path (relative to the cache) that shows this model."""
     assert model.hf is not None
     folder, commit = model.hf.folder, model.hf.commit
-    out = [f"{folder}/trees/{commit}.json", *(f"{folder}/refs/{r}" for r in model.hf.refs)]
+    out = [f"{folder}/refs/{r}" for r in model.hf.refs]
+    if not model.hf.partial:
+        out.append(f"{folder}/trees/{commit}.json")
     for f in model.files:
         if f.type == "f":
             out.append(f"{folder}/blobs/{f.blob_name}")
@@ -365,8 +367,9 @@ def link(cache: Path, model: LockedModel, store: Store, project: str) -> None:
                 _ensure_blob(blob, store.object_path(f.sha256, f.executable), f.size, own,
                              f"{folder}/blobs/{f.blob_name}", owner)
                 _ensure_link(p, _blob_target(f.path, f.blob_name), own, rel, owner, f.size)
-            _ensure_tree(rdir / "trees" / f"{commit}.json", tree_json(model), own,
-                         f"{folder}/trees/{commit}.json", owner)
+            if not model.hf.partial:  # huggingface_hub takes it for the whole repo's listing
+                _ensure_tree(rdir / "trees" / f"{commit}.json", tree_json(model), own,
+                             f"{folder}/trees/{commit}.json", owner)
             for ref in model.hf.refs:  # last: a ref points only at a complete snapshot
                 _ensure_ref(rdir / "refs" / ref, model, own, f"{folder}/refs/{ref}", owner,
                             project)

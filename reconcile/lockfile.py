@@ -58,6 +58,8 @@ class HFLink:
     # True when models.toml names the refs (integration.huggingface.refs): only then may
     # apply overwrite a ref that another tool wrote (see hfcache.link)
     claim: bool = False
+    # True when the model is a selection of the repo's files (no trees/<commit>.json then)
+    partial: bool = False
 
     @property
     def folder(self) -> str:
@@ -276,11 +278,18 @@ def _check_hf(hf: HFLink) -> None:
             raise FieldError("hf.refs", str(e)) from None
 
 
+_REF_BAD = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|^/|/$|\.$|^@$")
+
+
 def check_ref(ref: str) -> str:
-    """A ref names a file under refs/ (``main``, ``v1.0``, ``refs/pr/1``): a safe relpath."""
-    norm = check_relpath(ref)
-    if norm != ref or any(c.startswith(".") or c.endswith(".lock") for c in ref.split("/")):
-        raise ValueError(f"{ref!r} is not a valid ref name")
+    """A ref names a file under refs/ (``main``, ``v1.0``, ``refs/pr/1``): git's own
+    ref-name rules (no space, ``~^:?*[\\``, ``..``, ``@{``, hidden or ``.lock``
+    components), which also make it a safe relative path."""
+    if not isinstance(ref, str) or not ref or _REF_BAD.search(ref) or any(
+            c.startswith(".") or c.endswith(".lock") for c in ref.split("/")):
+        raise ValueError(f"{ref!r} is not a valid ref name (git's rules: no spaces, '..',"
+                         " '~^:?*[\\', hidden or '.lock' parts)")
+    check_relpath(ref)
     return ref
 
 
@@ -323,7 +332,8 @@ def _model(key: str, m: dict[str, Any]) -> LockedModel:
             raise FieldError("hf.refs", "expected a list of strings")
         hf = HFLink(_get(h, "repo", str, "hf."), _get(h, "type", str, "hf.", "model"),
                     _get(h, "commit", str, "hf."), tuple(refs),
-                    claim=_get(h, "claimRefs", bool, "hf.", False))
+                    claim=_get(h, "claimRefs", bool, "hf.", False),
+                    partial=_get(h, "partial", bool, "hf.", False))
     return LockedModel(
         key=key,
         name=_get(m, "name", str, ""),
@@ -409,6 +419,8 @@ def dumps(lock: Lock) -> str:
                   "refs": list(m.hf.refs)}
             if m.hf.claim:
                 hf["claimRefs"] = True
+            if m.hf.partial:
+                hf["partial"] = True
             lines.append(f"hf = {_val(hf)}\n")
         if not m.files:
             lines.append("files = []\n")

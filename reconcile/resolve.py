@@ -202,13 +202,16 @@ def hf_link(decl: ModelDecl, source: Source, res: Resolution, model_hash: str) -
         repo_type = res.hf.repo_type if res.hf else "model"
         commit = res.hf.commit if res.hf and res.hf.commit else synthetic_commit(model_hash)
         revision = res.hf.revision if res.hf else None
+    partial = bool(res.hf and not res.hf.complete and repo_id == res.hf.repo_id)
     if integ.refs:  # named in models.toml: apply may take these over from another tool
-        return HFLink(repo_id, repo_type, commit, tuple(integ.refs), claim=True)
+        return HFLink(repo_id, repo_type, commit, tuple(integ.refs), claim=True, partial=partial)
     if revision and not SHA_RE.match(revision):
-        return HFLink(repo_id, repo_type, commit, (revision,))
-    if res.hf and res.hf.commit:  # a sha pin: refs/main only where nobody has one (hfcache)
-        return HFLink(repo_id, repo_type, commit, ())
-    return HFLink(repo_id, repo_type, commit, ("main",))
+        refs: tuple[str, ...] = (revision,)
+    elif res.hf and res.hf.commit:  # a sha pin: refs/main only where nobody has one (hfcache)
+        refs = ()
+    else:
+        refs = ("main",)
+    return HFLink(repo_id, repo_type, commit, refs, partial=partial)
 
 
 def synthetic_commit(model_hash: str) -> str:

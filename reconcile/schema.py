@@ -16,8 +16,9 @@ from .config import AUTH_SPEC, MODEL_SPEC, NAME_RE, NETWORK_SPEC, SRI_RE, VALIDA
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 
 
-# a ref: relative, '/'-separated, no '.', '..' or hidden components (lockfile.check_ref)
-REF_PATTERN = r"^(?!/)(?!.*(^|/)\.)(?!.*//)[^\\\x00-\x1f\x7f]+(?<!/)$"
+# a ref: git's ref-name rules, as lockfile.check_ref applies them
+REF_PATTERN = (r"^(?!@$)(?![/.])(?!.*(\.\.|@\{|//|/\.|\.lock/|\.lock$|/$|\.$))"
+               r"[^\x00-\x20\x7f~^:?*\[\\]+$")
 
 
 def _type(spec: Any) -> dict[str, Any]:
@@ -104,7 +105,8 @@ def lock_schema() -> dict[str, Any]:
                                   "commit": {"type": "string", "pattern": "^[0-9a-f]{40}$"},
                                   "refs": {"type": "array", "items": {"type": "string",
                                                                       "pattern": REF_PATTERN}},
-                                  "claimRefs": {"type": "boolean"}}},
+                                  "claimRefs": {"type": "boolean"},
+                                  "partial": {"type": "boolean"}}},
             "files": {"type": "array", "items": file},
         },
     }

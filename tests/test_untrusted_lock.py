@@ -237,3 +237,27 @@ def test_mk_link_script_quotes_every_word_from_the_lock(project, tmp_path):
     assert not (tmp_path / "PWNED").exists()
     ref = tmp_path / "other" / m.locked.hf.folder / "refs" / evil_ref
     assert ref.read_text() == m.locked.hf.commit
+
+
+@given(st.text(alphabet="ab./@{}~^:?*[\\ -_lck\x01$", min_size=1, max_size=10))
+def test_the_schema_and_the_checker_agree_on_ref_names(ref):
+    from reconcile.lockfile import check_ref
+    from reconcile.schema import REF_PATTERN
+
+    try:
+        check_ref(ref)
+        ok = True
+    except ValueError:
+        ok = False
+    assert ok == bool(re.match(REF_PATTERN, ref))
+    if ok:  # and an accepted ref is a path that stays below refs/
+        assert not ref.startswith("/") and ".." not in ref.split("/")
+
+
+@pytest.mark.parametrize("ref", ["../../../../ESCAPED", "/abs", "a b", "x.lock", "$(touch X)"])
+def test_refs_in_models_toml_are_checked_when_it_is_read(project, ref):
+    project.write(MANIFEST + f'integration.huggingface.refs = ["{ref}"]\n')
+    for args in (("apply",), ("lock", "--check")):
+        r = project.run(*args)
+        assert r.code == 2 and "models.m.integration.huggingface.refs[0]" in r.err, r.err
+    assert not (project.cache.parent / "ESCAPED").exists()

@@ -49,6 +49,9 @@ class HFIdentity:
     repo_type: str = "model"
     commit: str | None = None
     revision: str | None = None
+    # False when the model is a selection of the repo's files: huggingface_hub reads
+    # trees/<commit>.json as the whole repo's listing, so none is written then
+    complete: bool = True
 
 
 @dataclass(frozen=True)

@@ -182,7 +182,8 @@ class HuggingFaceSource(Source):
             pin={"repo": self.repo, "repoType": self.options["repoType"], "revision": rev,
                  "commit": commit},
             files=selected,
-            hf=HFIdentity(self.repo, self.options["repoType"], commit, rev),
+            hf=HFIdentity(self.repo, self.options["repoType"], commit, rev,
+                          complete=len(selected) == len(files)),
         )
 
     def _list_tree(self, commit: str) -> list[dict[str, Any]]:

@@ -153,3 +153,13 @@ def test_server_supplied_ids_are_checked_before_they_become_names(hf_env, hub):
     assert r.code == 1 and "models.m: the source answered with an unusable" in r.err
     assert not hf_env.lock.exists()
     assert not (hf_env.cache / "models--acme--tiny").exists()
+
+
+def test_a_filtered_model_does_not_hide_the_rest_of_the_repo_from_the_official_client(hf_env, hub):
+    """huggingface_hub takes trees/<commit>.json for the whole repo's listing: reconcile
+    must not write one that lists only the files it selected."""
+    hf_env.write('[models.m]\nsource.huggingface = { repo = "acme/tiny", files = ["config.json"] }\n')
+    assert hf_env.run("apply").code == 0
+    snap = Path(official(hub, hf_env.cache, "acme/tiny"))
+    assert sorted(str(p.relative_to(snap)) for p in snap.rglob("*") if p.is_file()) == sorted(FILES)
+    assert hf_env.run("status").code == 0
