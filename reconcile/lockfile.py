@@ -121,8 +121,14 @@ def parse_lock(raw: bytes, path: Path = Path(LOCK_NAME)) -> Lock:
     return lock_from_doc(doc, path)
 
 
-def lock_from_doc(doc: dict[str, Any], path: Path = Path(LOCK_NAME)) -> Lock:
-    """The Lock for an already parsed document (TOML, or its cached JSON twin)."""
+def lock_from_doc(doc: dict[str, Any], path: Path = Path(LOCK_NAME), *,
+                  checked: bool = False) -> Lock:
+    """The Lock for an already parsed document (TOML, or its cached JSON twin).
+
+    ``checked``: these exact bytes passed ``check_model`` before (the store keeps the
+    parse of each lock it has checked, by the lock's sha256), so a no-op apply does not
+    pay for checking 1000s of entries again.
+    """
 
     def bad(msg: str) -> LockFileInvalid:
         return LockFileInvalid(
@@ -142,7 +148,8 @@ def lock_from_doc(doc: dict[str, Any], path: Path = Path(LOCK_NAME)) -> Lock:
             if not isinstance(m, dict):
                 raise FieldError("", "expected a table")
             models[key] = _model(key, m)
-            check_model(models[key])
+            if not checked:
+                check_model(models[key])
         except FieldError as e:
             where = f"models.{_key(key)}" + (f".{e.field}" if e.field else "")
             raise bad(f"{where}: {e.message}") from None
@@ -305,25 +312,22 @@ def _get(d: dict[str, Any], key: str, kind: type, where: str, default: Any = ...
     return v
 
 
+_FILE_FIELDS = (("path", str, ...), ("size", int, 0), ("sha256", str, ""),
+                ("executable", bool, False), ("blob", str, None), ("lfs", bool, False),
+                ("oid", str, None), ("type", str, "f"), ("target", str, None))
+
+
+def _file(f: Any, i: int) -> LockedFile:
+    if not isinstance(f, dict):
+        raise FieldError(f"files[{i}]", "expected a table")
+    w = f"files[{i}]."
+    path, size, sha, x, blob, lfs, oid, type_, target = (
+        _get(f, k, kind, w, default) for k, kind, default in _FILE_FIELDS)
+    return LockedFile(path, size, sha, x, blob, lfs, oid, type_, target)
+
+
 def _model(key: str, m: dict[str, Any]) -> LockedModel:
-    files = []
-    for i, f in enumerate(_get(m, "files", list, "")):
-        w = f"files[{i}]."
-        if not isinstance(f, dict):
-            raise FieldError(f"files[{i}]", "expected a table")
-        files.append(
-            LockedFile(
-                path=_get(f, "path", str, w),
-                size=_get(f, "size", int, w, 0),
-                sha256=_get(f, "sha256", str, w, ""),
-                executable=_get(f, "executable", bool, w, False),
-                blob=_get(f, "blob", str, w, None),
-                lfs=_get(f, "lfs", bool, w, False),
-                git_oid=_get(f, "oid", str, w, None),
-                type=_get(f, "type", str, w, "f"),
-                target=_get(f, "target", str, w, None),
-            )
-        )
+    files = [_file(f, i) for i, f in enumerate(_get(m, "files", list, ""))]
     hf = None
     if "hf" in m:
         h = _get(m, "hf", dict, "")

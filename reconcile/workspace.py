@@ -90,7 +90,9 @@ class Workspace:
             return self._lock_memo[1]
         cache = self.store.state / "lockcache" / f"{key}.json"
         try:
-            lock = lock_from_doc(json.loads(cache.read_text("utf-8")), self.lock_path)
+            # written only after these bytes parsed and passed every check
+            lock = lock_from_doc(json.loads(cache.read_text("utf-8")), self.lock_path,
+                                 checked=True)
         except (OSError, ValueError, LockError):
             lock = parse_lock(raw, self.lock_path)
             self._cache_doc(cache, raw)
