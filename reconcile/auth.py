@@ -1,12 +1,18 @@
-"""Find a token without ever writing it anywhere.
+"""Credentials, found without ever writing them anywhere.
 
-Order: the model's ``auth.tokenEnvVar``, its ``auth.tokenFile``, then the source's
-own conventions (for the Hub: HF_TOKEN, then $HF_HOME/token). The value lives only
-in request headers; errors name where a token was looked for, never what it is.
+A source asks ``credentials(auth, *fallbacks)`` once and sends ``headers()`` with its
+requests. Order: the model's ``auth`` (a bearer token from ``tokenEnvVar`` or
+``tokenFile``; basic auth from ``usernameEnvVar`` and ``passwordEnvVar`` or
+``passwordFile``), then the source's own conventions (for the Hub: HF_TOKEN, then
+$HF_HOME/token). Sources with a chain of their own (boto3's for S3) use that instead.
+Values live only in request headers; errors name where a secret was looked for,
+never what it is. ``refresh()`` reads them again: a token file that a sidecar rotates
+is picked up when a server starts refusing the old one.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,28 +21,72 @@ from .config import AuthConfig
 from .errors import AuthRequired
 
 
+def _from_env(name: str, what: str) -> str:
+    value = settings.env_value(name)
+    if not value:
+        raise AuthRequired(f"auth.{what} names ${name}, which is not set",
+                           hint=f"export {name}=… (the secret itself never goes in models.toml)")
+    return value.strip()
+
+
+def _from_file(path_text: str, what: str) -> str:
+    path = Path(path_text).expanduser()
+    try:
+        value = path.read_text("utf-8").strip()
+    except OSError as e:
+        raise AuthRequired(f"auth.{what} {path}: cannot read it ({e.strerror})") from None
+    if not value:
+        raise AuthRequired(f"auth.{what} {path} is empty")
+    return value
+
+
 def find_token(auth: AuthConfig, *fallbacks: Callable[[], str | None]) -> str | None:
     if auth.token_env_var:
-        value = settings.env_value(auth.token_env_var)
-        if not value:
-            raise AuthRequired(
-                f"auth.tokenEnvVar names ${auth.token_env_var}, which is not set",
-                hint=f"export {auth.token_env_var}=… (the token itself never goes in models.toml)",
-            )
-        return value.strip()
+        return _from_env(auth.token_env_var, "tokenEnvVar")
     if auth.token_file:
-        path = Path(auth.token_file).expanduser()
-        try:
-            value = path.read_text("utf-8").strip()
-        except OSError as e:
-            raise AuthRequired(f"auth.tokenFile {path}: cannot read it ({e.strerror})") from None
-        if not value:
-            raise AuthRequired(f"auth.tokenFile {path} is empty")
-        return value
+        return _from_file(auth.token_file, "tokenFile")
     for fallback in fallbacks:
         if value := fallback():
             return value.strip()
     return None
+
+
+class Credentials:
+    """The ``Authorization`` a source sends (none when nothing is configured)."""
+
+    def __init__(self, auth: AuthConfig, *fallbacks: Callable[[], str | None]) -> None:
+        self.auth = auth
+        self.fallbacks = fallbacks
+        self._headers: dict[str, str] | None = None
+
+    def _read(self) -> dict[str, str]:
+        a = self.auth
+        if a.username_env_var:
+            user = _from_env(a.username_env_var, "usernameEnvVar")
+            password = (_from_env(a.password_env_var, "passwordEnvVar") if a.password_env_var
+                        else _from_file(a.password_file or "", "passwordFile"))
+            pair = base64.b64encode(f"{user}:{password}".encode()).decode()
+            return {"Authorization": f"Basic {pair}"}
+        token = find_token(a, *self.fallbacks)
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def headers(self) -> dict[str, str]:
+        if self._headers is None:
+            self._headers = self._read()
+        return self._headers
+
+    def refresh(self) -> bool:
+        """Read the secrets again; True when they changed (worth one more try)."""
+        old = self._headers
+        self._headers = None
+        try:
+            return self.headers() != old
+        except AuthRequired:
+            return False
+
+    @property
+    def anonymous(self) -> bool:
+        return not self.headers()
 
 
 def hf_token_fallbacks() -> list[Callable[[], str | None]]:

@@ -35,11 +35,13 @@ _SRI_LEN = {"sha256": 32, "sha512": 64}
 
 NETWORK_SPEC: dict[str, Any] = {
     "timeout": {"connect": "number", "read": "number"},
-    "retry": {"maxAttempts": "int", "baseDelay": "number"},
+    "retry": {"maxAttempts": "int", "baseDelay": "number", "maxDelay": "number"},
     "bandwidth": {"limit": "size"},
     "proxy": "str",
+    "caBundle": "str",
 }
-AUTH_SPEC: dict[str, Any] = {"tokenEnvVar": "str", "tokenFile": "str"}
+AUTH_SPEC: dict[str, Any] = {"tokenEnvVar": "str", "tokenFile": "str", "usernameEnvVar": "str",
+                             "passwordEnvVar": "str", "passwordFile": "str"}
 VALIDATION_SPEC: dict[str, Any] = {
     "enable": "bool",
     "skipDefaults": "bool",
@@ -82,12 +84,25 @@ class NetworkConfig:
     base_delay: float = 2.0
     bandwidth_limit: int | None = None  # bytes per second
     proxy: str | None = None
+    max_delay: float = 60.0
+    ca_bundle: str | None = None  # a PEM file of CAs trusted on top of the default ones
 
 
 @dataclass(frozen=True)
 class AuthConfig:
+    """Where credentials are found, never what they are: a bearer token (env var or
+    file) or basic auth (user name from an env var, password from an env var or file)."""
+
     token_env_var: str | None = None
     token_file: str | None = None
+    username_env_var: str | None = None
+    password_env_var: str | None = None
+    password_file: str | None = None
+
+    def env_vars(self) -> set[str]:
+        """The variables that hold secrets: kept from validator commands."""
+        return {v for v in (self.token_env_var, self.username_env_var, self.password_env_var)
+                if v}
 
 
 @dataclass(frozen=True)
@@ -393,6 +408,23 @@ class _Checker:
                 shared[f"{stype}.{name}"] = dict(opts)
         return shared
 
+    def auth_combination(self, where: str, auth: dict[str, Any]) -> None:
+        token = [k for k in ("tokenEnvVar", "tokenFile") if k in auth]
+        basic = [k for k in ("usernameEnvVar", "passwordEnvVar", "passwordFile") if k in auth]
+        if len(token) > 1:
+            raise self.fail(f"{where}.auth", "give tokenEnvVar or tokenFile, not both")
+        if token and basic:
+            raise self.fail(f"{where}.auth", f"a token ({token[0]}) and basic auth"
+                            f" ({basic[0]}) at once", hint="use one way of signing in")
+        if basic and "usernameEnvVar" not in basic:
+            raise self.fail(f"{where}.auth", "basic auth needs usernameEnvVar",
+                            hint='e.g. auth = { usernameEnvVar = "REGISTRY_USER",'
+                            ' passwordEnvVar = "REGISTRY_PASSWORD" }')
+        if "usernameEnvVar" in basic and not {"passwordEnvVar", "passwordFile"} & set(basic):
+            raise self.fail(f"{where}.auth", "basic auth needs passwordEnvVar or passwordFile")
+        if {"passwordEnvVar", "passwordFile"} <= set(basic):
+            raise self.fail(f"{where}.auth", "give passwordEnvVar or passwordFile, not both")
+
     def validator_refs(self, where: str, validation: dict[str, Any]) -> None:
         """Each validator a model names exists and gets an argument it can use: a typo
         found after a 10 GB download is a typo found too late."""
@@ -483,6 +515,7 @@ class _Checker:
             raise self.fail(f"{swhere}.{sub}" if msg else swhere, msg or str(e)) from None
         hash_ = decl.get("hash")
         self.validator_refs(where, decl.get("validation", {}))
+        self.auth_combination(where, {**auth_defaults, **decl.get("auth", {})})
         return ModelDecl(
             key=key,
             name=decl.get("name", key),
@@ -491,7 +524,8 @@ class _Checker:
             hash=hash_,
             validation=_validation(decl.get("validation", {})),
             integration=_integration(decl.get("integration", {})),
-            network=_network({**net_defaults, **decl.get("network", {})}),
+            network=_network({**net_defaults, **decl.get("network", {})},
+                             self.path.parent),
             auth=_auth({**auth_defaults, **decl.get("auth", {})}),
             meta=dict(decl.get("meta", {})),
         )
@@ -511,9 +545,12 @@ def _kind(v: Any) -> str:
     return type(v).__name__
 
 
-def _network(d: dict[str, Any]) -> NetworkConfig:
+def _network(d: dict[str, Any], base: Path | None = None) -> NetworkConfig:
     t, r = d.get("timeout", {}), d.get("retry", {})
     limit = d.get("bandwidth", {}).get("limit")
+    ca = d.get("caBundle")
+    if ca is not None:  # relative to models.toml, like every path in it
+        ca = str((base or Path(".")) / Path(ca).expanduser())
     return NetworkConfig(
         connect_timeout=float(t.get("connect", 30)),
         read_timeout=float(t.get("read", 300)),
@@ -521,11 +558,16 @@ def _network(d: dict[str, Any]) -> NetworkConfig:
         base_delay=float(r.get("baseDelay", 2)),
         bandwidth_limit=parse_size(limit) if limit is not None else None,
         proxy=d.get("proxy"),
+        max_delay=float(r.get("maxDelay", 60)),
+        ca_bundle=ca,
     )
 
 
 def _auth(d: dict[str, Any]) -> AuthConfig:
-    return AuthConfig(token_env_var=d.get("tokenEnvVar"), token_file=d.get("tokenFile"))
+    return AuthConfig(token_env_var=d.get("tokenEnvVar"), token_file=d.get("tokenFile"),
+                      username_env_var=d.get("usernameEnvVar"),
+                      password_env_var=d.get("passwordEnvVar"),
+                      password_file=d.get("passwordFile"))
 
 
 def _integration(d: dict[str, Any]) -> HFIntegration:

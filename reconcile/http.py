@@ -1,10 +1,13 @@
-"""HTTP plumbing shared by HTTP-based sources: one client setup, one streaming reader.
+"""The two HTTP implementations behind one behaviour: httpx, and http.client for big bodies.
 
-Sources keep their protocol's error vocabulary (``raise_for_status`` per source);
-this module only turns transport trouble (resets, timeouts, 5xx, 429) into
-``Transient`` so the generic retry loop in transfer.py handles every source alike.
-httpx drops ``Authorization`` when a redirect leaves the origin (a CDN), which is
-exactly the behaviour the Hub's 302s need.
+``request`` (httpx: API calls, HEADs, small files) and ``direct_stream`` (http.client
+straight into recycled 1 MiB buffers) share everything a user can notice through
+``transport``: the TLS context, the proxy choice, the redirect rule (both follow
+redirects here, never inside httpx, so credentials and signed headers never reach
+another origin), and one translation of failures: transport trouble, 408, 429 and
+5xx become ``Transient`` for the shared retry policy; an untrusted certificate is a
+plain error that says how to add a CA. Sources keep their protocol's error
+vocabulary (``raise_for_status`` per source).
 """
 
 from __future__ import annotations
@@ -67,18 +70,64 @@ def base_headers(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def make_client(network: NetworkConfig, headers: dict[str, str] | None = None) -> Any:
+    """An httpx client with the shared TLS context and proxy; it follows no redirect
+    itself (``request`` does, with the one redirect rule). ``headers`` go with every
+    request to every origin: never put credentials there, pass them to ``request``."""
     import httpx
+
+    from .transport import ssl_context
 
     timeout = httpx.Timeout(connect=network.connect_timeout, read=network.read_timeout,
                             write=network.read_timeout, pool=network.read_timeout)
     return httpx.Client(
         timeout=timeout,
-        follow_redirects=True,
+        follow_redirects=False,
+        verify=ssl_context(network.ca_bundle),
         proxy=network.proxy,
         trust_env=True,  # HTTP(S)_PROXY / NO_PROXY like every other tool
         headers=base_headers(headers),
         limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
     )
+
+
+REDIRECTS = (301, 302, 303, 307, 308)
+
+
+def request(client: Any, method: str, url: str, *, headers: dict[str, str] | None = None,
+            stream: bool = False, max_redirects: int = 10) -> Any:
+    """One httpx request, redirects followed by the shared rule; the final response.
+
+    Transport failures become ``Transient`` (or a TLS error that says how to add a CA).
+    With ``stream`` the caller closes the response.
+    """
+    import httpx
+
+    from .transport import check_redirect, redirect_headers
+
+    h = dict(headers or {})
+    for _ in range(max_redirects + 1):
+        try:
+            r = client.send(client.build_request(method, url, headers=h), stream=stream)
+        except httpx.TransportError as e:
+            raise transport_failure(e, url) from None
+        location = r.headers.get("Location")
+        if r.status_code not in REDIRECTS or not location:
+            return r
+        r.close()
+        new = str(r.url.join(location))
+        check_redirect(url, new)
+        h = redirect_headers(h, url, new)
+        if r.status_code == 303:
+            method = "GET"
+        url = new
+    raise Transient(f"{scrub_url(url)}: more than {max_redirects} redirects")
+
+
+def transport_failure(e: BaseException, url: str) -> SourceError:
+    """A failure below HTTP: an untrusted certificate (final) or a Transient one."""
+    from .transport import tls_failure
+
+    return tls_failure(e, url) or Transient(f"{scrub_url(url)}: {type(e).__name__}: {e}")
 
 
 def scrub_url(url: str) -> str:
@@ -106,7 +155,7 @@ def retry_after(value: str | None) -> float | None:
 
 
 def transient_status(response: Any) -> Transient | None:
-    if response.status_code == 429 or response.status_code >= 500:
+    if response.status_code in (408, 429) or response.status_code >= 500:
         return Transient(
             f"{scrub_url(str(response.request.url))}: HTTP {response.status_code}",
             retry_after=retry_after(response.headers.get("Retry-After")),
@@ -156,47 +205,40 @@ def stream(
 
     threshold = direct_min()
     if (network is not None and length is not None
-            and length >= (DIRECT_MIN if threshold is None else threshold)
-            and _no_proxy(url, network)):
+            and length >= (DIRECT_MIN if threshold is None else threshold)):
         yield from direct_stream(url, base_headers(h), start, end, network, raise_for_status)
         return
-    import httpx
-
+    r = request(client(), "GET", url, headers=h, stream=True)
     try:
-        with client().stream("GET", url, headers=h) as r:
-            if (t := transient_status(r)) is not None:
-                raise t
-            raise_for_status(r)
-            refuse_html(r.headers, url)
-            skip = 0
-            if start and r.status_code == 200:
-                skip = start  # Range ignored (or If-Range failed): skip what we have
-            remaining = None if end is None else end - start
-            for chunk in r.iter_raw():
-                if skip:
-                    if len(chunk) <= skip:
-                        skip -= len(chunk)
-                        continue
-                    chunk = chunk[skip:]
-                    skip = 0
-                if remaining is not None:
-                    chunk = chunk[:remaining]
-                    remaining -= len(chunk)
-                yield chunk
-                if remaining == 0:
-                    return
-    except httpx.TransportError as e:  # resets, timeouts, truncated bodies
-        raise Transient(f"{scrub_url(url)}: {type(e).__name__}: {e}") from None
+        if (t := transient_status(r)) is not None:
+            raise t
+        raise_for_status(r)
+        refuse_html(r.headers, url)
+        skip = 0
+        if start and r.status_code == 200:
+            skip = start  # Range ignored (or If-Range failed): skip what we have
+        remaining = None if end is None else end - start
+        for chunk in r.iter_raw():
+            if skip:
+                if len(chunk) <= skip:
+                    skip -= len(chunk)
+                    continue
+                chunk = chunk[skip:]
+                skip = 0
+            if remaining is not None:
+                chunk = chunk[:remaining]
+                remaining -= len(chunk)
+            yield chunk
+            if remaining == 0:
+                return
+    except Exception as e:
+        import httpx
 
-
-def _no_proxy(url: str, network: NetworkConfig) -> bool:
-    import urllib.request
-
-    if network.proxy:
-        return False
-    parts = urlsplit(url)
-    proxies = urllib.request.getproxies()
-    return parts.scheme not in proxies or urllib.request.proxy_bypass(parts.hostname or "")
+        if isinstance(e, httpx.TransportError):  # resets, timeouts, truncated bodies
+            raise transport_failure(e, url) from None
+        raise
+    finally:
+        r.close()
 
 
 class _Answer:
@@ -210,6 +252,42 @@ class _Answer:
         self.request = SimpleNamespace(url=url)
 
 
+def _connect(url: str, network: NetworkConfig) -> tuple[Any, str, dict[str, str]]:
+    """An http.client connection for ``url`` (through the proxy ``transport`` picks: a
+    CONNECT tunnel for https, an absolute-form request for http), the request target
+    to send, and the headers the proxy wants with it."""
+    import base64
+    import http.client
+    from urllib.parse import unquote
+
+    from .transport import proxy_for, ssl_context
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port
+    target = urlunsplit(("", "", parts.path or "/", parts.query, ""))
+    proxy = proxy_for(url, network.proxy)
+    if proxy is None:
+        if parts.scheme == "https":
+            return http.client.HTTPSConnection(host, port, timeout=network.connect_timeout,
+                                               context=ssl_context(network.ca_bundle)), target, {}
+        return http.client.HTTPConnection(host, port, timeout=network.connect_timeout), target, {}
+    p = urlsplit(proxy)
+    auth = {}
+    if p.username is not None:
+        pair = f"{unquote(p.username)}:{unquote(p.password or '')}".encode()
+        auth = {"Proxy-Authorization": "Basic " + base64.b64encode(pair).decode()}
+    if parts.scheme == "https":  # TLS end to end, through a CONNECT tunnel
+        conn: Any = http.client.HTTPSConnection(p.hostname, p.port or 8080,
+                                                timeout=network.connect_timeout,
+                                                context=ssl_context(network.ca_bundle))
+        conn.set_tunnel(host, port or 443, headers=auth)
+        return conn, target, {}
+    conn = http.client.HTTPConnection(p.hostname, p.port or 8080, timeout=network.connect_timeout)
+    absolute = urlunsplit(("http", parts.netloc.rpartition("@")[2], parts.path or "/",
+                           parts.query, ""))
+    return conn, absolute, auth
+
+
 def direct_stream(url: str, headers: dict[str, str], start: int, end: int | None,
                   network: NetworkConfig, raise_for_status: Callable[[Any], None],
                   max_redirects: int = 10) -> Iterator[memoryview]:
@@ -217,43 +295,33 @@ def direct_stream(url: str, headers: dict[str, str], start: int, end: int | None
 
     httpx allocates and re-parses every ~64 KiB read in Python, which caps one stream
     near 1 GB/s before the bytes are even written or hashed; ``readinto`` fills big
-    buffers in C. Used only without a proxy (httpx handles those), with the same
-    redirect rule: ``Authorization`` never follows a redirect to another origin.
+    buffers in C. TLS trust, proxies (CONNECT for https) and the redirect rule are
+    ``transport``'s, exactly as for httpx.
     Chunks are views of BUFFERS' buffers: keep one as long as you like, and hand it
     to ``BUFFERS.release`` once nothing will read it again.
     """
     import http.client
-    import ssl
+
+    from .transport import check_redirect, redirect_headers
 
     headers = {k: v for k, v in headers.items() if k.lower() not in ("host", "connection")}
     requested = url
     for _ in range(max_redirects + 1):
-        parts = urlsplit(url)
-        host, port = parts.hostname or "", parts.port
         try:
-            if parts.scheme == "https":
-                import certifi
-
-                ctx = ssl.create_default_context(cafile=certifi.where())
-                conn: Any = http.client.HTTPSConnection(host, port, timeout=network.connect_timeout,
-                                                        context=ctx)
-            else:
-                conn = http.client.HTTPConnection(host, port, timeout=network.connect_timeout)
-            conn.request("GET", urlunsplit(("", "", parts.path or "/", parts.query, "")),
-                         headers=headers)
+            conn, target, extra = _connect(url, network)
+            conn.request("GET", target, headers={**headers, **extra})
             conn.sock.settimeout(network.read_timeout)
             r = conn.getresponse()
         except (OSError, http.client.HTTPException) as e:
-            raise Transient(f"{scrub_url(url)}: {type(e).__name__}: {e}") from None
+            raise transport_failure(e, url) from None
         answer = _Answer(r.status, r.headers, url)
-        if r.status in (301, 302, 303, 307, 308) and r.getheader("Location"):
+        if r.status in REDIRECTS and r.getheader("Location"):
             from urllib.parse import urljoin
 
             target = urljoin(url, r.getheader("Location"))
-            new = urlsplit(target)
-            if (new.scheme, new.hostname, new.port) != (parts.scheme, parts.hostname, parts.port):
-                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             conn.close()
+            check_redirect(url, target)
+            headers = redirect_headers(headers, url, target)
             url = target
             continue
         if (t := transient_status(answer)) is not None:
@@ -292,7 +360,7 @@ def direct_stream(url: str, headers: dict[str, str], start: int, end: int | None
             if r.length:  # Content-Length promised more than arrived
                 raise Transient(f"{scrub_url(url)}: connection closed early")
         except (TimeoutError, OSError, http.client.HTTPException) as e:
-            raise Transient(f"{scrub_url(url)}: {type(e).__name__}: {e}") from None
+            raise transport_failure(e, url) from None
         finally:
             conn.close()
         return

@@ -77,3 +77,16 @@ def direct_min() -> int | None:
     """RECONCILE_DIRECT_MIN: transfers at least this many bytes use the http.client fast path."""
     value = _env("RECONCILE_DIRECT_MIN")
     return int(value) if value and value.isdigit() else None
+
+
+def ca_file() -> str | None:
+    """A CA bundle that replaces the default one: SSL_CERT_FILE (OpenSSL's), else
+    REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE (what requests and curl users already set)."""
+    value = _env("SSL_CERT_FILE") or _env("REQUESTS_CA_BUNDLE") or _env("CURL_CA_BUNDLE")
+    return str(_expand(value)) if value else None
+
+
+def ca_dir() -> str | None:
+    """SSL_CERT_DIR: a directory of hashed CA certificates (OpenSSL's c_rehash layout)."""
+    value = _env("SSL_CERT_DIR")
+    return str(_expand(value)) if value else None

@@ -110,5 +110,11 @@ class Source(ABC):
         """(org, model) for the HF cache when integration.huggingface does not say."""
         return ("reconcile", self.decl.name)
 
+    def refresh_credentials(self) -> bool:
+        """Called once when a server refuses a transfer (401/403) midway: renew what
+        expires (a token file rotated by a sidecar, a registry token, a presigned URL).
+        True when something changed and the request is worth one more try."""
+        return False
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

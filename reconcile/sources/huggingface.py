@@ -56,25 +56,27 @@ class HuggingFaceSource(Source):
         super().__init__(decl, context)
         self.endpoint = settings.hf_endpoint()
         self._client: Any = None
-        self._auth: dict[str, str] | None = None
+        self._auth: Any = None
 
     # --- transport ----------------------------------------------------------------
 
     @property
     def auth_headers(self) -> dict[str, str]:
         if self._auth is None:
-            from ..auth import find_token, hf_token_fallbacks
+            from ..auth import Credentials, hf_token_fallbacks
 
-            token = find_token(self.decl.auth, *hf_token_fallbacks())
-            self._auth = {"Authorization": f"Bearer {token}"} if token else {}
-        return self._auth
+            self._auth = Credentials(self.decl.auth, *hf_token_fallbacks())
+        return self._auth.headers()
+
+    def refresh_credentials(self) -> bool:
+        return self._auth is not None and self._auth.refresh()
 
     @property
     def client(self) -> Any:
         if self._client is None:
             from ..http import make_client
 
-            self._client = make_client(self.decl.network, self.auth_headers)
+            self._client = make_client(self.decl.network)
         return self._client
 
     def close(self) -> None:
@@ -123,38 +125,26 @@ class HuggingFaceSource(Source):
         raise SourceError(f"{kind} {self.repo}: HTTP {r.status_code}")
 
     def _get_json(self, url: str) -> tuple[Any, Any]:
-        import httpx
+        from ..http import request, scrub_url, transient_status
+        from ..transport import RetryPolicy
 
-        from ..http import scrub_url, transient_status
-
-        attempts = self.decl.network.max_attempts
-        for attempt in range(1, attempts + 1):
-            try:
-                r = self.client.get(url)
-            except httpx.TransportError as e:
-                if attempt == attempts:
-                    raise SourceError(f"{scrub_url(url)}: {type(e).__name__}: {e}",
-                                      hint="check HF_ENDPOINT and your network") from None
-                self._sleep(attempt, None)
-                continue
+        def attempt() -> Any:
+            r = request(self.client, "GET", url, headers=self.auth_headers)
             if (t := transient_status(r)) is not None:
-                if attempt == attempts:
-                    raise SourceError(t.message)
-                self._sleep(attempt, t.retry_after)
-                continue
-            self.raise_for_status(r)
-            try:
-                return r.json(), r
-            except ValueError:
-                raise SourceError(f"{scrub_url(url)}: the server did not answer JSON") from None
-        raise AssertionError("unreachable")
+                raise t
+            return r
 
-    def _sleep(self, attempt: int, retry_after: float | None) -> None:
-        import time
-
-        from ..transfer import backoff_delay
-
-        time.sleep(backoff_delay(attempt, self.decl.network, retry_after))
+        try:
+            r = RetryPolicy.of(self.decl.network).run(attempt)
+        except SourceError as e:
+            if not e.hint:
+                e.hint = "check HF_ENDPOINT and your network"
+            raise
+        self.raise_for_status(r)
+        try:
+            return r.json(), r
+        except ValueError:
+            raise SourceError(f"{scrub_url(url)}: the server did not answer JSON") from None
 
     # --- the interface --------------------------------------------------------------
 

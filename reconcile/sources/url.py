@@ -45,9 +45,14 @@ class UrlSource(Source):
         url = opts.get("url")
         if not url:
             raise ValueError("url: required (http://, https:// or file://)")
-        scheme = urlsplit(url).scheme
+        parts = urlsplit(url)
+        scheme = parts.scheme
         if scheme not in ("http", "https", "file"):
             raise ValueError(f"url: scheme '{scheme}' is not supported; use http, https or file")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("url: has credentials in it (user:password@), which would be"
+                             " committed and written to models.lock; use auth ="
+                             " { usernameEnvVar = …, passwordEnvVar = … } or tokenEnvVar")
         out = {"url": url, "extract": bool(opts.get("extract", False))}
         if "sha256" in opts:
             sha = _sri_to_hex(opts["sha256"])
@@ -64,6 +69,7 @@ class UrlSource(Source):
     def __init__(self, decl: Any, context: Any) -> None:
         super().__init__(decl, context)
         self._client: Any = None
+        self._credentials: Any = None
         self._extracted: dict[str, Path] = {}
 
     # --- transport ----------------------------------------------------------------
@@ -75,6 +81,17 @@ class UrlSource(Source):
 
             self._client = make_client(self.decl.network)
         return self._client
+
+    @property
+    def credentials(self) -> Any:
+        if self._credentials is None:
+            from ..auth import Credentials
+
+            self._credentials = Credentials(self.decl.auth)
+        return self._credentials
+
+    def refresh_credentials(self) -> bool:
+        return self.credentials.refresh()
 
     def close(self) -> None:
         if self._client is not None:
@@ -110,6 +127,7 @@ class UrlSource(Source):
 
         yield from stream(lambda: self.client, url, start=start, end=end, if_range=if_range,
                           length=length, network=self.decl.network,
+                          headers=self.credentials.headers(),
                           raise_for_status=self._raise_for_status)
 
     def _head(self, url: str) -> tuple[int | None, dict[str, str]]:
@@ -118,16 +136,16 @@ class UrlSource(Source):
                 return self._local(url).stat().st_size, {}
             except FileNotFoundError:
                 raise NotFound(f"{url}: no such file") from None
-        import httpx
+        from ..http import request, transient_status
+        from ..transport import RetryPolicy
 
-        from ..http import scrub_url, transient_status
+        def attempt() -> Any:
+            r = request(self.client, "HEAD", url, headers=self.credentials.headers())
+            if (t := transient_status(r)) is not None:
+                raise t
+            return r
 
-        try:
-            r = self.client.head(url)
-        except httpx.TransportError as e:
-            raise SourceError(f"{scrub_url(url)}: {type(e).__name__}: {e}") from None
-        if (t := transient_status(r)) is not None:
-            raise SourceError(t.message)
+        r = RetryPolicy.of(self.decl.network).run(attempt)
         self._raise_for_status(r)
         pin = {k: r.headers[h] for k, h in (("etag", "ETag"), ("lastModified", "Last-Modified"))
                if h in r.headers}
