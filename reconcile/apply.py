@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,9 +86,15 @@ class Executor:
     def execute(self, plan: Plan) -> ApplyReport:
         """Run every node once its predecessors succeeded (Kahn's order, in parallel).
 
+        Finished nodes report to one queue and their successors are submitted as they
+        become ready, so the cost per action is constant (waiting on every pending
+        future at each completion made 3,000 small files take 12 s of bookkeeping).
         It walks the plan's edge list directly; the networkx view of the same DAG is
         for printing and analysis, and importing networkx would add 0.15 s to every run.
+        Ctrl-C stops transfers within a chunk and starts nothing new.
         """
+        import queue
+
         report = ApplyReport()
         if plan.empty:
             return report
@@ -98,32 +104,49 @@ class Executor:
         for a, b in set(plan.edges):
             succ[a].append(b)
             waiting[b] += 1
-        ready = sorted(n for n, d in waiting.items() if d == 0)
-        running: dict[Future[Any], str] = {}
+        finished: queue.SimpleQueue[tuple[str, BaseException | None]] = queue.SimpleQueue()
         failed: set[str] = set()
 
         def run(node: str) -> None:
-            self.run_action(plan.nodes[node], report)
+            try:
+                self.run_action(plan.nodes[node], report)
+            except BaseException as e:
+                finished.put((node, e))
+                return
+            finished.put((node, None))
 
-        with ThreadPoolExecutor(max_workers=max(1, self.jobs)) as pool:
-            while ready or running:
-                while ready:
-                    node = ready.pop(0)
-                    running[pool.submit(run, node)] = node
-                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    node = running.pop(fut)
-                    err = fut.exception()
-                    if err is not None:
-                        report.failures.append((plan.nodes[node], err))
-                        for d in _descendants(succ, node) - failed:
-                            failed.add(d)
-                            report.skipped.append(plan.nodes[d])
-                        continue
-                    for nxt in succ[node]:
-                        waiting[nxt] -= 1
-                        if waiting[nxt] == 0 and nxt not in failed:
-                            ready.append(nxt)
+        pool = ThreadPoolExecutor(max_workers=max(1, self.jobs))
+        pending = 0
+        try:
+            for node in sorted(n for n, d in waiting.items() if d == 0):
+                pool.submit(run, node)
+                pending += 1
+            while pending:
+                try:
+                    node, err = finished.get(timeout=0.5)  # a timeout keeps Ctrl-C prompt
+                except queue.Empty:
+                    continue
+                pending -= 1
+                if err is not None:
+                    report.failures.append((plan.nodes[node], err))
+                    for d in _descendants(succ, node) - failed:
+                        failed.add(d)
+                        report.skipped.append(plan.nodes[d])
+                    continue
+                for nxt in succ[node]:
+                    waiting[nxt] -= 1
+                    if waiting[nxt] == 0 and nxt not in failed:
+                        pool.submit(run, nxt)
+                        pending += 1
+        except KeyboardInterrupt:
+            from .interrupt import CANCEL
+
+            CANCEL.set()  # transfers stop within one chunk; queued actions never start
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        if any(isinstance(e, KeyboardInterrupt) for _, e in report.failures):
+            raise KeyboardInterrupt  # a transfer saw Ctrl-C first
         return report
 
 

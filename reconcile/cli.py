@@ -94,13 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    from .interrupt import install
+
+    install()
     try:
         return COMMANDS[args.command](args) or 0
     except ReconcileError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("interrupted; partial downloads are kept and resume next time", file=sys.stderr)
+        print(f"interrupted{_kept_partials()}", file=sys.stderr)
         return 130
     except OSError as e:  # disk full, permissions … outside the places that translate them
         if os.environ.get("RECONCILE_DEBUG"):
@@ -114,6 +117,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: internal error: {type(e).__name__}: {e}\n  hint: run again with"
               " RECONCILE_DEBUG=1 for the traceback, and report it", file=sys.stderr)
         return 1
+
+
+def _kept_partials() -> str:
+    """'; N partial downloads are kept …' when there are some, else nothing: the line
+    after Ctrl-C says only what is true."""
+    from . import settings
+
+    try:
+        n = sum(1 for p in (settings.store_dir() / "tmp").iterdir()
+                if p.name.endswith((".part", ".ranges")) and p.stat().st_size)
+    except OSError:
+        n = 0
+    if not n:
+        return ""
+    return f"; {n} partial download{'s' if n > 1 else ''} kept, resumed by the next run"
 
 
 def _ws(args: argparse.Namespace) -> Any:

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .config import NetworkConfig
 from .errors import SourceError
-from .sources.base import Transient
+from .sources.base import Restart, Transient
 
 USER_AGENT = "reconcile/0.1"
 CHUNK = 1 << 20
@@ -123,6 +123,12 @@ def request(client: Any, method: str, url: str, *, headers: dict[str, str] | Non
     raise Transient(f"{scrub_url(url)}: more than {max_redirects} redirects")
 
 
+def _restart(url: str) -> Transient:
+    """A ranged request answered with the whole entity: the server ignores ranges, or
+    If-Range found the file changed. Never splice: the caller starts from byte 0."""
+    return Restart(f"{scrub_url(url)}: the server sent the whole file to a resume")
+
+
 def transport_failure(e: BaseException, url: str) -> SourceError:
     """A failure below HTTP: an untrusted certificate (final) or a Transient one."""
     from .transport import tls_failure
@@ -214,17 +220,10 @@ def stream(
             raise t
         raise_for_status(r)
         refuse_html(r.headers, url)
-        skip = 0
         if start and r.status_code == 200:
-            skip = start  # Range ignored (or If-Range failed): skip what we have
+            raise _restart(url)
         remaining = None if end is None else end - start
         for chunk in r.iter_raw():
-            if skip:
-                if len(chunk) <= skip:
-                    skip -= len(chunk)
-                    continue
-                chunk = chunk[skip:]
-                skip = 0
             if remaining is not None:
                 chunk = chunk[:remaining]
                 remaining -= len(chunk)
@@ -333,7 +332,9 @@ def direct_stream(url: str, headers: dict[str, str], start: int, end: int | None
         except BaseException:
             conn.close()
             raise
-        skip = start if (start and r.status == 200) else 0
+        if start and r.status == 200:
+            conn.close()
+            raise _restart(url)
         remaining = None if end is None else end - start
         try:
             while remaining is None or remaining > 0:
@@ -347,9 +348,6 @@ def direct_stream(url: str, headers: dict[str, str], start: int, end: int | None
                 if n == 0:
                     break
                 chunk = view[:n]
-                if skip:
-                    drop = min(skip, n)
-                    chunk, skip = chunk[drop:], skip - drop
                 if remaining is not None:
                     chunk = chunk[:remaining]
                     remaining -= len(chunk)

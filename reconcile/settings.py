@@ -90,3 +90,10 @@ def ca_dir() -> str | None:
     """SSL_CERT_DIR: a directory of hashed CA certificates (OpenSSL's c_rehash layout)."""
     value = _env("SSL_CERT_DIR")
     return str(_expand(value)) if value else None
+
+
+def parallel_min() -> int | None:
+    """RECONCILE_PARALLEL_MIN: files at least this many bytes are fetched as parallel
+    ranges from the start (default: transfer.PARALLEL_THRESHOLD)."""
+    value = _env("RECONCILE_PARALLEL_MIN")
+    return int(value) if value and value.isdigit() else None

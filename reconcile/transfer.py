@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from .config import NetworkConfig
-from .errors import IntegrityError, SourceError
+from .errors import AuthRequired, IntegrityError, SourceError
 from .http import BUFFERS
+from .interrupt import CANCEL, Cancelled
 from .lockfile import LockedFile
-from .sources.base import Source, Transient
+from .sources.base import Restart, Source, Transient
 from .store import Store, disk_error
 
 Progress = Callable[[int], None]
@@ -70,11 +70,29 @@ class _Throttle:
 
 
 def backoff_delay(attempt: int, network: NetworkConfig, retry_after: float | None) -> float:
-    """Exponential backoff with full jitter; a server's Retry-After wins when it is longer."""
-    delay = network.base_delay * (2 ** (attempt - 1)) * (0.5 + random.random() / 2)
-    if retry_after is not None:
-        delay = max(delay, retry_after)
-    return min(delay, 300.0)
+    """The shared RetryPolicy's wait before attempt ``attempt + 1``."""
+    from .transport import RetryPolicy
+
+    return RetryPolicy.of(network).delay(attempt, retry_after)
+
+
+def _check_cancel() -> None:
+    if CANCEL.is_set():
+        raise Cancelled()
+
+
+class _Auth:
+    """One credential refresh per transfer when a server starts refusing it midway
+    (a token that expired during a long download, a rotated token file)."""
+
+    def __init__(self, source: Source) -> None:
+        self.source, self.used = source, False
+
+    def retry(self, err: AuthRequired) -> bool:
+        if self.used or not self.source.refresh_credentials():
+            return False
+        self.used = True
+        return True
 
 
 def fetch(
@@ -98,9 +116,10 @@ def fetch(
         if expected and store.has_object(expected):
             return FetchResult(expected, file.size, 0, fetched=False)
         part = store.partial_path(key)
+        _forget_stale_partial(part, source.entity(pin), trust_hash=bool(expected))
         can_split = (jobs > 1 and source.supports_ranges and bool(expected)
                      and not network.bandwidth_limit)
-        if can_split and file.size >= PARALLEL_THRESHOLD:
+        if can_split and file.size >= parallel_min():
             result = _fetch_ranges(source, pin, file, part, network, progress, jobs)
         else:
             got = _fetch_stream(source, pin, file, part, network, progress,
@@ -122,7 +141,49 @@ def fetch(
             part.unlink(missing_ok=True)
             raise IntegrityError(f"{file.path}: expected {file.size} bytes, got {result.size}")
         store.publish_object(part, result.sha256)
+        _entity_path(part).unlink(missing_ok=True)
         return result
+
+
+def parallel_min() -> int:
+    from .settings import parallel_min as configured
+
+    value = configured()
+    return PARALLEL_THRESHOLD if value is None else value
+
+
+def _entity_path(part: Path) -> Path:
+    return part.with_name(part.name + ".entity")
+
+
+def _forget_stale_partial(part: Path, entity: str | None, *, trust_hash: bool) -> None:
+    """Keep a partial only when it is known to be a prefix of what will be fetched now.
+
+    Its entity (the source's validator: an ETag, Last-Modified, a commit) is recorded
+    beside it when it is started. A partial of another entity is dropped. Without any
+    entity, a partial is kept only when the file's sha256 is known beforehand (the
+    final check then catches a splice); at lock time, where the bytes themselves
+    become the truth, it starts over: an old prefix spliced to new bytes would be
+    locked as the model.
+    """
+    marker = _entity_path(part)
+    try:
+        recorded: str | None = marker.read_text("utf-8")
+    except (FileNotFoundError, UnicodeDecodeError):
+        recorded = None  # none recorded: a partial from an older reconcile
+    have = part.exists()
+    if have:
+        if trust_hash:
+            stale = recorded is not None and recorded != (entity or "")
+        else:
+            stale = entity is None or recorded != entity
+        if stale:
+            part.unlink(missing_ok=True)
+            have = False
+    if not have:
+        from .fsutil import atomic_write_text
+
+        atomic_write_text(marker, entity or "")
 
 
 def _rehash_partial(part: Path) -> tuple[Any, int]:
@@ -255,6 +316,7 @@ def _fetch_stream(source, pin, file, part, network, progress, probe: bool = Fals
     except OSError as e:
         hasher.finish()
         raise disk_error(e, part.parent) from None
+    auth = _Auth(source)
     try:
         try:
             while True:
@@ -265,6 +327,7 @@ def _fetch_stream(source, pin, file, part, network, progress, probe: bool = Fals
                     started, from_here = time.monotonic(), have
                     stream = source.open(pin, file, have, None)
                     for chunk in stream:
+                        _check_cancel()
                         try:
                             out.write(chunk)
                         except OSError as e:
@@ -287,13 +350,29 @@ def _fetch_stream(source, pin, file, part, network, progress, probe: bool = Fals
                     if file.size and have < file.size:
                         raise Transient(f"{file.path}: stream ended at {have} of {file.size} bytes")
                     break
+                except AuthRequired as e:
+                    if not auth.retry(e):
+                        raise
+                    attempt -= 1  # renewed credentials: this try does not count
+                except Restart:
+                    if progress and have:
+                        progress(-have)
+                    out.close()
+                    os.truncate(part, 0)
+                    out = _PartWriter(part)
+                    hasher.finish()
+                    hasher = _Hasher(hashlib.sha256())
+                    have = 0
+                    if attempt >= network.max_attempts + 1:
+                        raise SourceError(f"{file.path}: the server keeps answering ranges"
+                                          " with the whole file") from None
                 except Transient as e:
                     if attempt >= network.max_attempts:
                         raise SourceError(
                             f"{file.path}: giving up after {attempt} attempts: {e.message}",
                             hint="the partial download is kept and resumes on the next run",
                         ) from None
-                    time.sleep(backoff_delay(attempt, network, e.retry_after))
+                    _sleep(backoff_delay(attempt, network, e.retry_after))
         finally:
             out.close()
     finally:
@@ -336,6 +415,8 @@ def _fetch_ranges(source, pin, file, part, network, progress, jobs, *, start: in
     throttle = _Throttle(network.bandwidth_limit)
     downloaded = [downloaded]
 
+    auth = _Auth(source)
+
     def worker(i: int) -> None:
         start, end = bounds[i]
         attempt = 0
@@ -343,6 +424,9 @@ def _fetch_ranges(source, pin, file, part, network, progress, jobs, *, start: in
             attempt += 1
             try:
                 for chunk in source.open(pin, file, done[i], end):
+                    if errors:  # a sibling failed for good, or Ctrl-C: stop with it
+                        return
+                    _check_cancel()
                     chunk = chunk[: end - done[i]]
                     os.pwrite(fd, chunk, done[i])
                     BUFFERS.release(chunk)  # hashed later, from the file
@@ -355,16 +439,25 @@ def _fetch_ranges(source, pin, file, part, network, progress, jobs, *, start: in
                         progress(len(chunk))
                     if done[i] >= end:
                         break
-                if done[i] < end:
+                if done[i] < end and not errors:
                     raise Transient(f"range {start}-{end} ended early at {done[i]}")
+            except AuthRequired as e:
+                with cond:
+                    renewed = auth.retry(e)
+                if not renewed:
+                    with cond:
+                        errors.append(e)
+                        cond.notify_all()
+                    return
+                attempt -= 1
             except Transient as e:
-                if attempt >= network.max_attempts:
+                if isinstance(e, Restart) or attempt >= network.max_attempts:
                     with cond:
                         errors.append(SourceError(f"{file.path}: giving up after {attempt}"
                                                   f" attempts: {e.message}"))
                         cond.notify_all()
                     return
-                time.sleep(backoff_delay(attempt, network, e.retry_after))
+                _sleep(backoff_delay(attempt, network, e.retry_after))
             except BaseException as e:
                 with cond:
                     errors.append(e)
@@ -387,7 +480,10 @@ def _fetch_ranges(source, pin, file, part, network, progress, jobs, *, start: in
                         ready = done[idx]
                         if ready > hashed or errors:
                             break
-                        cond.wait(0.5)
+                        if CANCEL.is_set():
+                            errors.append(Cancelled())
+                            break
+                        cond.wait(0.2)
                     if errors:
                         break
                 while hashed < ready:
@@ -404,6 +500,12 @@ def _fetch_ranges(source, pin, file, part, network, progress, jobs, *, start: in
         raise errors[0]
     os.replace(work, part)
     return FetchResult(h.hexdigest(), hashed, downloaded[0])
+
+
+def _sleep(seconds: float) -> None:
+    """Wait before a retry; Ctrl-C ends the wait at once."""
+    if CANCEL.wait(seconds):
+        raise Cancelled()
 
 
 def iter_file(path: Path, start: int = 0, end: int | None = None) -> Iterator[bytes]:

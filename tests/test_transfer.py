@@ -33,6 +33,9 @@ class Flaky:
         self.type, self.supports_ranges = inner.type, True
         self.opens: list[tuple[int, int | None]] = []
 
+    def __getattr__(self, name):  # the rest of the Source interface is the inner one's
+        return getattr(self.inner, name)
+
     def open(self, pin, file, start=0, end=None):
         self.opens.append((start, end))
         sent = 0

@@ -69,6 +69,11 @@ class Transient(SourceError):
         self.retry_after = retry_after
 
 
+class Restart(Transient):
+    """A resume was answered with the whole entity (the file changed, or the server
+    ignores ranges): the partial is discarded and the file fetched from byte 0."""
+
+
 class Source(ABC):
     """Base class; concrete sources set ``type`` and ``OPTIONS`` (their models.toml keys)."""
 
@@ -109,6 +114,12 @@ class Source(ABC):
     def default_hf_name(self) -> tuple[str, str]:
         """(org, model) for the HF cache when integration.huggingface does not say."""
         return ("reconcile", self.decl.name)
+
+    def entity(self, pin: dict[str, Any]) -> str | None:
+        """What identifies the bytes behind ``pin`` (an ETag, a commit), recorded with a
+        partial download so it is resumed only onto the same entity; None when the
+        source cannot tell (then a partial is resumed only when its sha256 is known)."""
+        return None
 
     def refresh_credentials(self) -> bool:
         """Called once when a server refuses a transfer (401/403) midway: renew what

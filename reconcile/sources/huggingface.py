@@ -68,6 +68,9 @@ class HuggingFaceSource(Source):
             self._auth = Credentials(self.decl.auth, *hf_token_fallbacks())
         return self._auth.headers()
 
+    def entity(self, pin: dict[str, Any]) -> str | None:
+        return pin.get("commit")  # a file at a commit never changes
+
     def refresh_credentials(self) -> bool:
         return self._auth is not None and self._auth.refresh()
 

@@ -93,6 +93,13 @@ class UrlSource(Source):
     def refresh_credentials(self) -> bool:
         return self.credentials.refresh()
 
+    def entity(self, pin: dict[str, Any]) -> str | None:
+        """A strong ETag, else Last-Modified (what If-Range accepts); else nothing."""
+        etag = pin.get("etag")
+        if etag and not etag.startswith("W/"):
+            return etag
+        return pin.get("lastModified")
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
@@ -201,7 +208,7 @@ class UrlSource(Source):
     def open(self, pin, file, start=0, end=None) -> Iterator[bytes]:
         if "archiveSha256" not in pin:
             length = (file.size if end is None else end) - start if file.size else None
-            yield from self._open_url(pin["url"], start, end, pin.get("etag"), length)
+            yield from self._open_url(pin["url"], start, end, self.entity(pin), length)
             return
         # a member of an archive: make sure the archive object is in the store, then read
         # the member from the unpacked copy (one download serves every member)
