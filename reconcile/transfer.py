@@ -116,13 +116,16 @@ def fetch(
         if expected and store.has_object(expected):
             return FetchResult(expected, file.size, 0, fetched=False)
         part = store.partial_path(key)
-        _forget_stale_partial(part, source.entity(pin), trust_hash=bool(expected))
+        entity = source.entity(pin)
+        _forget_stale_partial(part, entity, trust_hash=bool(expected))
         can_split = (jobs > 1 and source.supports_ranges and bool(expected)
                      and not network.bandwidth_limit)
-        if can_split and file.size >= parallel_min():
+        ranges_begun = _saved_ranges(_ranges_progress(part), file.size) is not None
+        if can_split and (file.size >= parallel_min() or ranges_begun):
             result = _fetch_ranges(source, pin, file, part, network, progress, jobs)
         else:
             got = _fetch_stream(source, pin, file, part, network, progress,
+                                resumable=bool(expected) or entity is not None,
                                 probe=can_split and file.size >= SPLIT_MIN)
             if isinstance(got, _Handover):
                 result = _fetch_ranges(source, pin, file, part, network, progress, jobs,
@@ -298,8 +301,11 @@ class _Handover:
     downloaded: int
 
 
-def _fetch_stream(source, pin, file, part, network, progress, probe: bool = False
-                  ) -> FetchResult | _Handover:
+def _fetch_stream(source, pin, file, part, network, progress, probe: bool = False, *,
+                  resumable: bool = True) -> FetchResult | _Handover:
+    """One stream into ``part``, resumed after transient failures. Not ``resumable``
+    (lock time, and the source cannot tell which entity it serves): a retry starts
+    from byte 0, since a resume could splice two versions of the file."""
     h, have = _rehash_partial(part)
     if file.size and have > file.size:
         part.unlink()
@@ -317,6 +323,19 @@ def _fetch_stream(source, pin, file, part, network, progress, probe: bool = Fals
         hasher.finish()
         raise disk_error(e, part.parent) from None
     auth = _Auth(source)
+
+    def restart(had: int) -> int:
+        """Back to byte 0: truncate the partial, start a new hash."""
+        nonlocal out, hasher
+        if progress and had:
+            progress(-had)
+        out.close()
+        os.truncate(part, 0)
+        out = _PartWriter(part)
+        hasher.finish()
+        hasher = _Hasher(hashlib.sha256())
+        return 0
+
     try:
         try:
             while True:
@@ -354,24 +373,21 @@ def _fetch_stream(source, pin, file, part, network, progress, probe: bool = Fals
                     if not auth.retry(e):
                         raise
                     attempt -= 1  # renewed credentials: this try does not count
-                except Restart:
-                    if progress and have:
-                        progress(-have)
-                    out.close()
-                    os.truncate(part, 0)
-                    out = _PartWriter(part)
-                    hasher.finish()
-                    hasher = _Hasher(hashlib.sha256())
-                    have = 0
-                    if attempt >= network.max_attempts + 1:
-                        raise SourceError(f"{file.path}: the server keeps answering ranges"
-                                          " with the whole file") from None
                 except Transient as e:
-                    if attempt >= network.max_attempts:
+                    if isinstance(e, Restart) or not resumable:
+                        have = restart(have)
+                    if not isinstance(e, Restart) and attempt >= network.max_attempts:
                         raise SourceError(
                             f"{file.path}: giving up after {attempt} attempts: {e.message}",
-                            hint="the partial download is kept and resumes on the next run",
+                            hint="the partial download is kept and resumes on the next run"
+                            if resumable else "nothing is kept: the server names no ETag or"
+                            " Last-Modified that a resume could be checked against",
                         ) from None
+                    if isinstance(e, Restart):
+                        if attempt > network.max_attempts:
+                            raise SourceError(f"{file.path}: the server keeps answering"
+                                              " resumes with the whole file") from None
+                        continue
                     _sleep(backoff_delay(attempt, network, e.retry_after))
         finally:
             out.close()
@@ -396,20 +412,30 @@ def _fetch_ranges(source, pin, file, part, network, progress, jobs, *, start: in
     """
     size = file.size
     work = part.with_name(part.name + ".ranges")
+    progress_file = _ranges_progress(part)
     if start:
         os.replace(part, work)  # a slow stream's prefix, handed over
-    nseg = max(2, min(jobs * 2, (size - start) // SEGMENT_MIN))
-    seg = -(-(size - start) // nseg)
-    bounds = [(start + i * seg, min(size, start + (i + 1) * seg)) for i in range(nseg)]
+        progress_file.unlink(missing_ok=True)
+    saved = _saved_ranges(progress_file, size) if not start and work.exists() else None
+    if saved is not None:  # an interrupted run: each range goes on where it stopped
+        bounds, done = saved
+        nseg = len(bounds)
+        seg = bounds[0][1] - bounds[0][0]
+        if progress:
+            progress(sum(d - b for d, (b, _) in zip(done, bounds, strict=True)))
+    else:
+        nseg = max(2, min(jobs * 2, (size - start) // SEGMENT_MIN))
+        seg = -(-(size - start) // nseg)
+        bounds = [(start + i * seg, min(size, start + (i + 1) * seg)) for i in range(nseg)]
+        done = [b for b, _ in bounds]
     fd = os.open(work, os.O_RDWR | os.O_CREAT, 0o644)
-    if start == 0:  # an old partial's unwritten holes cannot be trusted: start clean
+    if saved is None and start == 0:  # unrecorded holes cannot be trusted: start clean
         os.ftruncate(fd, 0)
     try:
         os.ftruncate(fd, size)
     except OSError as e:
         os.close(fd)
         raise disk_error(e, part.parent) from None
-    done = [start for start, _ in bounds]
     cond = threading.Condition()
     errors: list[BaseException] = []
     throttle = _Throttle(network.bandwidth_limit)
@@ -470,10 +496,14 @@ def _fetch_ranges(source, pin, file, part, network, progress, jobs, *, start: in
     hashed = start
     buf = bytearray(8 << 20)  # read back through one buffer: an mmap would count every
     view = memoryview(buf)  # touched page of a multi-GB file as resident memory
+    last_save = time.monotonic()
     try:
         with ThreadPoolExecutor(max_workers=min(jobs, nseg)) as pool:
             futures = [pool.submit(worker, i) for i in range(nseg)]
             while hashed < size:
+                if time.monotonic() - last_save > 1.0:
+                    _save_ranges(progress_file, size, bounds, done)
+                    last_save = time.monotonic()
                 with cond:
                     while True:
                         idx = min((hashed - start) // seg, nseg - 1)
@@ -496,10 +526,41 @@ def _fetch_ranges(source, pin, file, part, network, progress, jobs, *, start: in
                 fut.result()
     finally:
         os.close(fd)
+        if errors:  # what arrived stays usable: the next run resumes every range
+            _save_ranges(progress_file, size, bounds, done)
     if errors:
         raise errors[0]
     os.replace(work, part)
+    progress_file.unlink(missing_ok=True)
     return FetchResult(h.hexdigest(), hashed, downloaded[0])
+
+
+def _ranges_progress(part: Path) -> Path:
+    return part.with_name(part.name + ".ranges.json")
+
+
+def _save_ranges(path: Path, size: int, bounds: list[tuple[int, int]], done: list[int]) -> None:
+    """How far each range got (a snapshot: never more than what pwrite has written)."""
+    import json
+
+    from .fsutil import atomic_write_text
+
+    atomic_write_text(path, json.dumps({"size": size, "bounds": bounds, "done": list(done)}))
+
+
+def _saved_ranges(path: Path, size: int) -> tuple[list[tuple[int, int]], list[int]] | None:
+    import json
+
+    try:
+        doc = json.loads(path.read_text("utf-8"))
+        bounds = [(int(a), int(b)) for a, b in doc["bounds"]]
+        done = [int(d) for d in doc["done"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    ok = (doc.get("size") == size and len(bounds) == len(done) >= 1 and bounds[0][0] == 0
+          and bounds[-1][1] == size and all(a <= d <= b for (a, b), d in zip(bounds, done,
+                                                                             strict=True)))
+    return (bounds, done) if ok else None
 
 
 def _sleep(seconds: float) -> None:

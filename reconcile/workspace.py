@@ -262,7 +262,13 @@ class Workspace:
         Validators: the ones named (``NAME[:ARG]``), else the model's own set, else the
         preset's. Stops at the first aborting failure unless ``continue_on_error``.
         """
-        from .validation.runner import Runner, parse_ref, run_validator, validators_for
+        from .validation.runner import (
+            Runner,
+            parse_ref,
+            run_validator,
+            secret_vars,
+            validators_for,
+        )
 
         manifest = self.manifest if self.manifest_path.exists() else None
         customs = manifest.validators if manifest else {}
@@ -281,7 +287,7 @@ class Workspace:
             chosen = validators_for(None, customs, preset)
         outcomes = []
         for v in chosen:
-            outcome = run_validator(v, root)
+            outcome = run_validator(v, root, secret_vars(manifest))
             outcomes.append(outcome)
             if outcome.status != "pass" and outcome.on_failure == "abort" and not continue_on_error:
                 break

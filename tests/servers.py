@@ -34,8 +34,10 @@ def nginx_binary() -> str | None:
 
 
 @contextmanager
-def nginx(root: Path, work: Path, extra: str = "") -> Iterator[str]:
-    """Debian's nginx serving ``root`` statically (ETag, Range, If-Range); yields its URL."""
+def nginx(root: Path, work: Path, extra: str = "",
+          tls: tuple[Path, Path] | None = None) -> Iterator[str]:
+    """Debian's nginx serving ``root`` statically (ETag, Range, If-Range); yields its URL.
+    With ``tls`` = (certificate, key) it speaks https only."""
     binary = nginx_binary()
     if binary is None:
         raise RuntimeError("nginx is not installed (apt-get install nginx-light)")
@@ -55,14 +57,15 @@ http {{
   fastcgi_temp_path {work}/fcgi; uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
   default_type application/octet-stream;
   server {{
-    listen 127.0.0.1:{port};
+    listen 127.0.0.1:{port}{" ssl" if tls else ""};
+    {f"ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]};" if tls else ""}
     root {root};
     {extra}
   }}
 }}
 """)
     with run_nginx(conf, work, port) as url:
-        yield url
+        yield url.replace("http://", "https://") if tls else url
 
 
 @contextmanager
@@ -173,3 +176,141 @@ def tinyproxy(work: Path) -> Iterator[tuple[str, Path]]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def make_ca(where: Path) -> tuple[Path, Path, Path]:
+    """A private CA (a company's, say) and a certificate for 127.0.0.1/localhost signed
+    by it, made with openssl; returns (ca.pem, server.pem, server.key)."""
+    where.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = where / "ca.pem", where / "ca.key"
+    cert, key, csr = where / "server.pem", where / "server.key", where / "server.csr"
+    ext = where / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                   "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
+                   "extendedKeyUsage=serverAuth\n")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out",
+            str(ca), "-days", "2", "-subj", "/CN=Reconcile Test Company CA",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
+            "-subj", "/CN=127.0.0.1")
+    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+            "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext))
+    return ca, cert, key
+
+
+class RangeServer:
+    """A small Range-capable file server for behaviours nginx cannot be told to show:
+    no ETag and no Last-Modified, content that changes between requests, connections
+    that drop midway, a bearer token that expires during a download.
+
+    ``files``: path -> bytes (mutable while it runs). ``drop_after``: the next that many
+    GETs close the connection after ``drop_bytes`` bytes. ``token``: required as
+    ``Authorization: Bearer``; ``rotate_after`` bytes into a download it changes to
+    ``next_token`` (and calls ``on_rotate``) and drops that connection.
+    """
+
+    def __init__(self, files: dict[str, bytes], *, etag: bool = False,
+                 last_modified: bool = False) -> None:
+        import threading
+
+        self.files, self.etag, self.last_modified = files, etag, last_modified
+        self.drop_after = 0
+        self.drop_bytes = 1 << 20
+        self.token: str | None = None
+        self.next_token: str | None = None
+        self.rotate_after: int | None = None
+        self.on_rotate = None
+        self.log: list[tuple[str, str, str | None, int]] = []  # method, path, Range, status
+        self.seen_auth: list[str] = []
+        self.lock = threading.Lock()
+        self.server = None
+
+    def __enter__(self) -> str:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                self.answer(head=True)
+
+            def do_GET(self) -> None:
+                self.answer(head=False)
+
+            def answer(self, head: bool) -> None:
+                import hashlib
+
+                rng = self.headers.get("Range")
+                auth = self.headers.get("Authorization") or ""
+                outer.seen_auth.append(auth)
+                data = outer.files.get(self.path)
+                if outer.token is not None and auth != f"Bearer {outer.token}":
+                    return self.status(401, head, rng)
+                if data is None:
+                    return self.status(404, head, rng)
+                start, end, code = 0, len(data), 200
+                if rng and rng.startswith("bytes="):
+                    a, _, b = rng[6:].partition("-")
+                    start, end, code = int(a), (int(b) + 1 if b else len(data)), 206
+                with outer.lock:
+                    outer.log.append((self.command, self.path, rng, code))
+                    drop = not head and outer.drop_after > 0
+                    if drop:
+                        outer.drop_after -= 1
+                self.send_response(code)
+                self.send_header("Content-Length", str(end - start))
+                self.send_header("Accept-Ranges", "bytes")
+                if code == 206:
+                    self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
+                if outer.etag:
+                    self.send_header("ETag", f'"{hashlib.sha1(data).hexdigest()}"')
+                if outer.last_modified:
+                    self.send_header("Last-Modified", "Tue, 01 Dec 2026 10:00:00 GMT")
+                self.end_headers()
+                if head:
+                    return
+                body = data[start:end]
+                limit = outer.drop_bytes if drop else None
+                if outer.rotate_after is not None and outer.next_token:
+                    limit = outer.rotate_after if limit is None else min(limit, outer.rotate_after)
+                sent = 0
+                while sent < len(body):
+                    piece = body[sent:sent + 65536]
+                    if limit is not None and sent + len(piece) > limit:
+                        piece = piece[: limit - sent]
+                    self.wfile.write(piece)
+                    sent += len(piece)
+                    if limit is not None and sent >= limit:
+                        if outer.rotate_after is not None and outer.next_token and not drop:
+                            outer.token, outer.next_token = outer.next_token, None
+                            if outer.on_rotate:
+                                outer.on_rotate()
+                        self.close_connection = True
+                        return
+
+            def status(self, code: int, head: bool, rng: str | None) -> None:
+                with outer.lock:
+                    outer.log.append((self.command, self.path, rng, code))
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -143,15 +143,25 @@ def validators_for(decl: ModelDecl | None, customs: dict[str, dict[str, Any]],
     return list(out.values())
 
 
-def scrubbed_env(src: Path) -> dict[str, str]:
-    """The environment for validator commands: no tokens, keys or cloud credentials."""
+def scrubbed_env(src: Path, hidden: frozenset[str] = frozenset()) -> dict[str, str]:
+    """The environment for validator commands: no tokens, keys or cloud credentials,
+    and none of the variables models.toml names as holding a secret (``hidden``:
+    auth.tokenEnvVar, usernameEnvVar, passwordEnvVar of any model), whatever their names."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(SECRET_PREFIXES) and not any(m in k.upper() for m in SECRET_MARKERS)}
+           if k not in hidden and not k.startswith(SECRET_PREFIXES)
+           and not any(m in k.upper() for m in SECRET_MARKERS)}
     env["src"] = str(src)
     return env
 
 
-def run_validator(val: Validator, root: Path) -> Outcome:
+def secret_vars(manifest: Manifest | None) -> frozenset[str]:
+    """Every variable any model of ``manifest`` reads a secret from."""
+    if manifest is None:
+        return frozenset()
+    return frozenset(v for m in manifest.models.values() for v in m.auth.env_vars())
+
+
+def run_validator(val: Validator, root: Path, hidden: frozenset[str] = frozenset()) -> Outcome:
     start = time.monotonic()
     if val.command is None:
         check = BUILTINS[val.name][0]
@@ -167,7 +177,7 @@ def run_validator(val: Validator, root: Path) -> Outcome:
         return Outcome(val.name, "error", val.on_failure,
                        [f"needs {', '.join(missing)} on PATH (buildInputs)"])
     with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(["bash", "-c", val.command], cwd=root, env=scrubbed_env(root),
+        proc = subprocess.Popen(["bash", "-c", val.command], cwd=root, env=scrubbed_env(root, hidden),
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
         try:
@@ -230,7 +240,8 @@ class Runner:
             shutil.rmtree(self.store.state / "validation" / digest, ignore_errors=True)
 
     def check_tree(self, model: LockedModel, root: Path) -> list[Outcome]:
-        return [run_validator(v, root) for v in self.validators(model)]
+        hidden = secret_vars(self.manifest)
+        return [run_validator(v, root, hidden) for v in self.validators(model)]
 
     def run(self, model: LockedModel) -> list[str]:
         """Validate the store tree; raise ValidationFailed on abort, return warnings."""

@@ -1,0 +1,275 @@
+"""One transport for every source: TLS trust, proxies, credentials, safe resume, Ctrl-C.
+
+Real servers on 127.0.0.1: nginx with a CA the test makes (a company's CA), Debian's
+tinyproxy, and a small Range server for what nginx cannot be told to do (no ETag,
+content that changes, connections that drop, a token that expires midway).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from reconcile.lockfile import read_lock
+from tests.servers import RangeServer, access_log, make_ca, nginx, nginx_binary, tinyproxy
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(nginx_binary() is None, reason="needs nginx-light")]
+
+SMALL = os.urandom(1024)
+BIG = os.urandom(64 << 20)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def tls_site(tmp_path_factory):
+    """nginx over https with a certificate from a private CA; (url, ca.pem, work dir)."""
+    tmp = tmp_path_factory.mktemp("tls")
+    ca, cert, key = make_ca(tmp / "pki")
+    root = tmp / "site"
+    root.mkdir()
+    (root / "small.bin").write_bytes(SMALL)
+    (root / "big.bin").write_bytes(BIG)
+    with nginx(root, tmp / "nginx", tls=(cert, key)) as url:
+        yield url, ca, tmp / "nginx"
+
+
+def decl(url: str, name: str, data: bytes, extra: str = "") -> str:
+    return (f'[models.{name.split(".")[0]}]\nsource.url = {{ url = "{url}/{name}",'
+            f' sha256 = "{sha(data)}" }}\nvalidation.preset = "none"\n{extra}')
+
+
+@pytest.mark.parametrize("how", ["SSL_CERT_FILE", "caBundle"])
+def test_a_company_ca_is_trusted_by_both_implementations(project, tls_site, monkeypatch, how):
+    """The 1 KiB file goes through httpx, the 64 MiB one through the http.client fast
+    path; both must trust the same CA, given either way."""
+    url, ca, _ = tls_site
+    extra = ""
+    if how == "SSL_CERT_FILE":
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    else:
+        shutil.copy(ca, project.dir / "company-ca.pem")
+        extra = 'network.caBundle = "company-ca.pem"\n'
+    project.write(decl(url, "small.bin", SMALL, extra) + "\n"
+                  + decl(url, "big.bin", BIG, extra.replace("[", "")))
+    r = project.run("apply")
+    assert r.code == 0, r.err
+    assert Path(project.run("path", "big").out.strip(), "big.bin").read_bytes() == BIG
+    assert Path(project.run("path", "small").out.strip(), "small.bin").read_bytes() == SMALL
+
+
+@pytest.mark.parametrize("transport", ["httpx", "direct"])
+def test_an_untrusted_certificate_is_one_clear_error_and_not_retried(project, tls_site,
+                                                                      monkeypatch, transport):
+    url, _ca, work = tls_site
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.setenv("RECONCILE_DIRECT_MIN", "0" if transport == "direct" else str(1 << 62))
+    project.write(decl(url, "small.bin", SMALL))
+    before = len(access_log(work))
+    r = project.run("apply")
+    assert r.code == 1
+    assert "127.0.0.1: TLS certificate not trusted" in r.err
+    assert "SSL_CERT_FILE" in r.err and "network.caBundle" in r.err
+    assert "giving up after" not in r.err and "Traceback" not in r.err
+    assert len(access_log(work)) == before  # no request ever got through
+
+
+def test_https_through_a_proxy_uses_connect_in_the_fast_path(project, tls_site, tmp_path,
+                                                              monkeypatch):
+    url, ca, work = tls_site
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    with tinyproxy(tmp_path / "tp") as (proxy, log):
+        monkeypatch.setenv("HTTPS_PROXY", proxy)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        project.write(decl(url, "big.bin", BIG))
+        r = project.run("apply")
+        assert r.code == 0, r.err
+        text = log.read_text()
+    port = url.rsplit(":", 1)[1]
+    assert f"CONNECT 127.0.0.1:{port}" in text or f"127.0.0.1:{port}" in text, text[-2000:]
+    assert Path(project.run("path", "big").out.strip(), "big.bin").read_bytes() == BIG
+
+
+def test_a_url_with_credentials_is_refused_before_anything_is_written(project):
+    project.write('[models.w]\nsource.url = { url = "https://bob:hunter2@example.invalid/w.bin" }\n')
+    r = project.run("lock")
+    assert r.code == 2 and "models.w.source.url.url" in r.err and "auth" in r.err
+    assert "hunter2" not in r.err + r.out
+    assert not project.lock.exists()
+
+
+def test_a_token_that_expires_mid_download_is_renewed_once(project, tmp_path):
+    """A sidecar rotates the token file; the server refuses the old token midway. The
+    transfer reads the file again once and finishes, verified."""
+    data = os.urandom(6 << 20)
+    token_file = tmp_path / "token"
+    token_file.write_text("tok-1")
+    srv = RangeServer({"/w.bin": data}, etag=True)
+    srv.token, srv.next_token, srv.rotate_after = "tok-1", "tok-2", 2 << 20
+    srv.on_rotate = lambda: token_file.write_text("tok-2")
+    with srv as url:
+        project.write(f'[models.w]\nsource.url = {{ url = "{url}/w.bin", sha256 = "{sha(data)}" }}\n'
+                      f'auth.tokenFile = "{token_file}"\nvalidation.preset = "none"\n'
+                      'network.retry = { baseDelay = 0.01 }\n')
+        r = project.run("apply")
+    assert r.code == 0, r.err
+    gets = [e for e in srv.log if e[0] == "GET"]
+    assert [e[3] for e in gets] == [200, 401, 206], gets  # resumed, not restarted
+    assert gets[-1][2] == f"bytes={2 << 20}-"
+    assert Path(project.run("path", "w").out.strip(), "w.bin").read_bytes() == data
+
+
+def test_no_etag_and_a_file_that_changes_between_attempts_is_never_spliced(project):
+    """Without ETag or Last-Modified nothing tells a resumed prefix from new bytes: at
+    lock time (the bytes become the truth) a retry starts over, and so does the next run."""
+    old, new = os.urandom(3 << 20), os.urandom(3 << 20)
+    srv = RangeServer({"/w.bin": old})
+    with srv as url:
+        project.write(f'[models.w]\nsource.url = {{ url = "{url}/w.bin" }}\n'
+                      'validation.preset = "none"\nnetwork.retry = { maxAttempts = 1 }\n')
+        srv.drop_after = 1
+        assert project.run("lock").code == 1  # dropped midway, one attempt allowed
+        srv.files["/w.bin"] = new
+        r = project.run("lock")
+        assert r.code == 0, r.err
+        assert read_lock(project.lock).models["w"].files[0].sha256 == sha(new)
+        # within one run too: the file changes after a drop, the retry starts over
+        project.write(f'[models.w]\nsource.url = {{ url = "{url}/w.bin" }}\n'
+                      'validation.preset = "none"\nnetwork.retry = { baseDelay = 0.01 }\n')
+        srv.drop_after = 1
+        srv.files["/w.bin"] = old
+        newer = os.urandom(3 << 20)
+        real_log = srv.log
+
+        class Swap(list):
+            def append(self, item):  # the file changes right after the first GET
+                super().append(item)
+                if item[0] == "GET":
+                    srv.files["/w.bin"] = newer
+
+        srv.log = Swap(real_log)
+        r = project.run("lock", "--upgrade")
+        assert r.code == 0, r.err
+    assert read_lock(project.lock).models["w"].files[0].sha256 == sha(newer)
+    assert all(e[2] is None for e in srv.log if e[0] == "GET")  # never a Range
+
+
+def test_basic_auth_secrets_stay_out_of_lock_store_output_and_validators(project, tmp_path,
+                                                                          monkeypatch):
+    import base64
+
+    data = os.urandom(100_000)
+    monkeypatch.setenv("CORP_USER", "alice")
+    monkeypatch.setenv("CORP_PW", "s3cret-pa55word")
+    srv = RangeServer({"/w.bin": data}, etag=True)
+    srv.token = None
+    with srv as url:
+        project.write(
+            f'[models.w]\nsource.url = {{ url = "{url}/w.bin" }}\n'
+            'auth = { usernameEnvVar = "CORP_USER", passwordEnvVar = "CORP_PW" }\n'
+            'validation = { skipDefaults = true, validators = ["env-check"] }\n'
+            '[validators.env-check]\ncommand = \'env | grep -q s3cret && exit 1 || exit 0\'\n')
+        r = project.run("apply")
+    assert r.code == 0, r.err
+    expected = "Basic " + base64.b64encode(b"alice:s3cret-pa55word").decode()
+    assert srv.seen_auth and all(a == expected for a in srv.seen_auth)
+    assert "s3cret" not in r.out + r.err + project.lock.read_text()
+    for p in project.store.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            assert b"s3cret" not in p.read_bytes(), p
+
+
+def test_a_validator_does_not_see_variables_models_toml_names_for_secrets(project, monkeypatch):
+    monkeypatch.setenv("MY_REGISTRY_PW", "very-private")
+    monkeypatch.setenv("PLAIN_SETTING", "visible")
+    project.write(
+        '[models.m]\nsource.mock = { org = "acme", model = "m", files = ["config.json"] }\n'
+        'auth = { usernameEnvVar = "PLAIN_USER", passwordEnvVar = "MY_REGISTRY_PW" }\n'
+        'validation = { skipDefaults = true, validators = ["env-check"] }\n'
+        '[validators.env-check]\n'
+        'command = \'test -z "${MY_REGISTRY_PW:-}" && test "$PLAIN_SETTING" = visible\'\n')
+    monkeypatch.setenv("PLAIN_USER", "bob")
+    r = project.run("apply")
+    assert r.code == 0, r.err
+
+
+@pytest.fixture
+def slow_site(tmp_path):
+    root = tmp_path / "site"
+    root.mkdir()
+    data = os.urandom(48 << 20)
+    (root / "w.bin").write_bytes(data)
+    with nginx(root, tmp_path / "ng", extra="location / { limit_rate 2m; }") as url:
+        yield url, data, tmp_path / "ng"
+
+
+@pytest.mark.parametrize("mode", ["stream", "ranges"])
+def test_ctrl_c_stops_a_download_within_a_second_and_the_next_apply_resumes(
+        project, slow_site, monkeypatch, mode):
+    import pty
+    import signal
+    import subprocess
+    import sys
+
+    url, data, work = slow_site
+    project.write(f'[models.w]\nsource.url = {{ url = "{url}/w.bin", sha256 = "{sha(data)}" }}\n'
+                  'validation.preset = "none"\n')
+    env = {**os.environ, "RECONCILE_DIRECT_MIN": "0"}
+    if mode == "ranges":
+        env["RECONCILE_PARALLEL_MIN"] = str(1 << 20)
+    master, slave = pty.openpty()  # a terminal, as a person pressing Ctrl-C has
+    p = subprocess.Popen([sys.executable, "-m", "reconcile", "-f", str(project.manifest),
+                          "apply", "--jobs", "4"], stdin=slave, stdout=slave, stderr=slave,
+                         env=env, start_new_session=True)
+    os.close(slave)
+    tmp = project.store / "tmp"
+
+    def arrived() -> int:
+        """Bytes on disk so far: the stream's partial, or what the ranges recorded."""
+        import json
+
+        total = sum(f.stat().st_size for f in tmp.glob("*.part")) if tmp.exists() else 0
+        for f in tmp.glob("*.ranges.json") if tmp.exists() else ():
+            try:
+                doc = json.loads(f.read_text())
+            except ValueError:
+                continue
+            total += sum(d - b for d, (b, _) in zip(doc["done"], doc["bounds"]))
+        return total
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and arrived() < (4 << 20):
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGINT)  # what the terminal sends to the foreground group
+    sent = time.monotonic()
+    p.wait(timeout=10)
+    stopped = time.monotonic() - sent
+    out = b""
+    try:
+        while chunk := os.read(master, 65536):
+            out += chunk
+    except OSError:
+        pass
+    os.close(master)
+    text = out.decode("utf-8", "replace")
+    assert p.returncode == 130, text
+    assert stopped < 1.5, stopped
+    assert "Traceback" not in text and "partial download kept" in text, text
+    assert list(tmp.glob("*.part*")), "the partial is kept"
+    log_before = len(access_log(work))
+    r = project.sh("apply", "--jobs", "4")
+    assert r.code == 0, r.err
+    second = access_log(work)[log_before:]
+    sent = sum(int(line.split('"')[2].split()[1]) for line in second)
+    assert 0 < sent <= len(data) - (2 << 20), "the next apply resumes, it does not start over"
+    assert all(" 206 " in line for line in second)
+    assert Path(project.run("path", "w").out.strip(), "w.bin").read_bytes() == data
