@@ -452,7 +452,7 @@ class _Checker:
                                 + ", ".join(BUILTINS))
 
     def unknown_source(self, where: str, stype: str, registry: Any) -> ConfigError:
-        planned = {"s3", "mlflow", "git-lfs", "git-xet", "ollama"}
+        planned = set(registry.planned())
         if stype in planned:
             return self.fail(
                 where,

@@ -157,3 +157,34 @@ def test_manifest_parser_only_ever_raises_config_errors(text):
         parse_manifest(text.encode())
     except ConfigError:
         pass
+
+
+def test_one_registry_line_is_all_a_new_source_needs(monkeypatch):
+    """models.toml's checker, the factories, __all__ and the schema follow the registry."""
+    import sys
+    import types
+
+    from reconcile import schema, sources
+    from reconcile.sources.mock import MockSource
+
+    module = types.ModuleType("reconcile.sources.fake_tape")
+
+    class Tape(MockSource):
+        type = "tape"
+
+    module.SOURCE = Tape
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(sources.SOURCES, "tape", (module.__name__, "model"))
+    monkeypatch.setitem(sources.SOURCES, "punchcard", ("reconcile.sources.punchcard", "deck"))
+    assert "tape" in sources.registry.names() and "punchcard" in sources.registry.planned()
+    m = parse_manifest(b'[models.a]\nsource.tape = { files = ["x"] }\n')
+    assert m.models["a"].source_type == "tape"
+    assert "not available in this version" in str(err('[models.a]\nsource.punchcard = {}\n'))
+    assert "tape" in schema.models_schema()["properties"]["models"]["additionalProperties"][
+        "properties"]["source"]["properties"]
+    made = sources.make_factories(sources.SOURCES)  # what __all__ and mk_* are made of
+    assert {"mk_tape", "mk_punchcard", "mk_hugging_face", "mk_s3"} <= set(made)
+    assert made["mk_punchcard"](region="x")("cards") == {"punchcard": {"region": "x",
+                                                                       "deck": "cards"}}
+    assert set(sources.make_factories(dict(sources.SOURCES))) - {"mk_tape", "mk_punchcard"} \
+        <= set(sources.__all__)

@@ -13,38 +13,42 @@ from typing import Any
 
 from .base import HFIdentity, RemoteFile, Resolution, Source, Transient
 
-__all__ = [
-    "HFIdentity",
-    "RemoteFile",
-    "Resolution",
-    "Source",
-    "Transient",
-    "mk_hugging_face",
-    "mk_mock",
-    "mk_url",
-    "registry",
-]
-
-# type name -> module; imported lazily so `lock --check` never pays for httpx.
-_MODULES = {
-    "mock": "reconcile.sources.mock",
-    "url": "reconcile.sources.url",
-    "huggingface": "reconcile.sources.huggingface",
+# The one registry: source type -> (module, the argument its factory takes first).
+# Adding a source is its module plus one line here; models.toml's checker, the JSON
+# Schema, the factories (mk_<type>) and __all__ follow. A line whose module does not
+# exist yet is a planned source: models.toml naming it is told so, not "unknown".
+# Modules are imported lazily, so `lock --check` never pays for httpx.
+SOURCES: dict[str, tuple[str, str]] = {
+    "mock": ("reconcile.sources.mock", "model"),
+    "url": ("reconcile.sources.url", "url"),
+    "huggingface": ("reconcile.sources.huggingface", "repo"),
+    "s3": ("reconcile.sources.s3", "bucket"),
+    "mlflow": ("reconcile.sources.mlflow", "name"),
+    "git-lfs": ("reconcile.sources.git_lfs", "repo"),
+    "git-xet": ("reconcile.sources.git_xet", "url"),
+    "ollama": ("reconcile.sources.ollama", "model"),
 }
+# the seed's factory names where they are not mk_<type>
+_FACTORY_NAMES = {"huggingface": "mk_hugging_face"}
 
 
 class _Registry:
     def names(self) -> list[str]:
-        return [n for n in _MODULES if self.get(n) is not None]
+        """Source types this version can use."""
+        return [n for n in SOURCES if self.get(n) is not None]
+
+    def planned(self) -> list[str]:
+        """Source types that are declared but not shipped in this version."""
+        return [n for n in SOURCES if self.get(n) is None]
 
     def get(self, name: str) -> type[Source] | None:
-        module = _MODULES.get(name)
-        if module is None:
+        entry = SOURCES.get(name)
+        if entry is None:
             return None
         try:
-            return importlib.import_module(module).SOURCE
+            return importlib.import_module(entry[0]).SOURCE
         except ModuleNotFoundError as e:
-            if e.name == module:
+            if e.name == entry[0]:
                 return None
             raise
 
@@ -53,6 +57,8 @@ registry = _Registry()
 
 
 def _factory(stype: str, key: str) -> Callable[..., Callable[..., dict[str, Any]]]:
+    """The seed's mk<Source>: shared defaults in, a function that builds a source table."""
+
     def make(**defaults: Any) -> Callable[..., dict[str, Any]]:
         extra = {}
         if "default_auth" in defaults:
@@ -72,9 +78,19 @@ def _factory(stype: str, key: str) -> Callable[..., Callable[..., dict[str, Any]
 
         return source
 
+    make.__name__ = make.__qualname__ = _FACTORY_NAMES.get(stype, "mk_" + stype.replace("-", "_"))
+    make.__doc__ = f"The seed's factory for `source.{stype}` (first argument: {key})."
     return make
 
 
-mk_hugging_face = _factory("huggingface", "repo")
-mk_url = _factory("url", "url")
-mk_mock = _factory("mock", "model")
+def make_factories(sources: dict[str, tuple[str, str]]) -> dict[str, Callable[..., Any]]:
+    """mk_<type> for every registered source (the seed's names where they differ)."""
+    return {_FACTORY_NAMES.get(t, "mk_" + t.replace("-", "_")): _factory(t, key)
+            for t, (_module, key) in sources.items()}
+
+
+_factories = make_factories(SOURCES)
+globals().update(_factories)
+
+__all__ = ["HFIdentity", "RemoteFile", "Resolution", "Source", "Transient", "registry",
+           *sorted(_factories)]
