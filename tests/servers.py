@@ -225,6 +225,8 @@ class RangeServer:
         self.next_token: str | None = None
         self.rotate_after: int | None = None
         self.on_rotate = None
+        self.fail_next: list[tuple[int, dict[str, str]]] = []  # (status, headers) to answer first
+        self.redirects: dict[str, str] = {}  # path -> Location (302)
         self.log: list[tuple[str, str, str | None, int]] = []  # method, path, Range, status
         self.seen_auth: list[str] = []
         self.lock = threading.Lock()
@@ -255,6 +257,12 @@ class RangeServer:
                 auth = self.headers.get("Authorization") or ""
                 outer.seen_auth.append(auth)
                 data = outer.files.get(self.path)
+                if self.path in outer.redirects:
+                    return self.status(302, head, rng, {"Location": outer.redirects[self.path]})
+                with outer.lock:
+                    fail = outer.fail_next.pop(0) if outer.fail_next else None
+                if fail is not None:
+                    return self.status(fail[0], head, rng, fail[1])
                 if outer.token is not None and auth != f"Bearer {outer.token}":
                     return self.status(401, head, rng)
                 if data is None:
@@ -299,10 +307,13 @@ class RangeServer:
                         self.close_connection = True
                         return
 
-            def status(self, code: int, head: bool, rng: str | None) -> None:
+            def status(self, code: int, head: bool, rng: str | None,
+                       headers: dict[str, str] | None = None) -> None:
                 with outer.lock:
                     outer.log.append((self.command, self.path, rng, code))
                 self.send_response(code)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 

@@ -121,7 +121,8 @@ def test_a_token_that_expires_mid_download_is_renewed_once(project, tmp_path):
     with srv as url:
         project.write(f'[models.w]\nsource.url = {{ url = "{url}/w.bin", sha256 = "{sha(data)}" }}\n'
                       f'auth.tokenFile = "{token_file}"\nvalidation.preset = "none"\n'
-                      'network.retry = { baseDelay = 0.01 }\n')
+                      'network.retry = { baseDelay = 0.01 }\n'
+                      'network.bandwidth = { limit = "8M" }\n')  # throttled: ~0.75 s
         r = project.run("apply")
     assert r.code == 0, r.err
     gets = [e for e in srv.log if e[0] == "GET"]
@@ -275,3 +276,64 @@ def test_ctrl_c_stops_a_download_within_a_second_and_the_next_apply_resumes(
     assert 0 < sent <= len(data) - (2 << 20), "the next apply resumes, it does not start over"
     assert all(" 206 " in line for line in second)
     assert Path(project.run("path", "w").out.strip(), "w.bin").read_bytes() == data
+
+
+@pytest.mark.parametrize("transport", ["httpx", "direct"])
+def test_credentials_never_follow_a_redirect_to_another_origin(project, monkeypatch, transport):
+    """Both implementations follow redirects by one rule: the token reaches the origin
+    it was given for, never the CDN or bucket a redirect points to."""
+    monkeypatch.setenv("RECONCILE_DIRECT_MIN", "0" if transport == "direct" else str(1 << 62))
+    monkeypatch.setenv("CORP_TOKEN", "tok-secret")
+    data = os.urandom(200_000)
+    cdn = RangeServer({"/blob": data}, etag=True)
+    origin = RangeServer({}, etag=True)
+    with cdn as cdn_url, origin as origin_url:
+        origin.redirects["/w.bin"] = f"{cdn_url}/blob"
+        project.write(f'[models.w]\nsource.url = {{ url = "{origin_url}/w.bin", sha256 ='
+                      f' "{sha(data)}" }}\nauth.tokenEnvVar = "CORP_TOKEN"\n'
+                      'validation.preset = "none"\n')
+        r = project.run("apply")
+    assert r.code == 0, r.err
+    assert origin.seen_auth and all(a == "Bearer tok-secret" for a in origin.seen_auth)
+    assert cdn.seen_auth and not any(cdn.seen_auth), cdn.seen_auth
+
+
+def test_every_request_follows_the_one_retry_policy(project):
+    """The url source's HEAD at lock time is retried like a transfer, Retry-After and all;
+    a 404 is not retried."""
+    data = os.urandom(1000)
+    srv = RangeServer({"/w.bin": data}, etag=True)
+    with srv as url:
+        srv.fail_next = [(503, {"Retry-After": "0"}), (429, {}), (500, {})]
+        project.write(f'[models.w]\nsource.url = {{ url = "{url}/w.bin" }}\n'
+                      'validation.preset = "none"\n'
+                      'network.retry = { maxAttempts = 4, baseDelay = 0.01, maxDelay = 0.05 }\n')
+        r = project.run("lock")
+        assert r.code == 0, r.err
+        assert [e[3] for e in srv.log[:4]] == [503, 429, 500, 200]
+        assert srv.log[0][0] == "HEAD"
+        srv.log.clear()
+        project.write(f'[models.x]\nsource.url = {{ url = "{url}/nothing.bin" }}\n')
+        r = project.run("lock")
+    assert r.code == 1 and "404" in r.err and len(srv.log) == 1
+
+
+def test_retry_policy_waits_grow_with_jitter_are_capped_and_honour_retry_after():
+    from reconcile.transport import RetryPolicy
+
+    p = RetryPolicy(attempts=5, base_delay=1.0, max_delay=3.0)
+    assert all(0.5 <= p.delay(1) <= 1.0 for _ in range(50))
+    assert all(1.0 <= p.delay(2) <= 2.0 for _ in range(50))
+    assert p.delay(6) == 3.0  # capped
+    assert p.delay(1, retry_after=7) == 7  # the server's word wins when longer
+    waits = []
+    calls = iter([1, 2, 3])
+
+    def flaky():
+        from reconcile.sources.base import Transient
+
+        if next(calls) < 3:
+            raise Transient("reset")
+        return "ok"
+
+    assert p.run(flaky, sleep=waits.append) == "ok" and len(waits) == 2
