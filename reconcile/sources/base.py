@@ -129,3 +129,41 @@ class Source(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+
+class HttpSource(Source):
+    """A source that speaks HTTP through the shared transport (``http``, ``transport``):
+    one client built on first use, one set of credentials, read again once when a
+    server refuses them midway."""
+
+    def __init__(self, decl: ModelDecl, context: Any) -> None:
+        super().__init__(decl, context)
+        self._client: Any = None
+        self._credentials: Any = None
+
+    def credential_fallbacks(self) -> list[Any]:
+        """Where this source looks for a token when ``auth`` names none."""
+        return []
+
+    @property
+    def credentials(self) -> Any:
+        if self._credentials is None:
+            from ..auth import Credentials
+
+            self._credentials = Credentials(self.decl.auth, *self.credential_fallbacks())
+        return self._credentials
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from ..http import make_client
+
+            self._client = make_client(self.decl.network)
+        return self._client
+
+    def refresh_credentials(self) -> bool:
+        return self._credentials is not None and self._credentials.refresh()
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()

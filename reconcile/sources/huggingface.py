@@ -20,14 +20,14 @@ from urllib.parse import quote
 from .. import settings
 from ..errors import AuthRequired, Gated, NotFound, SourceError
 from ..paths import check_relpath
-from .base import HFIdentity, RemoteFile, Resolution, Source
+from .base import HFIdentity, HttpSource, RemoteFile, Resolution
 
 SHA1 = re.compile(r"^[0-9a-f]{40}$")
 REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 
 
-class HuggingFaceSource(Source):
+class HuggingFaceSource(HttpSource):
     type = "huggingface"
     OPTIONS: dict[str, Any] = {
         "repo": "str",
@@ -55,36 +55,20 @@ class HuggingFaceSource(Source):
     def __init__(self, decl: Any, context: Any) -> None:
         super().__init__(decl, context)
         self.endpoint = settings.hf_endpoint()
-        self._client: Any = None
-        self._auth: Any = None
 
     # --- transport ----------------------------------------------------------------
 
+    def credential_fallbacks(self) -> list[Any]:
+        from ..auth import hf_token_fallbacks
+
+        return hf_token_fallbacks()
+
     @property
     def auth_headers(self) -> dict[str, str]:
-        if self._auth is None:
-            from ..auth import Credentials, hf_token_fallbacks
-
-            self._auth = Credentials(self.decl.auth, *hf_token_fallbacks())
-        return self._auth.headers()
+        return self.credentials.headers()
 
     def entity(self, pin: dict[str, Any]) -> str | None:
         return pin.get("commit")  # a file at a commit never changes
-
-    def refresh_credentials(self) -> bool:
-        return self._auth is not None and self._auth.refresh()
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            from ..http import make_client
-
-            self._client = make_client(self.decl.network)
-        return self._client
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
 
     @property
     def repo(self) -> str:

@@ -22,7 +22,7 @@ from urllib.request import url2pathname
 
 from ..errors import AuthRequired, NotFound, SourceError
 from ..paths import check_relpath
-from .base import RemoteFile, Resolution, Source
+from .base import HttpSource, RemoteFile, Resolution
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _extract_lock = threading.Lock()
@@ -36,7 +36,7 @@ def _sri_to_hex(value: str) -> str:
     return value.lower()
 
 
-class UrlSource(Source):
+class UrlSource(HttpSource):
     type = "url"
     OPTIONS: dict[str, Any] = {"url": "str", "sha256": "str", "extract": "bool", "filename": "str"}
 
@@ -68,30 +68,9 @@ class UrlSource(Source):
 
     def __init__(self, decl: Any, context: Any) -> None:
         super().__init__(decl, context)
-        self._client: Any = None
-        self._credentials: Any = None
         self._extracted: dict[str, Path] = {}
 
     # --- transport ----------------------------------------------------------------
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            from ..http import make_client
-
-            self._client = make_client(self.decl.network)
-        return self._client
-
-    @property
-    def credentials(self) -> Any:
-        if self._credentials is None:
-            from ..auth import Credentials
-
-            self._credentials = Credentials(self.decl.auth)
-        return self._credentials
-
-    def refresh_credentials(self) -> bool:
-        return self.credentials.refresh()
 
     def entity(self, pin: dict[str, Any]) -> str | None:
         """A strong ETag, else Last-Modified (what If-Range accepts); else nothing."""
@@ -101,8 +80,7 @@ class UrlSource(Source):
         return pin.get("lastModified")
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
+        super().close()
         for d in self._extracted.values():
             shutil.rmtree(d, ignore_errors=True)
 
