@@ -1,11 +1,12 @@
-"""The seed's validation API: ``mk_validator``, ``presets``, ``validators``."""
+"""The seed's validation API: ``mk_validator``, ``presets``, ``validators``.
+
+Its names load on first use: reading models.toml checks validator names against
+``builtin`` alone, and `lock --check` must not pay for the runner (subprocess & co).
+"""
 
 from __future__ import annotations
 
 from typing import Any
-
-from .runner import PRESETS as presets
-from .runner import Validator, mk_validator, parse_ref
 
 
 class _Validators:
@@ -13,6 +14,7 @@ class _Validators:
 
     def __getattr__(self, name: str) -> Any:
         from .builtin import BUILTINS
+        from .runner import parse_ref
 
         if name not in BUILTINS:
             raise AttributeError(name)
@@ -25,3 +27,11 @@ class _Validators:
 validators = _Validators()
 
 __all__ = ["Validator", "mk_validator", "presets", "validators"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Validator", "mk_validator", "parse_ref", "presets"):
+        from . import runner
+
+        return runner.PRESETS if name == "presets" else getattr(runner, name)
+    raise AttributeError(name)
