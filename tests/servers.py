@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -226,7 +227,8 @@ class RangeServer:
         self.rotate_after: int | None = None
         self.on_rotate = None
         self.fail_next: list[tuple[int, dict[str, str]]] = []  # (status, headers) to answer first
-        self.redirects: dict[str, str] = {}  # path -> Location (302)
+        self.redirects: dict[str, Any] = {}  # path -> Location (302), or a function making one
+        self.signed = False  # URLs must carry ?expires=<unix time> that has not passed
         self.log: list[tuple[str, str, str | None, int]] = []  # method, path, Range, status
         self.seen_auth: list[str] = []
         self.lock = threading.Lock()
@@ -256,9 +258,17 @@ class RangeServer:
                 rng = self.headers.get("Range")
                 auth = self.headers.get("Authorization") or ""
                 outer.seen_auth.append(auth)
-                data = outer.files.get(self.path)
-                if self.path in outer.redirects:
-                    return self.status(302, head, rng, {"Location": outer.redirects[self.path]})
+                import time
+                from urllib.parse import parse_qs, urlsplit
+
+                path, query = urlsplit(self.path).path, parse_qs(urlsplit(self.path).query)
+                data = outer.files.get(path)
+                if path in outer.redirects:
+                    where = outer.redirects[path]
+                    return self.status(302, head, rng,
+                                       {"Location": where() if callable(where) else where})
+                if outer.signed and float(query.get("expires", ["0"])[0]) < time.time():
+                    return self.status(403, head, rng)
                 with outer.lock:
                     fail = outer.fail_next.pop(0) if outer.fail_next else None
                 if fail is not None:

@@ -337,3 +337,29 @@ def test_retry_policy_waits_grow_with_jitter_are_capped_and_honour_retry_after()
         return "ok"
 
     assert p.run(flaky, sleep=waits.append) == "ok" and len(waits) == 2
+
+
+@pytest.mark.parametrize("transport", ["httpx", "direct"])
+def test_a_signed_url_that_expires_between_attempts_is_asked_for_again(project, monkeypatch,
+                                                                        transport):
+    """The origin redirects to a bucket URL signed for 0.3 s; the first stream
+    drops midway and the retry comes (0.6 s or more later) after the signature expired: the transfer asks the
+    origin again (a fresh request per attempt) and resumes from where it stopped."""
+    monkeypatch.setenv("RECONCILE_DIRECT_MIN", "0" if transport == "direct" else str(1 << 62))
+    data = os.urandom(3 << 20)
+    bucket = RangeServer({"/blob": data}, etag=True)
+    bucket.signed = True
+    origin = RangeServer({}, etag=True)
+    with bucket as bucket_url, origin as origin_url:
+        origin.redirects["/w.bin"] = lambda: f"{bucket_url}/blob?expires={time.time() + 0.3:.3f}"
+        bucket.drop_after = 1
+        project.write(f'[models.w]\nsource.url = {{ url = "{origin_url}/w.bin", sha256 ='
+                      f' "{sha(data)}" }}\nvalidation.preset = "none"\n'
+                      'network.retry = { baseDelay = 1.2, maxDelay = 1.5 }\n')
+        r = project.run("apply")
+    assert r.code == 0, r.err
+    gets = [e for e in bucket.log if e[0] == "GET"]
+    assert [e[3] for e in gets] == [200, 206], gets  # never a 403: each try signed anew
+    assert gets[1][2] == f"bytes={1 << 20}-"
+    assert len([e for e in origin.log if e[0] == "GET"]) == 2
+    assert Path(project.run("path", "w").out.strip(), "w.bin").read_bytes() == data
