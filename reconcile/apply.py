@@ -117,9 +117,10 @@ class Executor:
 
         pool = ThreadPoolExecutor(max_workers=max(1, self.jobs))
         pending = 0
+        submitted: list[Any] = []
         try:
             for node in sorted(n for n, d in waiting.items() if d == 0):
-                pool.submit(run, node)
+                submitted.append(pool.submit(run, node))
                 pending += 1
             while pending:
                 try:
@@ -136,13 +137,12 @@ class Executor:
                 for nxt in succ[node]:
                     waiting[nxt] -= 1
                     if waiting[nxt] == 0 and nxt not in failed:
-                        pool.submit(run, nxt)
+                        submitted.append(pool.submit(run, nxt))
                         pending += 1
         except KeyboardInterrupt:
-            from .interrupt import CANCEL
+            from .interrupt import abandon
 
-            CANCEL.set()  # transfers stop within one chunk; queued actions never start
-            pool.shutdown(wait=True, cancel_futures=True)
+            abandon(pool, (f for f in submitted if not f.done()))
             raise
         pool.shutdown(wait=True)
         if any(isinstance(e, KeyboardInterrupt) for _, e in report.failures):

@@ -104,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         print(f"interrupted{_kept_partials()}", file=sys.stderr)
+        from .interrupt import CANCEL
+
+        if CANCEL.is_set() and argv is None:  # a real run: no thread stuck on a silent
+            sys.stdout.flush()  # socket may keep the process alive; partials and locks
+            sys.stderr.flush()  # are on disk or released by the kernel
+            os._exit(130)
         return 130
     except OSError as e:  # disk full, permissions … outside the places that translate them
         if os.environ.get("RECONCILE_DEBUG"):

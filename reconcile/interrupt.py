@@ -28,3 +28,15 @@ def install() -> None:
     """Route SIGINT through CANCEL (main thread only, as signal handlers must be)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _handler)
+
+
+def abandon(pool: Any, futures: Any, grace: float = 1.0) -> None:
+    """After Ctrl-C: tell every transfer to stop, start nothing new, and wait at most
+    ``grace`` seconds. Transfers stop within one chunk; a thread stuck on a silent
+    socket is left behind (the CLI then exits without waiting for it), so Ctrl-C never
+    waits for a read timeout."""
+    from concurrent.futures import wait
+
+    CANCEL.set()
+    pool.shutdown(wait=False, cancel_futures=True)
+    wait(list(futures), timeout=grace)

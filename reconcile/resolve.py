@@ -106,8 +106,9 @@ def lock_models(
             )
         store.ensure()
         failures: list[tuple[str, ReconcileError]] = []
-        with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(todo)))) as pool:
-            futures = [(d.key, pool.submit(resolve_model, d, context, on_model)) for d in todo]
+        pool = ThreadPoolExecutor(max_workers=max(1, min(jobs, len(todo))))
+        futures = [(d.key, pool.submit(resolve_model, d, context, on_model)) for d in todo]
+        try:
             for key, future in futures:
                 try:
                     locked = future.result()
@@ -118,6 +119,12 @@ def lock_models(
                     continue
                 report.lock.models[key] = locked
                 report.resolved.append(key)
+        except KeyboardInterrupt:
+            from .interrupt import abandon
+
+            abandon(pool, (f for _, f in futures))
+            raise
+        pool.shutdown(wait=True)
         if len(failures) == 1:
             raise failures[0][1]
         if failures:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -217,8 +218,6 @@ class RangeServer:
 
     def __init__(self, files: dict[str, bytes], *, etag: bool = False,
                  last_modified: bool = False) -> None:
-        import threading
-
         self.files, self.etag, self.last_modified = files, etag, last_modified
         self.drop_after = 0
         self.drop_bytes = 1 << 20
@@ -229,6 +228,8 @@ class RangeServer:
         self.fail_next: list[tuple[int, dict[str, str]]] = []  # (status, headers) to answer first
         self.redirects: dict[str, Any] = {}  # path -> Location (302), or a function making one
         self.signed = False  # URLs must carry ?expires=<unix time> that has not passed
+        self.stall_after: int | None = None  # bytes after which a body goes silent
+        self.stopping = threading.Event()
         self.log: list[tuple[str, str, str | None, int]] = []  # method, path, Range, status
         self.seen_auth: list[str] = []
         self.lock = threading.Lock()
@@ -309,6 +310,10 @@ class RangeServer:
                         piece = piece[: limit - sent]
                     self.wfile.write(piece)
                     sent += len(piece)
+                    if outer.stall_after is not None and sent >= outer.stall_after:
+                        self.wfile.flush()
+                        outer.stopping.wait()  # a silent peer: no bytes, no close
+                        return
                     if limit is not None and sent >= limit:
                         if outer.rotate_after is not None and outer.next_token and not drop:
                             outer.token, outer.next_token = outer.next_token, None
@@ -333,5 +338,6 @@ class RangeServer:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def __exit__(self, *exc) -> None:
+        self.stopping.set()
         self.server.shutdown()
         self.server.server_close()

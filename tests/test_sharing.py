@@ -146,6 +146,7 @@ def test_gc_in_a_loop_against_concurrent_applies(project, tmp_path):
         projects.append(d / "models.toml")
     stop = threading.Event()
     gcs = {"ran": 0, "busy": 0}
+    crashes: list[BaseException] = []
 
     def gc_loop() -> None:
         from reconcile.errors import StoreError
@@ -158,6 +159,9 @@ def test_gc_in_a_loop_against_concurrent_applies(project, tmp_path):
                 gcs["ran"] += 1
             except StoreError:
                 gcs["busy"] += 1
+            except BaseException as e:  # any other failure of gc fails the test
+                crashes.append(e)
+                return
             time.sleep(0.005)
 
     t = threading.Thread(target=gc_loop)
@@ -170,15 +174,32 @@ def test_gc_in_a_loop_against_concurrent_applies(project, tmp_path):
             for p in procs:
                 _out, err = p.communicate(timeout=120)
                 assert p.returncode == 0, err
-            shutil.rmtree(project.store / "models", ignore_errors=True)  # make them work again
+            _drop_model_trees(project.store)  # make them work again
     finally:
         stop.set()
         t.join()
+    assert not crashes, crashes
     assert gcs["ran"] > 0
     for m in projects:
         assert cli(m, "apply") == 0
         assert cli(m, "status") == 0
         assert cli(m, "verify") == 0
+
+
+def _drop_model_trees(root: Path) -> None:
+    """Remove every model tree, holding the store as gc does (objects stay)."""
+    from reconcile.errors import StoreError
+    from reconcile.store import Store, remove_tree
+
+    store = Store(root)
+    while True:
+        try:
+            with store.session(exclusive=True):
+                for d in store.models.iterdir():
+                    remove_tree(d)
+            return
+        except StoreError:
+            time.sleep(0.01)
 
 
 def test_models_fetched_with_the_python_api_survive_gc_elsewhere(project, tmp_path):

@@ -363,3 +363,36 @@ def test_a_signed_url_that_expires_between_attempts_is_asked_for_again(project, 
     assert gets[1][2] == f"bytes={1 << 20}-"
     assert len([e for e in origin.log if e[0] == "GET"]) == 2
     assert Path(project.run("path", "w").out.strip(), "w.bin").read_bytes() == data
+
+
+def test_ctrl_c_does_not_wait_for_a_server_that_went_silent(project):
+    """A server that stops sending without closing would hold a reader for its whole
+    read timeout (300 s): Ctrl-C must not wait for it."""
+    import pty
+    import signal
+    import subprocess
+    import sys
+
+    data = os.urandom(8 << 20)
+    srv = RangeServer({"/w.bin": data}, etag=True)
+    srv.stall_after = 1 << 20
+    with srv as url:
+        project.write(f'[models.w]\nsource.url = {{ url = "{url}/w.bin", sha256 = "{sha(data)}" }}\n'
+                      'validation.preset = "none"\n')
+        master, slave = pty.openpty()
+        p = subprocess.Popen([sys.executable, "-m", "reconcile", "-f", str(project.manifest),
+                              "apply"], stdin=slave, stdout=slave, stderr=slave,
+                             start_new_session=True)
+        os.close(slave)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (
+                srv.log and list((project.store / "tmp").glob("*.part"))):
+            time.sleep(0.05)
+        time.sleep(0.5)  # the reader is now blocked on the silent socket
+        os.killpg(p.pid, signal.SIGINT)
+        sent = time.monotonic()
+        p.wait(timeout=20)
+        stopped = time.monotonic() - sent
+        os.close(master)
+    assert p.returncode == 130
+    assert stopped < 2.0, stopped
