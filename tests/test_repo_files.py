@@ -82,3 +82,38 @@ def test_readme_manifest_example_is_valid():
     assert m.models["bert"].source["files"] == ["*.json", "*.safetensors", "vocab.txt"]
     assert m.models["llama"].auth.token_env_var == "MY_ORG_TOKEN"
     assert "has-license" in m.validators
+
+
+def test_ci_cannot_go_green_without_the_real_peers(tmp_path):
+    """With RECONCILE_REQUIRE_PEERS=1 (.ci/run sets it) a skip for a missing peer fails,
+    whether it is a skipif, a pytest.skip or a module-level importorskip; a skip that
+    says it is not applicable on this machine stays a skip. Without it, all skip."""
+    import os
+
+    shutil.copy(REPO / "tests" / "conftest.py", tmp_path / "conftest.py")
+    (tmp_path / "test_peers.py").write_text(
+        "import pytest\n"
+        "@pytest.mark.skipif(True, reason='needs nginx-light')\n"
+        "def test_marker(): pass\n"
+        "def test_call(): pytest.skip('needs tinyproxy')\n"
+        "def test_machine(): pytest.skip('not applicable here: no O_DIRECT')\n"
+        "def test_runs(): pass\n")
+    (tmp_path / "test_module.py").write_text(
+        "import pytest\nno_such = pytest.importorskip('no_such_peer_module')\n"
+        "def test_x(): pass\n")
+
+    def run(flag: str, target: str = "") -> subprocess.CompletedProcess:
+        env = {**os.environ, "RECONCILE_REQUIRE_PEERS": flag}
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                               "-rA", str(tmp_path / target)], capture_output=True, text=True,
+                              env=env, cwd=tmp_path)
+
+    strict = run("1", "test_peers.py")
+    assert strict.returncode == 1, strict.stdout
+    assert strict.stdout.count("missing peer with RECONCILE_REQUIRE_PEERS=1") >= 2
+    assert "needs nginx-light" in strict.stdout and "needs tinyproxy" in strict.stdout
+    assert "1 skipped" in strict.stdout and "1 passed" in strict.stdout
+    module = run("1", "test_module.py")  # a collection error: the run stops, loudly
+    assert module.returncode != 0 and "missing peer" in module.stdout
+    relaxed = run("")
+    assert relaxed.returncode == 0 and "4 skipped" in relaxed.stdout, relaxed.stdout

@@ -84,7 +84,7 @@ def test_store_on_another_filesystem_keeps_what_cache_blobs_point_to(project, mo
     objects as long as the cache shows them."""
     shm = Path("/dev/shm")
     if not shm.is_dir() or os.stat(shm).st_dev == os.stat(project.dir).st_dev:
-        pytest.skip("needs /dev/shm on another filesystem than the cache")
+        pytest.skip("not applicable here: /dev/shm is not another filesystem than the cache")
     store = shm / f"reconcile-test-{os.getpid()}"
     monkeypatch.setenv("RECONCILE_STORE", str(store))
     try:

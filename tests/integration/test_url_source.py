@@ -289,7 +289,7 @@ def test_whole_buffers_bypass_the_page_cache_and_the_rest_does_not(big_fetch, tm
     # Page-cache writes made download times swing 4x on these VMs; O_DIRECT from the
     # hashed buffers is steady. The tail is not a whole buffer and must still land.
     if not _o_direct_works(tmp_path):
-        pytest.skip("this filesystem has no O_DIRECT")
+        pytest.skip("not applicable here: this filesystem has no O_DIRECT")
     fetch, data, stats = big_fetch
     assert fetch().read_bytes() == data
     assert stats["direct"] == 48 << 20 and stats["buffered"] == 1234, stats
