@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .units import parse_size
 
 MANIFEST_NAME = "models.toml"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 SRI_RE = re.compile(r"^(sha256|sha512)-[A-Za-z0-9+/]+={0,2}$")
-SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 ON_FAILURE = ("abort", "warn", "skip")
 PRESETS = ("strict", "standard", "minimal", "none", "paranoid")
 _SRI_LEN = {"sha256": 32, "sha512": 64}
@@ -205,22 +205,6 @@ def parse_manifest(raw: bytes | str, path: Path = Path(MANIFEST_NAME)) -> Manife
             f"invalid TOML: {msg}", file=str(path), line=int(m.group(1)) if m else None
         ) from None
     return _Checker(path, text).manifest(doc)
-
-
-def parse_size(value: str | int, where: str = "size") -> int:
-    """'10M', '1.5GiB', '500k', 1024 → bytes (K/M/G/T are powers of 1024, like nix and curl)."""
-    if isinstance(value, bool):
-        raise ValueError(f"{where}: expected a size such as '10M', got a boolean")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"{where}: a size cannot be negative")
-        return value
-    m = SIZE_RE.match(str(value))
-    if not m:
-        raise ValueError(f"{where}: expected a size such as '500K', '10M' or '2G', got {value!r}")
-    unit = (m.group(2) or "B").upper()[0]
-    mult = {"B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}[unit]
-    return int(float(m.group(1)) * mult)
 
 
 def check_sri(value: str) -> str | None:

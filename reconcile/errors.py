@@ -88,6 +88,19 @@ class Gated(AuthRequired):
     """The repository is gated: its licence must be accepted on the hub first."""
 
 
+class Transient(SourceError):
+    """A failure worth retrying (connection reset, 5xx, 429); ``retry_after`` in seconds."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Restart(Transient):
+    """A resume was answered with the whole entity (the file changed, or the server
+    ignores ranges): the partial is discarded and the file fetched from byte 0."""
+
+
 class ChangedSinceLock(SourceError):
     """The source now serves different bytes than the lock pinned."""
 

@@ -19,8 +19,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .config import NetworkConfig
-from .errors import SourceError
-from .sources.base import Restart, Transient
+from .errors import Restart, SourceError, Transient
+from .transport import scrub_url
 
 USER_AGENT = "reconcile/0.1"
 CHUNK = 1 << 20
@@ -134,15 +134,6 @@ def transport_failure(e: BaseException, url: str) -> SourceError:
     from .transport import tls_failure
 
     return tls_failure(e, url) or Transient(f"{scrub_url(url)}: {type(e).__name__}: {e}")
-
-
-def scrub_url(url: str) -> str:
-    """A URL fit for messages: no userinfo, no query (signed URLs carry tokens there)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def retry_after(value: str | None) -> float | None:

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from .config import NetworkConfig
-from .errors import AuthRequired, IntegrityError, SourceError
+from .errors import AuthRequired, IntegrityError, Restart, SourceError, Transient
 from .http import BUFFERS
 from .interrupt import CANCEL, Cancelled
 from .lockfile import LockedFile
-from .sources.base import Restart, Source, Transient
+from .sources.base import Source
 from .store import Store, disk_error
 
 Progress = Callable[[int], None]

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from . import settings
 from .errors import SourceError
@@ -35,6 +35,15 @@ T = TypeVar("T")
 # headers that carry credentials or a signature: dropped when a redirect changes origin
 SENSITIVE = frozenset({"authorization", "cookie", "proxy-authorization", "x-amz-security-token",
                        "x-amz-content-sha256", "x-amz-date", "x-ms-date", "x-goog-signature"})
+
+
+def scrub_url(url: str) -> str:
+    """A URL fit for messages: no userinfo, no query (signed URLs carry tokens there)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 # --- TLS ------------------------------------------------------------------------------
@@ -119,8 +128,6 @@ def redirect_headers(headers: dict[str, str], old: str, new: str) -> dict[str, s
 
 def check_redirect(old: str, new: str) -> None:
     if urlsplit(old).scheme == "https" and urlsplit(new).scheme != "https":
-        from .http import scrub_url
-
         raise SourceError(f"{scrub_url(old)}: redirected to plain http ({scrub_url(new)});"
                           " refused")
 
@@ -154,7 +161,7 @@ class RetryPolicy:
 
     def run(self, call: Callable[[], T], *, sleep: Callable[[float], None] = time.sleep) -> T:
         """``call()`` until it returns or fails for good; Transient failures are retried."""
-        from .sources.base import Transient
+        from .errors import Transient
 
         attempt = 0
         while True:

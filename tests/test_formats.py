@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from reconcile.validation.formats import check_gguf, check_safetensors, sniff
+from reconcile.validation.formats import check_gguf, check_safetensors
+from reconcile.validation.kinds import sniff
 
 # --- safetensors ------------------------------------------------------------------------
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from reconcile.validation.formats import check_gguf, check_safetensors, sniff
+from reconcile.validation.formats import check_gguf, check_safetensors
+from reconcile.validation.kinds import sniff
 
 
 def st_file(tmp: Path, header: dict | bytes, body: bytes, name: str = "m.safetensors") -> Path:

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconcile.validation.formats import sniff
+from reconcile.validation.kinds import sniff
 from reconcile.validation.pickle_scan import (
     Finding,
     classify,

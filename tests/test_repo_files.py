@@ -117,3 +117,48 @@ def test_ci_cannot_go_green_without_the_real_peers(tmp_path):
     assert module.returncode != 0 and "missing peer" in module.stdout
     relaxed = run("")
     assert relaxed.returncode == 0 and "4 skipped" in relaxed.stdout, relaxed.stdout
+
+
+def _imports() -> dict[str, set[str]]:
+    """module -> the reconcile modules it imports anywhere (top level, in a function, or
+    under TYPE_CHECKING), read from the source."""
+    import ast
+
+    root = REPO / "reconcile"
+
+    def name(p) -> str:
+        parts = list(p.relative_to(REPO).with_suffix("").parts)
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    mods = {name(p): p for p in root.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for mod, path in mods.items():
+        pkg = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = pkg.split(".")[: len(pkg.split(".")) - max(node.level - 1, 0)]
+                target = ".".join([*base, node.module] if node.module else base) \
+                    if node.level else (node.module or "")
+                for alias in node.names:
+                    sub = f"{target}.{alias.name}"
+                    deps.add(sub if sub in mods else target)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names)
+        graph[mod] = {d for d in deps if d in mods and d != mod}
+    return graph
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    """Deferred imports included: a cycle hidden in a function is still a cycle."""
+    graph = _imports()
+    mutual = sorted({tuple(sorted((a, b))) for a in graph for b in graph[a] if a in graph[b]})
+    assert not mutual, mutual
+
+    def reaches(a: str, b: str) -> bool:  # a package's modules import the other one's
+        return any(d == b or d.startswith(b + ".") for m, deps in graph.items()
+                   if m == a or m.startswith(a + ".") for d in deps)
+
+    for a, b in [("reconcile.validation.formats", "reconcile.validation.pickle_scan"),
+                 ("reconcile.config", "reconcile.sources")]:
+        assert not (reaches(a, b) and reaches(b, a)), (a, b)

@@ -17,13 +17,21 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
-from ..errors import SourceError
+from ..errors import Restart, SourceError, Transient  # noqa: F401 - part of this interface
+from ..lockfile import LockedFile
 
-if TYPE_CHECKING:
-    from ..config import ModelDecl
-    from ..lockfile import LockedFile
+
+class Declaration(Protocol):
+    """What a source reads of its model's declaration (``config.ModelDecl`` is one). A
+    protocol, so that the registry never needs config (which needs the registry)."""
+
+    key: str
+    name: str
+    source: dict[str, Any]
+    network: Any
+    auth: Any
 
 
 @dataclass(frozen=True)
@@ -61,19 +69,6 @@ class Resolution:
     hf: HFIdentity | None = None
 
 
-class Transient(SourceError):
-    """A failure worth retrying (connection reset, 5xx, 429); ``retry_after`` in seconds."""
-
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class Restart(Transient):
-    """A resume was answered with the whole entity (the file changed, or the server
-    ignores ranges): the partial is discarded and the file fetched from byte 0."""
-
-
 class Source(ABC):
     """Base class; concrete sources set ``type`` and ``OPTIONS`` (their models.toml keys)."""
 
@@ -82,7 +77,7 @@ class Source(ABC):
     supports_ranges: ClassVar[bool] = True
     needs_network: ClassVar[bool] = True  # False: apply --offline may still fetch from it
 
-    def __init__(self, decl: ModelDecl, context: Any) -> None:
+    def __init__(self, decl: Declaration, context: Any) -> None:
         self.decl = decl
         self.options = decl.source
         self.context = context
@@ -136,7 +131,7 @@ class HttpSource(Source):
     one client built on first use, one set of credentials, read again once when a
     server refuses them midway."""
 
-    def __init__(self, decl: ModelDecl, context: Any) -> None:
+    def __init__(self, decl: Declaration, context: Any) -> None:
         super().__init__(decl, context)
         self._client: Any = None
         self._credentials: Any = None

@@ -44,7 +44,7 @@ def files(root: Path) -> Iterator[tuple[str, str]]:
 
 
 def _sniff(path: str) -> str:
-    from .formats import sniff
+    from .kinds import sniff
 
     return sniff(Path(path))
 
@@ -78,7 +78,7 @@ def safetensors_only(root: Path, _arg: Any = None) -> list[str]:
 
 
 def max_size(root: Path, limit: Any) -> list[str]:
-    from ..config import parse_size
+    from ..units import parse_size
 
     cap = parse_size(limit)
     total = sum(os.lstat(p).st_size for _, p in files(root))
@@ -195,8 +195,9 @@ def modelscan(root: Path, arg: Any = None) -> list[str]:
     also fails on warnings such as TorchScript source.
     """
     from . import chat_template
-    from .formats import check_gguf, check_safetensors, sniff
+    from .formats import check_gguf, check_safetensors
     from .keras_check import check_keras_h5, check_keras_zip
+    from .kinds import sniff
     from .onnx_check import check_onnx
     from .pickle_scan import scan_file
 
@@ -253,7 +254,7 @@ def check_arg(name: str, arg: Any) -> str | None:
     if arg is None:
         return f"needs an argument, e.g. {{ {name} = … }}"
     if name == "maxSize":
-        from ..config import parse_size
+        from ..units import parse_size
 
         try:
             parse_size(arg, name)

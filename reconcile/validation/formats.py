@@ -1,8 +1,6 @@
-"""What a file is, decided from its bytes, and header checks for safetensors and GGUF.
+"""Header checks for safetensors and GGUF (what a file *is* is ``kinds.sniff``'s question).
 
-Names lie (a pickle called ``model.safetensors`` is still a pickle, and transformers
-picks its loader by file name), so every validator asks ``sniff`` first. The header
-checks read only the header and the file size, so a 100 GB file is checked in
+The header checks read only the header and the file size, so a 100 GB file is checked in
 milliseconds and a hostile header cannot make us allocate more than it is long.
 """
 
@@ -19,8 +17,6 @@ from typing import IO, Any
 
 from .chat_template import findings as template_findings
 
-NPY_MAGIC = b"\x93NUMPY"
-
 # dtype -> bits per element (safetensors 0.8 accepts exactly these, case-sensitive)
 SAFETENSORS_DTYPES: dict[str, int] = {
     "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8,
@@ -31,100 +27,6 @@ SAFETENSORS_DTYPES: dict[str, int] = {
 SAFETENSORS_HEADER_LIMIT = 64 * 1024 * 1024
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
-
-def compressed_kind(head: bytes) -> str | None:
-    """The whole-file compressions joblib writes, by magic bytes."""
-    if head.startswith(b"\x1f\x8b"):
-        return "gzip"
-    if head.startswith(b"BZh") and head[3:4].isdigit():
-        return "bz2"
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return "xz"
-    if head.startswith(b"\x5d\x00\x00"):
-        return "lzma"  # lzma "alone" format, joblib's compress=('lzma', n)
-    if head.startswith(b"\x04\x22\x4d\x18"):
-        return "lz4"
-    if len(head) >= 2 and head[0] == 0x78 and (head[0] << 8 | head[1]) % 31 == 0:
-        return "zlib"
-    return None
-
-
-def zip_like(f: IO[bytes], size: int, head: bytes) -> bool:
-    """A zip as Python's zipfile finds it: from the end-of-central-directory record.
-
-    ``PK`` at offset 0 is not required (data may be prepended: zipfile fixes offsets up,
-    and modelscan skipping such files was a bypass), but the record must point back at a
-    central directory, so random bytes that happen to contain ``PK\\x05\\x06`` in the
-    last 64 KiB are not taken for a zip.
-    """
-    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
-        return True
-    if size < 22:
-        return False
-    tail_len = min(size, 65536 + 22)
-    f.seek(size - tail_len)
-    tail = f.read(tail_len)
-    i = tail.rfind(b"PK\x05\x06")
-    while i >= 0:
-        rec = tail[i : i + 22]
-        if len(rec) == 22:
-            _sig, _d, _cd, _n, total, cd_size, _off, _clen = struct.unpack("<4sHHHHIIH", rec)
-            p = size - tail_len + i
-            if total == 0 and cd_size == 0:
-                return True
-            if cd_size <= p:
-                f.seek(p - cd_size)
-                if f.read(4) == b"PK\x01\x02":
-                    return True
-            if p >= 20:
-                f.seek(p - 20)
-                if f.read(4) == b"PK\x06\x07":  # zip64 locator
-                    return True
-        i = tail.rfind(b"PK\x05\x06", 0, i)
-    return False
-
-
-def _safetensors_head(head: bytes, size: int) -> bool:
-    if len(head) < 9:
-        return False
-    (n,) = struct.unpack("<Q", head[:8])
-    return 0 < n <= size - 8 and head[8:].lstrip(b" ")[:1] == b"{"
-
-
-def sniff(path: Path) -> str:
-    """pickle | zip | numpy | safetensors | gguf | tar | compressed | other.
-
-    A pickle wins over the header-based kinds: a file that an unpickler starting at byte
-    0 would run (import or call something, or that parses as pickles to its end) is a
-    pickle whatever else it also is, because ``torch.load`` reads every file that does
-    not start with a zip local header as a pickle. (The full scanner looks at every
-    kind a file can be at once; this answer is for validators that need one word.)
-    """
-    from .pickle_scan import looks_like_pickle
-
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(512)
-            if head.startswith(NPY_MAGIC):
-                return "numpy"
-            if head.startswith(b"PK") and zip_like(f, size, head):
-                return "zip"
-            if not head.startswith(b"PK") and looks_like_pickle(Path(path)):
-                return "pickle"
-            if head.startswith(b"GGUF"):
-                return "gguf"
-            if _safetensors_head(head, size):
-                return "safetensors"
-            if zip_like(f, size, head):
-                return "zip"
-    except (OSError, ValueError, struct.error):
-        return "other"
-    if len(head) > 262 and head[257:262] == b"ustar":
-        return "tar"
-    if compressed_kind(head) is not None:
-        return "compressed"
-    return "other"
 
 
 # --- safetensors --------------------------------------------------------------------------
