@@ -160,9 +160,9 @@ class Store:
     def session(self, *, exclusive: bool = False) -> Iterator[None]:
         """Hold the store: shared by every lock and apply, exclusive for gc.
 
-        gc decides what is garbage from the registered lockfiles, and an apply or a
-        lock in progress has objects that no lockfile names yet; gc therefore waits for
-        none of them and they never wait for each other. (flock, not filelock: filelock
+        gc decides what is garbage from the registered lockfiles, and an apply or a lock
+        in progress has objects that no lockfile names yet: so gc runs only while none
+        is running, and they never wait for each other. (flock, not filelock: filelock
         has no shared mode.) Raises StoreError when gc cannot have the store now.
         """
         import fcntl
