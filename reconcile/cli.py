@@ -16,73 +16,116 @@ from typing import Any
 from .errors import ReconcileError, UsageError
 
 
+def _jobs(value: str) -> int:
+    """--jobs: a whole number from 1 to 256."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if not 1 <= n <= 256:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 256, got {n}")
+    return n
+
+
+MANIFEST_HELP = ("path to models.toml (default: $RECONCILE_MANIFEST, else models.toml in this"
+                 " directory or the nearest parent up to the repository root)")
+
+
 def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = argparse.ArgumentParser(
         prog="reconcile",
         description="Declare models in models.toml, pin them in models.lock, converge the"
         " store and the Hugging Face cache to it.",
+        allow_abbrev=False,
     )
-    p.add_argument("-f", "--manifest", default=os.environ.get("RECONCILE_MANIFEST", "models.toml"),
-                   help="path to models.toml (default: ./models.toml)")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    p.add_argument("--version", action="version", version=f"reconcile {__version__}")
+    p.add_argument("-f", "--manifest", default=None, help=MANIFEST_HELP)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_SubParser)
 
     s = sub.add_parser("init", help="write a starter models.toml")
-    s.add_argument("--force", action="store_true")
+    s.add_argument("--force", action="store_true", help="overwrite an existing models.toml")
 
     s = sub.add_parser("lock", help="resolve models.toml into models.lock")
     s.add_argument("--check", action="store_true",
                    help="exit 1 if models.lock is out of date (offline, fast)")
     s.add_argument("--upgrade", nargs="?", const="*", action="append", metavar="KEY",
                    help="re-resolve every model, or only KEY (repeatable)")
-    s.add_argument("--offline", action="store_true")
-    s.add_argument("--jobs", "-j", type=int, default=4)
+    s.add_argument("--offline", action="store_true",
+                   help="never touch the network (fails if anything needs resolving)")
+    s.add_argument("--jobs", "-j", type=_jobs, default=4,
+                   help="models resolved at once (1-256, default 4)")
 
     s = sub.add_parser("plan", help="show what apply would do")
     s.add_argument("--exit-code", action="store_true",
                    help="exit 0 when converged, 1 when changes are pending")
-    s.add_argument("--prune", action="store_true")
-    s.add_argument("--revalidate", action="store_true")
+    s.add_argument("--prune", action="store_true",
+                   help="also show what apply --prune would unlink")
+    s.add_argument("--revalidate", action="store_true",
+                   help="plan validation again even for models validated before")
 
     s = sub.add_parser("apply", help="converge the store and HF cache to models.lock")
-    s.add_argument("--jobs", "-j", type=int, default=8)
-    s.add_argument("--offline", action="store_true")
+    s.add_argument("--jobs", "-j", type=_jobs, default=8,
+                   help="downloads and other actions at once (1-256, default 8)")
+    s.add_argument("--offline", action="store_true",
+                   help="never touch the network: fail if an object is not in the store")
     s.add_argument("--prune", action="store_true",
                    help="unlink models this project linked that are no longer locked")
     s.add_argument("--locked", action="store_true",
                    help="refuse to run if models.lock is out of date instead of locking")
-    s.add_argument("--revalidate", action="store_true")
+    s.add_argument("--revalidate", action="store_true",
+                   help="run the validators again on models validated before")
 
     s = sub.add_parser("status", help="show each model's state")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="one JSON array on stdout")
 
     s = sub.add_parser("verify", help="re-hash installed models")
-    s.add_argument("keys", nargs="*", metavar="KEY")
-    s.add_argument("--repair", action="store_true")
+    s.add_argument("keys", nargs="*", metavar="KEY", help="only these models (default: all)")
+    s.add_argument("--repair", action="store_true",
+                   help="delete what is corrupt and fetch it again")
 
     s = sub.add_parser("gc", help="delete store entries no registered lockfile needs")
-    s.add_argument("--dry-run", action="store_true")
+    s.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
 
     s = sub.add_parser("path", help="print a model's snapshot path (getModelPath)")
-    s.add_argument("key")
+    s.add_argument("key", help="the model's key in models.toml")
 
     sub.add_parser("env", help="print shell exports for using the HF cache offline")
 
     s = sub.add_parser("hash", help="print the model hash (or the NAR hash) of a path")
-    s.add_argument("path")
+    s.add_argument("path", help="a file or directory")
     s.add_argument("--nar", action="store_true", help="Nix NAR hash, as `nix hash path`")
-    s.add_argument("--type", default="sha256", choices=["sha256", "sha512"])
+    s.add_argument("--type", default="sha256", choices=["sha256", "sha512"],
+                   help="the NAR hash's algorithm (default sha256)")
     fmt = s.add_mutually_exclusive_group()
-    fmt.add_argument("--base32", action="store_const", dest="fmt", const="base32")
-    fmt.add_argument("--base16", action="store_const", dest="fmt", const="base16")
-    fmt.add_argument("--sri", action="store_const", dest="fmt", const="sri")
+    fmt.add_argument("--base32", action="store_const", dest="fmt", const="base32",
+                     help="Nix's base32 (with --nar)")
+    fmt.add_argument("--base16", action="store_const", dest="fmt", const="base16",
+                     help="hexadecimal (with --nar)")
+    fmt.add_argument("--sri", action="store_const", dest="fmt", const="sri",
+                     help="SRI, the default")
 
     s = sub.add_parser("validate", help="run validators on a directory or a locked model")
-    s.add_argument("target", metavar="PATH|KEY")
-    s.add_argument("--preset", choices=["strict", "standard", "minimal", "none", "paranoid"])
-    s.add_argument("--validator", action="append", default=[], metavar="NAME[:ARG]")
-    s.add_argument("--continue-on-error", action="store_true")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("target", metavar="PATH|KEY", help="a directory, or a locked model's key")
+    s.add_argument("--preset", choices=["strict", "standard", "minimal", "none", "paranoid"],
+                   help="run this preset's validators")
+    s.add_argument("--validator", action="append", default=[], metavar="NAME[:ARG]",
+                   help="run this validator (repeatable)")
+    s.add_argument("--continue-on-error", action="store_true",
+                   help="run every validator even after one failed")
+    s.add_argument("--json", action="store_true", help="the outcomes as JSON on stdout")
     return p
+
+
+class _SubParser(argparse.ArgumentParser):
+    """Every subcommand takes -f/--manifest too (`reconcile apply -f x.toml`), and no
+    abbreviated option: `apply --prun` is an error, not a prune."""
+
+    def __init__(self, **kw: Any) -> None:
+        kw["allow_abbrev"] = False
+        super().__init__(**kw)
+        self.add_argument("-f", "--manifest", default=argparse.SUPPRESS, help=MANIFEST_HELP)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,10 +141,16 @@ def main(argv: list[str] | None = None) -> int:
 
     install()
     try:
-        return COMMANDS[args.command](args) or 0
+        code = COMMANDS[args.command](args) or 0
+        sys.stdout.flush()  # a closed pipe shows here, where it is handled, not at exit
+        return code
     except ReconcileError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # `reconcile status --json | head -1`: end quietly, like cat
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the exit flush cannot fail again
+        return 141  # 128 + SIGPIPE, what a shell reports for a program killed by it
     except KeyboardInterrupt:
         print(f"interrupted{_kept_partials()}", file=sys.stderr)
         from .interrupt import CANCEL
@@ -143,13 +192,30 @@ def _kept_partials() -> str:
 def _ws(args: argparse.Namespace) -> Any:
     from .workspace import Workspace
 
-    return Workspace(Path(args.manifest))
+    return Workspace(manifest_path(args))
+
+
+def manifest_path(args: argparse.Namespace) -> Path:
+    """-f, else $RECONCILE_MANIFEST, else models.toml here or in the nearest parent,
+    stopping at the repository root (a directory with .git) or the filesystem root, as
+    uv, cargo and git look for theirs. Not found: ./models.toml (the error says so)."""
+    if args.manifest:
+        return Path(args.manifest)
+    if env := os.environ.get("RECONCILE_MANIFEST"):
+        return Path(env)
+    here = Path.cwd()
+    for d in (here, *here.parents):
+        if (d / "models.toml").is_file():
+            return Path("models.toml") if d == here else d / "models.toml"
+        if (d / ".git").exists():
+            break
+    return Path("models.toml")
 
 
 def cmd_init(args: argparse.Namespace) -> int:
     from .integration import default_manifest_text
 
-    path = Path(args.manifest)
+    path = Path(args.manifest or os.environ.get("RECONCILE_MANIFEST") or "models.toml")
     if path.exists() and not args.force:
         raise UsageError(f"{path} already exists", hint="use --force to overwrite it")
     path.write_text(default_manifest_text(), "utf-8")

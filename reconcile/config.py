@@ -201,8 +201,15 @@ def parse_manifest(raw: bytes | str, path: Path = Path(MANIFEST_NAME)) -> Manife
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"\(at line (\d+)", str(e))
         msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
+        key = None
+        if twice := re.match(r"Cannot declare \((.*)\) twice", msg):  # tomllib's own words
+            parts = re.findall(r"'((?:[^'\\]|\\.)*)'", twice.group(1))
+            key = ".".join(parts) or None
+            msg = "declared twice"
         raise ConfigError(
-            f"invalid TOML: {msg}", file=str(path), line=int(m.group(1)) if m else None
+            msg if key else f"invalid TOML: {msg}", file=str(path), key=key,
+            line=int(m.group(1)) if m else None,
+            hint="each table or key may appear once; merge the two" if key else None,
         ) from None
     return _Checker(path, text).manifest(doc)
 

@@ -264,3 +264,68 @@ def test_store_copies_when_hard_links_cannot_cross_filesystems(project, monkeypa
     cfg = os.path.join(row["store_path"], "config.json")
     assert os.stat(cfg).st_nlink == 1  # a copy, not a link
     assert project.run("verify").code == 0
+
+
+def test_models_toml_is_found_in_a_parent_up_to_the_repository_root(project):
+    import subprocess
+    import sys
+
+    project.write(MINIMAL)
+    (project.dir / ".git").mkdir()
+    deep = project.dir / "src" / "pkg"
+    deep.mkdir(parents=True)
+    run = [sys.executable, "-m", "reconcile"]
+    r = subprocess.run([*run, "lock"], cwd=deep, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert project.lock.exists() and not (deep / "models.lock").exists()
+    nested = deep / "models.toml"  # the nearest one wins
+    nested.write_text("")
+    r = subprocess.run([*run, "lock"], cwd=deep, capture_output=True, text=True)
+    assert r.returncode == 0 and (deep / "models.lock").exists()
+    (project.dir / "sub-repo" / ".git").mkdir(parents=True)  # the search stops at a repo root
+    r = subprocess.run([*run, "lock", "--check"], cwd=project.dir / "sub-repo",
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "models.toml: not found" in r.stderr
+
+
+def test_flags_are_strict_and_documented(project):
+    project.write(MINIMAL)
+    assert project.run("lock", "-f", str(project.manifest)).code == 0  # -f after the command
+    assert project.run("apply", "--prun").code == 2  # no abbreviations
+    for bad in (["--jobs", "0"], ["-j", "-3"], ["-j", "many"], ["-j", "257"]):
+        r = project.run("apply", *bad)
+        assert r.code == 2 and "--jobs" in r.err, bad
+    assert not project.store.exists() or not any((project.store / "objects").rglob("*.*"))
+    from reconcile import __version__
+    from reconcile.cli import _parser
+
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["--version"])
+    assert __version__ in project.capsys.readouterr().out
+    parser = _parser()
+    subs = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, sub in [("reconcile", parser), *subs.choices.items()]:
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, (name, action.option_strings)
+
+
+def test_a_closed_pipe_ends_quietly_with_the_shell_status(project):
+    import subprocess
+    import sys
+
+    project.write(MINIMAL)
+    assert project.run("apply").code == 0
+    p = subprocess.Popen([sys.executable, "-m", "reconcile", "-f", str(project.manifest),
+                          "status", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader is gone before a byte was written (`| head -0`)
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=30) == 141
+    assert err == "", err
+
+
+def test_a_table_declared_twice_names_its_key(project):
+    project.write(MINIMAL + '\n[models.tiny]\nname = "again"\n')
+    r = project.run("lock")
+    assert r.code == 2 and "models.tiny: declared twice" in r.err
+    assert "Cannot declare" not in r.err
