@@ -62,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="exit 0 when converged, 1 when changes are pending")
     s.add_argument("--prune", action="store_true",
                    help="also show what apply --prune would unlink")
+    s.add_argument("--locked", action="store_true",
+                   help="plan against models.lock as it is; fail if it is out of date")
+    s.add_argument("--offline", action="store_true",
+                   help="never touch the network while resolving a stale lock")
     s.add_argument("--revalidate", action="store_true",
                    help="plan validation again even for models validated before")
 
@@ -248,15 +252,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .plan import render
 
     ws = _ws(args)
-    stale = ws.stale()
-    if stale:
-        print("models.lock is out of date; apply will lock first: "
-              + ", ".join(f"{k} ({w})" for k, w in sorted(stale.items())))
-        if args.exit_code:
-            return 1
-    plan = ws.plan(prune=args.prune, revalidate=args.revalidate)
+    lock, changes = ws.preview_lock(locked=args.locked, offline=args.offline)
+    if changes:
+        print(f"{ws.lock_path} would change (apply locks first):")
+        for symbol, key, what in changes:
+            print(f"  {symbol} {key}: {what}")
+        print()
+    plan = ws.plan(lock, prune=args.prune, revalidate=args.revalidate)
     print(render(plan))
-    return 1 if (args.exit_code and not plan.empty) else 0
+    return 1 if (args.exit_code and (changes or not plan.empty)) else 0
 
 
 def cmd_apply(args: argparse.Namespace) -> int:

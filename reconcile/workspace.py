@@ -51,6 +51,14 @@ def check_pins(lock: Lock, manifest: Manifest, path: Path) -> None:
                 " it)") from None
 
 
+def _pin_text(m: LockedModel) -> str:
+    """A pin as a person reads it: the commit, version or digest, shortened."""
+    for k in ("commit", "version", "digest", "etag", "archiveSha256"):
+        if k in m.pin:
+            return f"{k} {str(m.pin[k]).strip(chr(34))[:12]}"
+    return m.hash[:19]
+
+
 class Workspace:
     def __init__(
         self,
@@ -147,6 +155,37 @@ class Workspace:
         from .validation.runner import Runner
 
         return Runner(self.store, self.manifest, revalidate=revalidate)
+
+    def preview_lock(self, *, locked: bool = False, offline: bool = False,
+                     jobs: int = 4) -> tuple[Lock, list[tuple[str, str, str]]]:
+        """The lock apply would use, resolved in memory when models.lock is stale or
+        missing (nothing written; only what resolving needs is fetched), and what would
+        change in it: (symbol, key, what) with + new, ~ re-pinned, - removed."""
+        old = self.read_lock()
+        stale = self.stale()
+        if not stale and old is not None:
+            return old, []
+        if locked:
+            self.current_lock(locked=True)  # raises, naming what is stale
+        from .resolve import lock_models
+
+        self.store.ensure()
+        with self.store.session():
+            report = lock_models(self.manifest, old, self.store, offline=offline or
+                                 settings.offline(), jobs=jobs)
+        before = old.models if old else {}
+        changes = []
+        for key, m in report.lock.models.items():
+            prev = before.get(key)
+            if prev is None:
+                changes.append(("+", key, f"new: {m.source_type} pinned at {_pin_text(m)}"))
+            elif prev.hash != m.hash or prev.pin != m.pin:
+                changes.append(("~", key, f"{_pin_text(prev)} → {_pin_text(m)}"))
+            elif prev.fingerprint != m.fingerprint:
+                changes.append(("~", key, "declaration changed, same content"))
+        changes += [("-", key, "removed from models.toml") for key in sorted(set(before)
+                                                                            - set(report.lock.models))]
+        return report.lock, sorted(changes, key=lambda c: c[1])
 
     def plan(self, lock: Lock | None = None, *, prune: bool = False,
              revalidate: bool = False) -> Any:

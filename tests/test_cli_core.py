@@ -329,3 +329,27 @@ def test_a_table_declared_twice_names_its_key(project):
     r = project.run("lock")
     assert r.code == 2 and "models.tiny: declared twice" in r.err
     assert "Cannot declare" not in r.err
+
+
+def test_plan_shows_what_apply_will_do_when_the_lock_is_stale_or_missing(project):
+    """plan resolves in memory (writes no lock) and shows the lock's changes, then the
+    same actions apply will run; --locked plans against the lock as it is."""
+    project.write(MINIMAL)
+    r = project.run("plan", "--exit-code")
+    assert r.code == 1, r.err
+    assert "+ tiny: new: mock" in r.out and "+ fetch    config.json" in r.out
+    assert not project.lock.exists()
+    assert project.run("apply").code == 0
+    assert project.run("plan", "--exit-code").code == 0
+    project.write(MINIMAL.replace('"sub/notes.txt"]', '"sub/notes.txt", "LICENSE"]'))
+    before = project.lock.read_text()
+    r = project.run("plan", "--exit-code")
+    assert r.code == 1 and "~ tiny:" in r.out and "+ fetch    LICENSE" in r.out
+    assert "No changes" not in r.out and project.lock.read_text() == before
+    applied = project.run("apply")
+    assert "1 fetched" in applied.out  # exactly what plan announced
+    r = project.run("plan", "--locked")
+    assert r.code == 0 and "No changes" in r.out
+    project.write(MINIMAL)
+    r = project.run("plan", "--locked")
+    assert r.code == 1 and "out of date" in r.err
