@@ -40,7 +40,10 @@ class ApplyReport:
 
 
 class ProgressSink:
-    """No-op progress; the CLI passes a rich-backed one on a terminal."""
+    """No-op progress; the CLI passes one of ``ui``'s (bars, lines or NDJSON)."""
+
+    def begin(self, plan: Plan) -> None:
+        """The plan about to run."""
 
     def task(self, description: str, total: int) -> Callable[[int], None]:
         return lambda n: None
@@ -99,6 +102,7 @@ class Executor:
         if plan.empty:
             return report
         self.store.ensure()
+        self.progress.begin(plan)
         succ: dict[str, list[str]] = {n: [] for n in plan.nodes}
         waiting = dict.fromkeys(plan.nodes, 0)
         for a, b in set(plan.edges):

@@ -80,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="refuse to run if models.lock is out of date instead of locking")
     s.add_argument("--revalidate", action="store_true",
                    help="run the validators again on models validated before")
+    s.add_argument("--progress", choices=["auto", "bars", "plain", "json", "none"],
+                   default=os.environ.get("RECONCILE_PROGRESS") or "auto",
+                   help="bars on a terminal, plain lines in a log (auto, the default),"
+                   " NDJSON events on stderr (json), or nothing; also RECONCILE_PROGRESS")
 
     s = sub.add_parser("status", help="show each model's state")
     s.add_argument("--json", action="store_true", help="one JSON array on stdout")
@@ -268,15 +272,28 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from .plan import human
 
     ws = _ws(args)
-    if sys.stderr.isatty():
-        from .ui import RichProgress
+    mode = args.progress
+    if mode == "auto":
+        mode = "bars" if sys.stderr.isatty() else "plain"
+    from . import ui
 
-        with RichProgress() as progress:
-            report = ws.apply(jobs=args.jobs, offline=args.offline, prune=args.prune,
-                              locked=args.locked, revalidate=args.revalidate, progress=progress)
-    else:
-        report = ws.apply(jobs=args.jobs, offline=args.offline, prune=args.prune,
-                          locked=args.locked, revalidate=args.revalidate)
+    run = dict(jobs=args.jobs, offline=args.offline, prune=args.prune, locked=args.locked,
+               revalidate=args.revalidate)
+    sink: Any = None
+    try:
+        if mode == "bars":
+            with ui.RichProgress() as sink:
+                report = ws.apply(**run, progress=sink)
+        else:
+            sink = {"plain": ui.LineProgress, "json": ui.JsonProgress}.get(mode, lambda: None)()
+            report = ws.apply(**run, progress=sink)
+    except ReconcileError as e:
+        if isinstance(sink, ui.JsonProgress):
+            sink.emit("error", message=str(e), exit_code=e.exit_code)
+        raise
+    if isinstance(sink, ui.JsonProgress):
+        sink.emit("summary", ok=report.ok, done=report.done, bytes=report.bytes_fetched,
+                  failures=[f"{a.kind} {a.target}: {err}" for a, err in report.failures])
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     if not report.ok:

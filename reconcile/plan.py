@@ -117,10 +117,15 @@ def make_plan(
                 _add(plan, Action("link", key, m, note="link" if last else "relink"), last)
         if not last and f"link:{key}" not in plan.nodes:
             plan.converged_models.append(key)
-    if prune:
-        wanted = {hfcache.owner_id(m, project) for m in lock.models.values() if m.hf}
-        for owner in sorted(hfcache.owners_of_project(store, cache, project) - wanted):
-            _add(plan, Action("unlink", owner, note=owner.split(":")[1]))
+    # What this project linked before and the lock no longer wants: an earlier version
+    # of a model still locked (a narrowed `files` glob, a new pin) always goes; models
+    # that left models.toml go with --prune. Only paths no other owner needs are removed.
+    wanted = {hfcache.owner_id(m, project) for m in lock.models.values() if m.hf}
+    for owner in sorted(hfcache.owners_of_project(store, cache, project) - wanted):
+        key = owner.split(":")[1]
+        if prune or key in lock.models:
+            note = key if key not in lock.models else f"{key} (earlier version)"
+            _add(plan, Action("unlink", owner, note=note))
     return plan
 
 

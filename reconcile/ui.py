@@ -1,12 +1,111 @@
-"""Progress for people: rich bars on a terminal; nothing at all otherwise."""
+"""Progress where someone watches: rich bars on a terminal, plain lines in a log (CI, a
+dev container's setup), NDJSON for programs (`--progress json`).
+
+NDJSON events, one object per line on stderr, fields stable (README documents them):
+``plan`` (counts and bytes), ``start`` / ``bytes`` (at most once a second or per 1 %) /
+``done`` per file, then ``summary`` or ``error`` from the CLI. Every event has ``event``
+and ``t`` (seconds since the run started).
+"""
 
 from __future__ import annotations
 
+import json
+import sys
 import threading
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any
 
 from .apply import ProgressSink
+from .plan import Plan, human
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    def now(self) -> float:
+        return round(time.monotonic() - self.start, 3)
+
+
+class JsonProgress(ProgressSink):
+    """NDJSON events on a stream (stderr by default)."""
+
+    def __init__(self, out: IO[str] | None = None) -> None:
+        self.out = out or sys.stderr
+        self.clock = _Clock()
+        self.lock = threading.Lock()
+        self.states: dict[str, dict[str, Any]] = {}
+
+    def emit(self, event: str, **fields: Any) -> None:
+        line = json.dumps({"event": event, "t": self.clock.now(), **fields})
+        with self.lock:
+            self.out.write(line + "\n")
+            self.out.flush()
+
+    def begin(self, plan: Plan) -> None:
+        c = plan.counts()
+        self.emit("plan", fetch=c.get("fetch", 0), bytes=plan.fetch_bytes(),
+                  assemble=c.get("assemble", 0), validate=c.get("validate", 0),
+                  link=c.get("link", 0), unlink=c.get("unlink", 0))
+
+    def task(self, description: str, total: int) -> Callable[[int], None]:
+        self.emit("start", file=description, total=total)
+        state = {"done": 0, "last_t": time.monotonic(), "last_pct": 0}
+
+        def advance(n: int) -> None:
+            state["done"] += n
+            now = time.monotonic()
+            pct = state["done"] * 100 // total if total else 0
+            if now - state["last_t"] >= 1.0 or pct > state["last_pct"]:
+                state["last_t"], state["last_pct"] = now, pct
+                self.emit("bytes", file=description, done=state["done"], total=total)
+
+        self.states[description] = state
+        return advance
+
+    def finish(self, description: str) -> None:
+        state = self.states.pop(description, {"done": 0})
+        self.emit("done", file=description, bytes=state["done"])
+
+
+class LineProgress(ProgressSink):
+    """A plain line per finished file, and one every 10 s for a long transfer: a log
+    that shows a 20-minute download moving, without a terminal's redraws."""
+
+    EVERY = 10.0
+
+    def __init__(self, out: IO[str] | None = None) -> None:
+        self.out = out or sys.stderr
+        self.lock = threading.Lock()
+        self.states: dict[str, dict[str, Any]] = {}
+
+    def say(self, text: str) -> None:
+        with self.lock:
+            self.out.write(text + "\n")
+            self.out.flush()
+
+    def begin(self, plan: Plan) -> None:
+        c = plan.counts()
+        if c.get("fetch"):
+            self.say(f"fetching {c['fetch']} files ({human(plan.fetch_bytes())})")
+
+    def task(self, description: str, total: int) -> Callable[[int], None]:
+        state = {"done": 0, "last": time.monotonic(), "total": total}
+        self.states[description] = state
+
+        def advance(n: int) -> None:
+            state["done"] += n
+            now = time.monotonic()
+            if now - state["last"] >= self.EVERY:
+                state["last"] = now
+                self.say(f"  … {description}: {human(state['done'])} of {human(total)}")
+
+        return advance
+
+    def finish(self, description: str) -> None:
+        state = self.states.pop(description, {"done": 0, "total": 0})
+        self.say(f"fetched {description} ({human(state['total'] or state['done'])})")
 
 
 class RichProgress(ProgressSink):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -353,3 +354,50 @@ def test_plan_shows_what_apply_will_do_when_the_lock_is_stale_or_missing(project
     project.write(MINIMAL)
     r = project.run("plan", "--locked")
     assert r.code == 1 and "out of date" in r.err
+
+
+def test_narrowing_files_removes_what_the_lock_no_longer_lists(project):
+    """A narrowed `files` glob must not leave the old files in the snapshot: the next
+    apply removes what reconcile created for the earlier version, and plan shows it."""
+    project.write(MINIMAL)
+    assert project.run("apply").code == 0
+    snap = Path(project.run("path", "tiny").out.strip())
+    assert (snap / "sub" / "notes.txt").exists()
+    project.write(MINIMAL.replace(', "sub/notes.txt"]', "]"))
+    assert project.run("lock").code == 0
+    r = project.run("plan")
+    assert "- unlink   tiny (earlier version)" in r.out, r.out
+    assert project.run("apply").code == 0
+    snap = Path(project.run("path", "tiny").out.strip())
+    assert not (snap / "sub").exists()
+    assert (snap / "config.json").exists() and (snap / "model.safetensors").exists()
+    assert project.run("status").code == 0
+    assert "unlink" not in project.run("plan").out
+
+
+def test_progress_json_is_ndjson_with_stable_events(project):
+    project.write('[models.big]\nsource.mock = { files = ["config.json", { path = "w.bin",'
+                  ' size = 3145728 }] }\nvalidation.preset = "none"\n')
+    r = project.sh("apply", "--progress", "json")
+    assert r.code == 0, r.err
+    events = [json.loads(line) for line in r.err.splitlines()]  # every line parses
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "plan" and kinds[-1] == "summary"
+    assert events[0]["fetch"] == 2 and events[0]["bytes"] > 3_000_000
+    files = {e["file"] for e in events if e["event"] == "start"}
+    assert files == {"config.json", "w.bin"}
+    assert {e["file"] for e in events if e["event"] == "done"} == files
+    assert all(e["done"] <= e["total"] for e in events if e["event"] == "bytes")
+    assert events[-1]["ok"] is True and all("t" in e for e in events)
+    assert "Applied:" in r.out  # the human summary stays on stdout
+
+
+def test_a_log_gets_a_line_per_file_without_terminal_codes(project):
+    project.write(MINIMAL)
+    r = project.sh("apply")  # stderr is a pipe: plain lines
+    assert r.code == 0
+    assert "fetched config.json" in r.err and "\x1b[" not in r.err
+    project.write(MINIMAL + '[models.two]\nsource.mock = { org = "acme", model = "two",'
+                  ' files = ["config.json"] }\n')
+    quiet = project.sh("apply", "--progress", "none")
+    assert quiet.code == 0 and "1 fetched" in quiet.out and quiet.err == ""
