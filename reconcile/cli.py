@@ -114,6 +114,10 @@ def _parser() -> argparse.ArgumentParser:
     fmt.add_argument("--sri", action="store_const", dest="fmt", const="sri",
                      help="SRI, the default")
 
+    s = sub.add_parser("completion", help="print a shell completion script")
+    s.add_argument("shell", choices=["bash", "zsh", "fish", "keys"],
+                   help="the shell (keys: the model keys of models.toml, for the scripts)")
+
     s = sub.add_parser("validate", help="run validators on a directory or a locked model")
     s.add_argument("target", metavar="PATH|KEY", help="a directory, or a locked model's key")
     s.add_argument("--preset", choices=["strict", "standard", "minimal", "none", "paranoid"],
@@ -393,6 +397,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    if args.shell == "keys":  # called by the scripts on every <TAB>: quiet and fast
+        try:
+            from .config import load_manifest
+
+            print("\n".join(load_manifest(manifest_path(args)).models))
+        except ReconcileError:
+            pass
+        return 0
+    from .completion import script
+
+    print(script(args.shell, _parser()))
+    return 0
+
+
 COMMANDS = {
     "init": cmd_init,
     "lock": cmd_lock,
@@ -405,6 +424,7 @@ COMMANDS = {
     "env": cmd_env,
     "hash": cmd_hash,
     "validate": cmd_validate,
+    "completion": cmd_completion,
 }
 
 if __name__ == "__main__":  # pragma: no cover

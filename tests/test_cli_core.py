@@ -401,3 +401,31 @@ def test_a_log_gets_a_line_per_file_without_terminal_codes(project):
                   ' files = ["config.json"] }\n')
     quiet = project.sh("apply", "--progress", "none")
     assert quiet.code == 0 and "1 fetched" in quiet.out and quiet.err == ""
+
+
+def test_bash_completion_knows_commands_options_and_model_keys(project):
+    import shutil
+    import subprocess
+    import sys
+
+    project.write(MINIMAL + '[models.tokenizer]\nsource.mock = { files = ["a.json"] }\n')
+    script = project.sh("completion", "bash").out
+    reconcile = f"{sys.executable} -m reconcile"
+
+    def complete(*words: str) -> list[str]:
+        line = " ".join(f'"{w}"' for w in words)
+        code = (f"reconcile() {{ {reconcile} \"$@\"; }}\n{script}\n"
+                f"COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; _reconcile;"
+                ' printf "%s\\n" "${COMPREPLY[@]}"')
+        r = subprocess.run(["bash", "-c", code], capture_output=True, text=True,
+                           cwd=project.dir)
+        return r.stdout.split()
+
+    assert shutil.which("bash")
+    assert complete("reconcile", "ap") == ["apply"]
+    assert complete("reconcile", "apply", "--pr") == ["--progress", "--prune"]
+    assert complete("reconcile", "path", "t") == ["tiny", "tokenizer"]
+    assert complete("reconcile", "-f", str(project.manifest), "verify", "to") == ["tokenizer"]
+    for shell in ("zsh", "fish"):
+        text = project.sh("completion", shell).out
+        assert "apply" in text and "completion keys" in text

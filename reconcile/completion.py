@@ -1,0 +1,66 @@
+"""Shell completion scripts, made from the CLI's own parser so they never drift from it.
+
+Model keys complete too (`reconcile path <TAB>`): the scripts ask `reconcile completion
+keys`, which reads the models.toml that the command would use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+KEYED = ("path", "verify", "validate")  # commands whose argument is a model key
+
+
+def _commands(parser: argparse.ArgumentParser) -> dict[str, list[str]]:
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    out = {}
+    for name, p in sub.choices.items():
+        out[name] = sorted(o for a in p._actions for o in a.option_strings)
+        for a in p._actions:  # fixed choices of positionals (completion's shells)
+            if not a.option_strings and a.choices:
+                out[name] += list(a.choices)
+    return out
+
+
+def script(shell: str, parser: argparse.ArgumentParser) -> str:
+    cmds = _commands(parser)
+    top = sorted(o for a in parser._actions for o in a.option_strings)
+    if shell == "fish":
+        lines = [f"complete -c reconcile -n __fish_use_subcommand -a {shlex.quote(n)}"
+                 for n in cmds]
+        lines += [f"complete -c reconcile -n __fish_use_subcommand -l {o[2:]}"
+                  for o in top if o.startswith("--")]
+        for name, opts in cmds.items():
+            cond = f"'__fish_seen_subcommand_from {name}'"
+            for o in opts:
+                if o.startswith("--"):
+                    lines.append(f"complete -c reconcile -n {cond} -l {o[2:]}")
+                elif not o.startswith("-"):
+                    lines.append(f"complete -c reconcile -n {cond} -a {shlex.quote(o)}")
+            if name in KEYED:
+                lines.append(f"complete -c reconcile -n {cond} -f -a '(reconcile completion keys)'")
+        return "\n".join(lines) + "\n"
+    cases = "\n".join(f"    {name}) opts={shlex.quote(' '.join(opts))};;"
+                      for name, opts in cmds.items())
+    keyed = "|".join(KEYED)
+    bash = f"""_reconcile() {{
+  local cur="${{COMP_WORDS[COMP_CWORD]}}" cmd="" opts="" keys="" i
+  for ((i = 1; i < COMP_CWORD; i++)); do
+    case "${{COMP_WORDS[i]}}" in -f|--manifest) ((i++));; -*) ;; *) cmd="${{COMP_WORDS[i]}}"; break;; esac
+  done
+  if [ -z "$cmd" ]; then
+    COMPREPLY=($(compgen -W {shlex.quote(' '.join([*cmds, *top]))} -- "$cur"))
+    return
+  fi
+  case "$cmd" in
+{cases}
+  esac
+  case "$cmd" in {keyed}) keys="$(reconcile completion keys 2>/dev/null)";; esac
+  COMPREPLY=($(compgen -W "$opts $keys" -- "$cur"))
+}}
+complete -o default -F _reconcile reconcile
+"""
+    if shell == "zsh":
+        return "autoload -U +X bashcompinit && bashcompinit\n" + bash
+    return bash
