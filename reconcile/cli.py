@@ -84,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
                    default=os.environ.get("RECONCILE_PROGRESS") or "auto",
                    help="bars on a terminal, plain lines in a log (auto, the default),"
                    " NDJSON events on stderr (json), or nothing; also RECONCILE_PROGRESS")
+    s.add_argument("--color", choices=["auto", "never", "always"], default="auto",
+                   help="colour in progress bars (auto honours NO_COLOR)")
 
     s = sub.add_parser("status", help="show each model's state")
     s.add_argument("--json", action="store_true", help="one JSON array on stdout")
@@ -286,7 +288,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     sink: Any = None
     try:
         if mode == "bars":
-            with ui.RichProgress() as sink:
+            with ui.RichProgress(color=args.color) as sink:
                 report = ws.apply(**run, progress=sink)
         else:
             sink = {"plain": ui.LineProgress, "json": ui.JsonProgress}.get(mode, lambda: None)()

@@ -109,7 +109,11 @@ class LineProgress(ProgressSink):
 
 
 class RichProgress(ProgressSink):
-    def __init__(self) -> None:
+    """Bars on the terminal's stderr. ``color``: auto (rich's rules, NO_COLOR
+    included), never, or always."""
+
+    def __init__(self, color: str = "auto") -> None:
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             DownloadColumn,
@@ -126,6 +130,8 @@ class RichProgress(ProgressSink):
             TransferSpeedColumn(),
             TimeRemainingColumn(),
             transient=True,
+            console=Console(stderr=True, no_color=True if color == "never" else None,
+                            force_terminal=True if color == "always" else None),
         )
         self.tasks: dict[str, Any] = {}
         self.lock = threading.Lock()

@@ -247,6 +247,17 @@ def test_progress_bars_only_on_a_terminal(project, tmp_path):
                        timeout=60)
     assert r.returncode == 0
     assert "\x1b[" in r.stdout and "w.bin" in r.stdout  # a live bar named after the file
+    import re
+
+    colour = re.compile(r"\x1b\[[0-9;]*(3[0-8]|9[0-7])[0-9;]*m")  # a foreground colour
+    assert colour.search(r.stdout)
+    for how in ({"NO_COLOR": "1"}, {"RECONCILE_COLOR_FLAG": "--color never"}):
+        remove_tree(project.store)
+        flag = how.get("RECONCILE_COLOR_FLAG", "")
+        r = subprocess.run(["script", "-qec", f"{cmd} {flag}", "/dev/null"], capture_output=True,
+                           text=True, timeout=60, env={**os.environ, **how})
+        assert r.returncode == 0 and "w.bin" in r.stdout
+        assert not colour.search(r.stdout), how
 
 
 def test_store_copies_when_hard_links_cannot_cross_filesystems(project, monkeypatch):
