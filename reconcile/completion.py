@@ -62,5 +62,6 @@ def script(shell: str, parser: argparse.ArgumentParser) -> str:
 complete -o default -F _reconcile reconcile
 """
     if shell == "zsh":
-        return "autoload -U +X bashcompinit && bashcompinit\n" + bash
+        return ("autoload -U +X compinit && compinit -u\n"
+                "autoload -U +X bashcompinit && bashcompinit\n" + bash)
     return bash
