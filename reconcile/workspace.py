@@ -441,8 +441,8 @@ class Workspace:
             except OSError:
                 continue
             for de in entries:
-                if de.is_symlink():
-                    target = os.readlink(de.path)
+                if de.is_symlink():  # resolved: the store's path may be spelled otherwise
+                    target = os.path.realpath(de.path)
                     if target.startswith(objects + os.sep):
                         keep.add(os.path.basename(target))
         return keep

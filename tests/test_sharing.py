@@ -79,14 +79,21 @@ def test_a_project_that_only_reads_registers_on_a_no_op_apply(project, two):
     loads_offline(project.cache)
 
 
-def test_store_on_another_filesystem_keeps_what_cache_blobs_point_to(project, monkeypatch):
+@pytest.mark.parametrize("spelling", ["direct", "via a symlink"])
+def test_store_on_another_filesystem_keeps_what_cache_blobs_point_to(project, monkeypatch,
+                                                                     spelling):
     """/dev/shm is tmpfs: blobs become symlinks into the store, and gc must keep their
-    objects as long as the cache shows them."""
+    objects as long as the cache shows them, however RECONCILE_STORE spells the path."""
     shm = Path("/dev/shm")
     if not shm.is_dir() or os.stat(shm).st_dev == os.stat(project.dir).st_dev:
         pytest.skip("not applicable here: /dev/shm is not another filesystem than the cache")
     store = shm / f"reconcile-test-{os.getpid()}"
-    monkeypatch.setenv("RECONCILE_STORE", str(store))
+    named = store
+    if spelling == "via a symlink":
+        store.mkdir()
+        named = project.dir.parent / "store-link"
+        named.symlink_to(store)
+    monkeypatch.setenv("RECONCILE_STORE", str(named))
     try:
         project.write(TINY)
         assert project.run("apply").code == 0
