@@ -33,6 +33,9 @@ Progress = Callable[[int], None]
 # (ranges cost a second pass over the data to hash it in order), so only the largest
 # files, where a CDN's per-connection limit dominates, are split.
 PARALLEL_THRESHOLD = 8 << 30
+# Files smaller than this get no entity marker beside their partial: a write per object
+# costs more than fetching a few MiB again after an interrupted run.
+RECORD_MIN = 8 << 20
 SEGMENT_MIN = 32 << 20
 # A stream that turns out slow (a CDN's per-connection limit, a long fat pipe) is
 # split after a probe: if its first PROBE_BYTES came slower than SLOW_RATE and at
@@ -117,12 +120,14 @@ def fetch(
             return FetchResult(expected, file.size, 0, fetched=False)
         part = store.partial_path(key)
         entity = source.entity(pin)
-        _forget_stale_partial(part, entity, trust_hash=bool(expected))
+        _forget_stale_partial(part, entity, trust_hash=bool(expected),
+                              record=not (file.size and file.size < RECORD_MIN))
         can_split = (jobs > 1 and source.supports_ranges and bool(expected)
                      and not network.bandwidth_limit)
-        ranges_begun = _saved_ranges(_ranges_progress(part), file.size) is not None
-        if can_split and (file.size >= parallel_min() or ranges_begun):
-            result = _fetch_ranges(source, pin, file, part, network, progress, jobs)
+        saved = _saved_ranges(_ranges_progress(part), file.size) if can_split else None
+        if can_split and (file.size >= parallel_min() or saved is not None):
+            result = _fetch_ranges(source, pin, file, part, network, progress, jobs,
+                                   saved=saved)
         else:
             got = _fetch_stream(source, pin, file, part, network, progress,
                                 resumable=bool(expected) or entity is not None,
@@ -159,7 +164,8 @@ def _entity_path(part: Path) -> Path:
     return part.with_name(part.name + ".entity")
 
 
-def _forget_stale_partial(part: Path, entity: str | None, *, trust_hash: bool) -> None:
+def _forget_stale_partial(part: Path, entity: str | None, *, trust_hash: bool,
+                          record: bool = True) -> None:
     """Keep a partial only when it is known to be a prefix of what will be fetched now.
 
     Its entity (the source's validator: an ETag, Last-Modified, a commit) is recorded
@@ -167,7 +173,8 @@ def _forget_stale_partial(part: Path, entity: str | None, *, trust_hash: bool) -
     entity, a partial is kept only when the file's sha256 is known beforehand (the
     final check then catches a splice); at lock time, where the bytes themselves
     become the truth, it starts over: an old prefix spliced to new bytes would be
-    locked as the model.
+    locked as the model. ``record`` False (a small file, cheaper to fetch again than to
+    mark): nothing is written; an unmarked partial is never trusted at lock time.
     """
     marker = _entity_path(part)
     try:
@@ -183,7 +190,7 @@ def _forget_stale_partial(part: Path, entity: str | None, *, trust_hash: bool) -
         if stale:
             part.unlink(missing_ok=True)
             have = False
-    if not have:
+    if not have and record:
         from .fsutil import atomic_write_text
 
         atomic_write_text(marker, entity or "")
@@ -399,7 +406,8 @@ def _fetch_stream(source, pin, file, part, network, progress, probe: bool = Fals
 
 
 def _fetch_ranges(source, pin, file, part, network, progress, jobs, *, start: int = 0,
-                  h: Any = None, downloaded: int = 0) -> FetchResult:
+                  h: Any = None, downloaded: int = 0,
+                  saved: tuple[list[tuple[int, int]], list[int]] | None = None) -> FetchResult:
     """Several ranges at once into one preallocated file; a hasher follows the watermark.
 
     Segments are written with pwrite at their offsets. The file is hashed in order
@@ -416,7 +424,8 @@ def _fetch_ranges(source, pin, file, part, network, progress, jobs, *, start: in
     if start:
         os.replace(part, work)  # a slow stream's prefix, handed over
         progress_file.unlink(missing_ok=True)
-    saved = _saved_ranges(progress_file, size) if not start and work.exists() else None
+    if start or not work.exists():
+        saved = None  # progress without its work file (or a stream handed over) is void
     if saved is not None:  # an interrupted run: each range goes on where it stopped
         bounds, done = saved
         nseg = len(bounds)
