@@ -308,11 +308,11 @@ def direct_stream(url: str, headers: dict[str, str], start: int, end: int | None
         if r.status in REDIRECTS and r.getheader("Location"):
             from urllib.parse import urljoin
 
-            target = urljoin(url, r.getheader("Location"))
+            new = urljoin(url, r.getheader("Location"))
             conn.close()
-            check_redirect(url, target)
-            headers = redirect_headers(headers, url, target)
-            url = target
+            check_redirect(url, new)
+            headers = redirect_headers(headers, url, new)
+            url = new
             continue
         if (t := transient_status(answer)) is not None:
             conn.close()
