@@ -419,19 +419,15 @@ class _Checker:
     def validator_refs(self, where: str, validation: dict[str, Any]) -> None:
         """Each validator a model names exists and gets an argument it can use: a typo
         found after a 10 GB download is a typo found too late."""
-        from .validation.builtin import BUILTINS, check_arg
+        from .validation.builtin import BUILTINS, check_arg, split_ref
 
         customs = self.customs
         for i, item in enumerate(validation.get("validators", [])):
             at = f"{where}.validation.validators[{i}]"
-            if isinstance(item, dict):
-                if len(item) != 1:
-                    raise self.fail(at, f"a validator table has exactly one key, got {list(item)}")
-                ((name, arg),) = item.items()
-            else:
-                name, _, text = item.partition(":")
-                arg = (text.split(",") if name in ("requiredFiles", "fileTypes") else text) \
-                    if text else None
+            try:
+                name, arg = split_ref(item)
+            except ValueError as e:
+                raise self.fail(at, str(e)) from None
             if name in BUILTINS:
                 if problem := check_arg(name, arg):
                     raise self.fail(at, f"{name}: {problem}")

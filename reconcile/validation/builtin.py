@@ -242,6 +242,21 @@ BUILTINS: dict[str, tuple[Check, str, bool]] = {
 }
 
 
+def split_ref(item: Any) -> tuple[str, Any]:
+    """'name', 'name:arg' or { name = arg } → (name, arg); ValueError for a table that
+    does not have exactly one key. The one reading of a validator reference, for
+    models.toml's checker and the runner alike."""
+    if isinstance(item, dict):
+        if len(item) != 1:
+            raise ValueError(f"a validator table has exactly one key, got {list(item)}")
+        ((name, arg),) = item.items()
+        return name, arg
+    name, _, text = str(item).partition(":")
+    if not text:
+        return name, None
+    return name, text.split(",") if name in ("requiredFiles", "fileTypes") else text
+
+
 def check_arg(name: str, arg: Any) -> str | None:
     """What is wrong with a built-in's argument (None: nothing), checked when models.toml
     is read so that a bad one stops apply before anything is fetched."""

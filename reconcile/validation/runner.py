@@ -26,7 +26,7 @@ from ..errors import ConfigError, ValidationFailed
 from ..fsutil import atomic_write_text
 from ..lockfile import LockedModel
 from ..store import Store
-from .builtin import BUILTINS
+from .builtin import BUILTINS, split_ref
 
 VERSION = "1"  # bump when a built-in's behaviour changes: cached results then expire
 SECRET_MARKERS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "API_KEY", "ACCESS_KEY",
@@ -93,15 +93,10 @@ def parse_ref(item: Any, customs: dict[str, dict[str, Any]], where: str = "valid
     """'name', 'name:arg', { name = arg } or a Validator → Validator."""
     if isinstance(item, Validator):
         return item
-    arg: Any = None
-    if isinstance(item, dict):
-        if len(item) != 1:
-            raise ConfigError(f"{where}: a validator table has exactly one key, got {list(item)}")
-        ((name, arg),) = item.items()
-    else:
-        name, _, text = str(item).partition(":")
-        if text:
-            arg = text.split(",") if name in ("requiredFiles", "fileTypes") else text
+    try:
+        name, arg = split_ref(item)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
     if name in BUILTINS:
         _check, desc, takes_arg = BUILTINS[name]
         if takes_arg and arg is None:
