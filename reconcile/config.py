@@ -500,6 +500,10 @@ class _Checker:
         except ValueError as e:
             sub, _, msg = str(e).partition(": ")
             raise self.fail(f"{swhere}.{sub}" if msg else swhere, msg or str(e)) from None
+        own = getattr(source_cls, "own_credentials", None)
+        if own and (auth_defaults or "auth" in decl):
+            raise self.fail(f"{where}.auth", f"source.{stype} does not read auth from"
+                            " models.toml", hint=own)
         hash_ = decl.get("hash")
         self.validator_refs(where, decl.get("validation", {}))
         self.auth_combination(where, {**auth_defaults, **decl.get("auth", {})})

@@ -13,6 +13,7 @@ vocabulary (``raise_for_status`` per source).
 from __future__ import annotations
 
 import mmap
+import threading
 from collections.abc import Callable, Iterator
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -246,36 +247,144 @@ def _connect(url: str, network: NetworkConfig) -> tuple[Any, str, dict[str, str]
     """An http.client connection for ``url`` (through the proxy ``transport`` picks: a
     CONNECT tunnel for https, an absolute-form request for http), the request target
     to send, and the headers the proxy wants with it."""
-    import base64
     import http.client
-    from urllib.parse import unquote
 
-    from .transport import proxy_for, ssl_context
+    from .transport import ssl_context
 
     parts = urlsplit(url)
     host, port = parts.hostname or "", parts.port
-    target = urlunsplit(("", "", parts.path or "/", parts.query, ""))
-    proxy = proxy_for(url, network.proxy)
+    proxy, target, extra = _route(url, network)
     if proxy is None:
         if parts.scheme == "https":
             return http.client.HTTPSConnection(host, port, timeout=network.connect_timeout,
                                                context=ssl_context(network.ca_bundle)), target, {}
         return http.client.HTTPConnection(host, port, timeout=network.connect_timeout), target, {}
     p = urlsplit(proxy)
-    auth = {}
-    if p.username is not None:
-        pair = f"{unquote(p.username)}:{unquote(p.password or '')}".encode()
-        auth = {"Proxy-Authorization": "Basic " + base64.b64encode(pair).decode()}
     if parts.scheme == "https":  # TLS end to end, through a CONNECT tunnel
         conn: Any = http.client.HTTPSConnection(p.hostname, p.port or 8080,
                                                 timeout=network.connect_timeout,
                                                 context=ssl_context(network.ca_bundle))
-        conn.set_tunnel(host, port or 443, headers=auth)
+        conn.set_tunnel(host, port or 443, headers=_proxy_auth(p))
         return conn, target, {}
     conn = http.client.HTTPConnection(p.hostname, p.port or 8080, timeout=network.connect_timeout)
+    return conn, target, extra
+
+
+def _proxy_auth(p: Any) -> dict[str, str]:
+    import base64
+    from urllib.parse import unquote
+
+    if p.username is None:
+        return {}
+    pair = f"{unquote(p.username)}:{unquote(p.password or '')}".encode()
+    return {"Proxy-Authorization": "Basic " + base64.b64encode(pair).decode()}
+
+
+def _route(url: str, network: NetworkConfig) -> tuple[str | None, str, dict[str, str]]:
+    """(the proxy for ``url`` or None, the request target, headers for the proxy): what
+    a request needs besides a connection, so a kept connection can serve many URLs."""
+    from .transport import proxy_for
+
+    parts = urlsplit(url)
+    target = urlunsplit(("", "", parts.path or "/", parts.query, ""))
+    proxy = proxy_for(url, network.proxy)
+    if proxy is None or parts.scheme == "https":
+        return proxy, target, {}
     absolute = urlunsplit(("http", parts.netloc.rpartition("@")[2], parts.path or "/",
                            parts.query, ""))
-    return conn, absolute, auth
+    return proxy, absolute, _proxy_auth(urlsplit(proxy))
+
+
+class Reply:
+    """A whole, small answer from ``call``: what sources' raise_for_status look at, and
+    the body."""
+
+    def __init__(self, status: int, headers: Any, url: str, content: bytes) -> None:
+        from types import SimpleNamespace
+
+        self.status_code, self.headers, self.content = status, headers, content
+        self.request = SimpleNamespace(url=url)
+
+
+_kept = threading.local()  # this thread's open connections, by (scheme, netloc)
+
+
+def call(method: str, url: str, headers: dict[str, str], network: NetworkConfig, *,
+         max_body: int = 16 << 20, max_redirects: int = 10) -> Reply:
+    """One small API request (a HEAD, a page of a listing) on a connection this thread
+    keeps open: thousands of them at lock time (S3: a HEAD per object) cost ~0.3 ms of
+    Python each here, against ~1.5 ms through httpx. Same TLS context, proxy choice and
+    redirect rule as everything else; failures become ``Transient``; a body over
+    ``max_body`` is refused, whatever the server says."""
+    import http.client
+
+    from .transport import check_redirect, redirect_headers
+
+    headers = base_headers(headers)
+    for _ in range(max_redirects + 1):
+        r = None
+        for fresh in (False, True):  # a kept connection the server closed: once more, anew
+            conn, target, extra = _kept_connection(url, network, fresh)
+            try:
+                conn.request(method, target, headers={**headers, **extra})
+                conn.sock.settimeout(network.read_timeout)
+                r = conn.getresponse()
+                break
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as e:
+                _drop_connection(url)
+                if fresh:
+                    raise transport_failure(e, url) from None
+            except (OSError, http.client.HTTPException) as e:
+                _drop_connection(url)
+                raise transport_failure(e, url) from None
+        assert r is not None
+        try:
+            body = r.read(max_body + 1)  # b"" for a HEAD; read, so the connection is free
+        except (OSError, http.client.HTTPException) as e:
+            _drop_connection(url)
+            raise transport_failure(e, url) from None
+        if len(body) > max_body:
+            _drop_connection(url)
+            raise SourceError(f"{scrub_url(url)}: the answer is over {max_body >> 20} MiB")
+        if r.will_close:
+            _drop_connection(url)
+        if r.status in REDIRECTS and r.getheader("Location"):
+            from urllib.parse import urljoin
+
+            new = urljoin(url, r.getheader("Location"))
+            check_redirect(url, new)
+            headers = redirect_headers(headers, url, new)
+            url = new
+            continue
+        reply = Reply(r.status, r.headers, url, body)
+        if (t := transient_status(reply)) is not None:
+            raise t
+        return reply
+    raise Transient(f"{scrub_url(url)}: more than {max_redirects} redirects")
+
+
+def _kept_connection(url: str, network: NetworkConfig, fresh: bool) -> tuple[Any, str, dict]:
+    """This thread's connection for ``url``'s origin, the request target and the proxy's
+    headers. The proxy is chosen once per connection: reading the environment for it
+    cost 0.35 ms a request, more than the request itself on loopback."""
+    conns = _kept.__dict__.setdefault("conns", {})
+    parts = urlsplit(url)
+    key = (parts.scheme, parts.netloc, network.proxy, network.ca_bundle)
+    if fresh or key not in conns:
+        _drop_connection(url)
+        conns[key] = (_connect(url, network)[0], _route(url, network))
+    conn, (proxy, _target, extra) = conns[key]
+    if proxy is None or parts.scheme == "https":
+        return conn, urlunsplit(("", "", parts.path or "/", parts.query, "")), extra
+    return conn, urlunsplit(("http", parts.netloc.rpartition("@")[2], parts.path or "/",
+                             parts.query, "")), extra
+
+
+def _drop_connection(url: str) -> None:
+    conns = _kept.__dict__.get("conns", {})
+    parts = urlsplit(url)
+    for key in [k for k in conns if k[:2] == (parts.scheme, parts.netloc)]:
+        conns.pop(key)[0].close()
 
 
 def direct_stream(url: str, headers: dict[str, str], start: int, end: int | None,

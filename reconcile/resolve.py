@@ -154,7 +154,7 @@ def resolve_model(
         files = [
             LockedFile(path=rf.path, size=rf.size or 0, sha256=rf.sha256 or "",
                        executable=rf.executable, blob=rf.blob, lfs=rf.lfs, git_oid=rf.git_oid,
-                       type=rf.type, target=rf.target)
+                       type=rf.type, target=rf.target, pin=rf.pin)
             for rf in res.files
         ]
         with ThreadPoolExecutor(max_workers=max(1, context.jobs)) as pool:

@@ -55,8 +55,12 @@ def models_schema() -> dict[str, Any]:
     sources = {}
     shared = {}
     for name in sorted(registry.names()):
-        opts = {**registry.get(name).OPTIONS}
+        cls = registry.get(name)
+        opts = {**cls.OPTIONS}
         sources[name] = _type({**opts, "use": "str"})
+        if getattr(cls, "SHORTHAND", None):  # e.g. source.s3 = "s3://bucket/prefix/"
+            sources[name] = {"oneOf": [sources[name], {"type": "string",
+                                                       "pattern": cls.SHORTHAND}]}
         shared[name] = {"type": "object", "additionalProperties": _type(
             {**opts, "auth": AUTH_SPEC, "network": NETWORK_SPEC})}
     model = _type({k: v for k, v in MODEL_SPEC.items() if k != "source"})
@@ -90,6 +94,8 @@ def lock_schema() -> dict[str, Any]:
             "path": {"type": "string"}, "type": {"enum": ["f", "l", "d"]},
             "size": {"type": "integer", "minimum": 0}, "sha256": hex64,
             "executable": {"type": "boolean"}, "blob": hexid, "oid": hexid, "lfs": {"type": "boolean"}, "target": {"type": "string"},
+            "pin": {"type": "object", "additionalProperties": {
+                "type": ["string", "integer", "boolean"], "pattern": "^[\\x20-\\x7e]{1,1024}$"}},
         },
     }
     model = {

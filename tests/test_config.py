@@ -109,7 +109,51 @@ def test_invalid_toml_reports_the_line():
 
 def test_unknown_source_type_and_planned_ones():
     assert "did you mean 'huggingface'" in str(err('[models.a]\nsource.hugingface = {}\n'))
-    assert "not available in this version" in str(err('[models.a]\nsource.s3 = {}\n'))
+    assert "not available in this version" in str(err('[models.a]\nsource.mlflow = {}\n'))
+
+
+@pytest.mark.parametrize("opts, words", [
+    ('{ prefix = "x/" }', "models.a.source.s3.bucket: required"),
+    ('{ bucket = "My_Bucket" }', "models.a.source.s3.bucket: 'My_Bucket' is not a bucket name"),
+    ('{ bucket = "ab" }', "is not a bucket name"),
+    ('{ bucket = "models", prefix = "a/../b/" }', "models.a.source.s3.prefix: 'a/../b/' has"),
+    ('{ bucket = "models", prefix = "/abs/" }', "models.a.source.s3.prefix: '/abs/' starts"),
+    ('{ bucket = "models", prefix = "a//b" }', "an empty, '.' or '..' part"),
+    ('{ bucket = "models", endpoint = "ftp://host" }', "models.a.source.s3.endpoint: 'ftp://host'"
+     " is not an http(s) URL"),
+    ('{ bucket = "models", endpoint = "https://u:p@host" }', "no user:password@"),
+    ('{ bucket = "models", region = "US West" }', "models.a.source.s3.region:"),
+    ('{ bucket = "models", profile = "p", anonymous = true }', "not both"),
+    ('{ bucket = "models", addressingStyle = "sideways" }', "addressingStyle"),
+])
+def test_s3_options_are_checked_and_named(opts, words):
+    e = err(f"[models.a]\nsource.s3 = {opts}\n")
+    assert words in str(e) and e.exit_code == 2
+
+
+def test_s3_takes_no_credentials_from_models_toml():
+    e = err('[models.a]\nsource.s3 = { bucket = "models" }\nauth.tokenEnvVar = "AWS_SECRET"\n')
+    assert "models.a.auth: source.s3 does not read auth from models.toml" in str(e)
+    assert "AWS_PROFILE" in str(e)
+
+
+def test_s3_shorthand_shared_defaults_and_prefix_normalised():
+    m = parse_manifest(b'''
+[sources.s3.team]
+bucket = "team-models"
+region = "eu-west-1"
+endpoint = "https://minio.example.com:9000/"
+[models.a]
+source.s3 = { use = "team", prefix = "llama" }
+[models.b]
+source.s3 = "s3://public-models/bert/base/"
+''')
+    a, b = m.models["a"].source, m.models["b"].source
+    assert a == {"bucket": "team-models", "prefix": "llama/", "region": "eu-west-1",
+                 "endpoint": "https://minio.example.com:9000", "anonymous": False,
+                 "addressingStyle": "path"}
+    assert b["bucket"] == "public-models" and b["prefix"] == "bert/base/"
+    assert b["addressingStyle"] == "auto"
 
 
 def test_missing_shared_defaults_is_named():

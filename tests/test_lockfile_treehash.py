@@ -20,6 +20,13 @@ paths = st.lists(names, min_size=1, max_size=3).map("/".join)
 hexes = st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)
 
 
+# a file's own pin (S3: versionId, or etag + modified): printable ASCII, quotes included
+file_pins = st.dictionaries(st.sampled_from(["versionId", "etag", "modified"]),
+                            st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e),
+                                    min_size=1, max_size=40) | st.integers(0, 2**40),
+                            min_size=1)
+
+
 @st.composite
 def locked_files(draw):
     kind = draw(st.sampled_from(["f", "f", "f", "l", "d"]))
@@ -27,7 +34,8 @@ def locked_files(draw):
     if kind == "f":
         return LockedFile(path, draw(st.integers(0, 2**40)), draw(hexes), draw(st.booleans()),
                           draw(st.none() | hexes), draw(st.booleans()),
-                          draw(st.none() | st.text("0123456789abcdef", min_size=40, max_size=40)))
+                          draw(st.none() | st.text("0123456789abcdef", min_size=40, max_size=40)),
+                          pin=draw(st.none() | file_pins))
     if kind == "l":
         return LockedFile(path, type="l", target=draw(names))
     return LockedFile(path, type="d")
@@ -58,7 +66,7 @@ def canonical(lock: Lock) -> dict:
 
     def f_(f: LockedFile) -> tuple:
         return (f.path, f.type, f.size if f.type == "f" else 0, f.sha256, f.executable,
-                f.blob_name, f.lfs, f.git_oid, f.target)
+                f.blob_name, f.lfs, f.git_oid, f.target, f.pin or None)
 
     return {k: (m.name, m.hash, m.fingerprint, m.pin, m.hf,
                 sorted(map(f_, m.files), key=lambda t: os.fsencode(t[0])))

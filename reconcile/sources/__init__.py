@@ -22,7 +22,7 @@ SOURCES: dict[str, tuple[str, str]] = {
     "mock": ("reconcile.sources.mock", "model"),
     "url": ("reconcile.sources.url", "url"),
     "huggingface": ("reconcile.sources.huggingface", "repo"),
-    "s3": ("reconcile.sources.s3", "bucket"),
+    "s3": ("reconcile.sources.s3", "prefix"),  # mk_s3(bucket=…)("models/llama/")
     "mlflow": ("reconcile.sources.mlflow", "name"),
     "git-lfs": ("reconcile.sources.git_lfs", "repo"),
     "git-xet": ("reconcile.sources.git_xet", "url"),

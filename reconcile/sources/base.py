@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from ..errors import Restart, SourceError, Transient  # noqa: F401 - part of this interface
@@ -47,6 +47,7 @@ class RemoteFile:
     git_oid: str | None = None
     type: str = "f"  # f | l (symlink) | d (empty directory)
     target: str | None = None  # symlink target
+    pin: dict[str, Any] | None = field(default=None, hash=False)  # this file's own revision
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,8 @@ class Source(ABC):
     type: ClassVar[str]
     OPTIONS: ClassVar[dict[str, Any]]
     supports_ranges: ClassVar[bool] = True
+    # where credentials come from when not from models.toml's auth (then auth is refused)
+    own_credentials: ClassVar[str | None] = None
     needs_network: ClassVar[bool] = True  # False: apply --offline may still fetch from it
 
     def __init__(self, decl: Declaration, context: Any) -> None:
@@ -110,10 +113,11 @@ class Source(ABC):
         """(org, model) for the HF cache when integration.huggingface does not say."""
         return ("reconcile", self.decl.name)
 
-    def entity(self, pin: dict[str, Any]) -> str | None:
-        """What identifies the bytes behind ``pin`` (an ETag, a commit), recorded with a
-        partial download so it is resumed only onto the same entity; None when the
-        source cannot tell (then a partial is resumed only when its sha256 is known)."""
+    def entity(self, pin: dict[str, Any], file: LockedFile) -> str | None:
+        """What identifies the bytes behind ``pin`` and ``file`` (an ETag, a commit, a
+        version id), recorded with a partial download so it is resumed only onto the same
+        entity; None when the source cannot tell (then a partial is resumed only when its
+        sha256 is known)."""
         return None
 
     def refresh_credentials(self) -> bool:

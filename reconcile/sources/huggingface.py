@@ -67,7 +67,7 @@ class HuggingFaceSource(HttpSource):
     def auth_headers(self) -> dict[str, str]:
         return self.credentials.headers()
 
-    def entity(self, pin: dict[str, Any]) -> str | None:
+    def entity(self, pin: dict[str, Any], file: Any = None) -> str | None:
         return pin.get("commit")  # a file at a commit never changes
 
     @property

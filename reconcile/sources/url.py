@@ -72,7 +72,7 @@ class UrlSource(HttpSource):
 
     # --- transport ----------------------------------------------------------------
 
-    def entity(self, pin: dict[str, Any]) -> str | None:
+    def entity(self, pin: dict[str, Any], file: Any = None) -> str | None:
         """A strong ETag, else Last-Modified (what If-Range accepts); else nothing."""
         etag = pin.get("etag")
         if etag and not etag.startswith("W/"):
