@@ -102,6 +102,39 @@ def test_bandwidth_limit_is_respected(store):
     assert time.monotonic() - t >= 0.4
 
 
+@pytest.mark.parametrize("idle, split", [(0.9, True), (0.1, False)])
+def test_a_slow_stream_is_split_only_while_the_machine_has_cpu_to_spare(store, monkeypatch,
+                                                                        idle, split):
+    """More connections help a stream held back by the network (a CDN's per-connection
+    limit), not one held back by busy cores: ranges add a second hashing pass."""
+    monkeypatch.setattr(transfer, "PROBE_BYTES", 1 << 20)
+    monkeypatch.setattr(transfer, "SLOW_RATE", 1 << 60)  # every stream counts as slow
+    monkeypatch.setattr(transfer, "SPLIT_MIN", 1 << 20)
+    monkeypatch.setattr(transfer, "SEGMENT_MIN", 1 << 20)
+    ticks = iter(range(0, 10**9, 1000))
+
+    def sample():  # 1000 jiffies between samples, `idle` of them idle
+        t = next(ticks)
+        return int(t * idle), t
+
+    monkeypatch.setattr(transfer, "cpu_sample", sample)
+    src, pin, f = mock_source(store)
+    flaky = Flaky(src, fail=0, after=0)
+    got = transfer.fetch(flaky, pin, f, store, NetworkConfig(base_delay=0.01), jobs=4)
+    assert got.sha256 == f.sha256
+    ranged = [o for o in flaky.opens if o[1] is not None]
+    assert bool(ranged) == split, flaky.opens
+
+
+def test_idle_share_reads_proc_stat():
+    a = transfer.cpu_sample()
+    if a is None:
+        pytest.skip("not applicable here: no /proc/stat")
+    sum(i * i for i in range(200_000))
+    assert 0.0 <= transfer.idle_share(a, transfer.cpu_sample()) <= 1.0
+    assert transfer.idle_share(None, a) == 1.0 and transfer.idle_share(a, a) == 1.0
+
+
 def test_backoff_honours_retry_after_and_grows():
     net = NetworkConfig(base_delay=1)
     assert transfer.backoff_delay(1, net, 7) == 7
@@ -116,6 +149,7 @@ def test_a_crash_during_ranges_never_poisons_the_next_run(store, monkeypatch):
     monkeypatch.setattr(transfer, "SLOW_RATE", 1 << 60)  # every stream counts as slow
     monkeypatch.setattr(transfer, "SPLIT_MIN", 1 << 20)
     monkeypatch.setattr(transfer, "SEGMENT_MIN", 1 << 20)
+    monkeypatch.setattr(transfer, "SPLIT_IDLE", 0.0)  # however busy the machine is
     src, pin, f = mock_source(store)
 
     class Crash(Flaky):

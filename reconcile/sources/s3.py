@@ -383,21 +383,21 @@ class Signer:
         token): no credential ever sits in a URL, where proxies and logs see it."""
         if self.anonymous:
             return dict(headers)
-        from botocore.auth import S3SigV4Auth
-        from botocore.awsrequest import AWSRequest
         from botocore.exceptions import BotoCoreError
+
+        from .sigv4 import sign
 
         try:
             credentials = self.session.get_credentials()
             if credentials is None:
                 raise AuthRequired(f"s3://{bucket}: no AWS credentials found",
                                    hint=CREDENTIALS_HINT)
-            req = AWSRequest(method=method, url=url, headers=dict(headers))
-            S3SigV4Auth(credentials.get_frozen_credentials(), "s3", self.region).add_auth(req)
+            frozen = credentials.get_frozen_credentials()  # refreshed when near expiry
         except BotoCoreError as e:  # an SSO session expired, a broken credential_process …
             raise AuthRequired(f"s3://{bucket}: AWS credentials: {e}",
                                hint=CREDENTIALS_HINT) from None
-        return dict(req.headers.items())
+        return sign(method, url, headers, access_key=frozen.access_key,
+                    secret_key=frozen.secret_key, token=frozen.token, region=self.region)
 
 
 def _quote(value: str, safe: str = "", encoding: Any = None, errors: Any = None) -> str:
