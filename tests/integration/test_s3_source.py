@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from reconcile.lockfile import read_lock
-from tests.servers import moto_s3, seaweedfs, weed_binary
+from tests.servers import (
+    make_ca,
+    moto_s3,
+    nginx,
+    nginx_binary,
+    seaweedfs,
+    tinyproxy,
+    weed_binary,
+)
 
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto")
@@ -450,6 +458,49 @@ def test_seaweedfs_unversioned_change_is_refused(project, seaweed):
     s3.put_object(Bucket=bucket, Key="bert/config.json", Body=b'{"changed": true}')
     r = project.run("apply")
     assert r.code == 1 and "changed since models.lock was written" in r.err
+
+
+@pytest.mark.skipif(nginx_binary() is None, reason="needs nginx-light")
+def test_an_s3_server_behind_a_company_ca(project, seaweed, tmp_path):
+    """S3 over https with a certificate from a private CA (nginx in front of SeaweedFS):
+    network.caBundle is trusted on top of the default CAs, as for every source, because
+    S3 requests go through reconcile's transport, not botocore's."""
+    ca, cert, key = make_ca(tmp_path / "pki")
+    port = seaweed.rsplit(":", 1)[1]
+    s3, bucket = fresh_bucket(seaweed, versioned=False)
+    upload(s3, bucket, "bert/", FILES)
+    (tmp_path / "empty").mkdir()
+    proxy = (f"location / {{ proxy_pass http://127.0.0.1:{port}; proxy_set_header Host"
+             " $http_host; proxy_buffering off; client_max_body_size 0; }")
+    with nginx(tmp_path / "empty", tmp_path / "ng", extra=proxy, tls=(cert, key)) as url:
+        declare(project, url, bucket)
+        r = project.run("lock")
+        assert r.code == 1 and "certificate" in r.err and "caBundle" in r.err, r.err
+        project.manifest.write_text(project.manifest.read_text()
+                                    + f'[models.bert.network]\ncaBundle = "{ca}"\n')
+        r = project.run("lock")
+        assert r.code == 0, r.err
+        assert project.run("apply").code == 0
+    assert (installed(project) / "weights.bin").read_bytes() == FILES["weights.bin"]
+
+
+def test_s3_requests_go_through_the_proxy(project, seaweed, tmp_path, monkeypatch):
+    """HTTP_PROXY reaches the listing, every HEAD (kept-alive http.client) and the GETs."""
+    s3, bucket = fresh_bucket(seaweed, versioned=False)
+    upload(s3, bucket, "bert/", FILES)
+    with tinyproxy(tmp_path / "tp") as (proxy, log):
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        declare(project, seaweed, bucket)
+        assert project.run("lock").code == 0
+        r = project.run("apply", "--jobs", "1")
+        assert r.code == 0, r.err
+        text = log.read_text()
+    assert f"/{bucket}?list-type=2" in text or f"/{bucket}/?list-type=2" in text
+    for path in FILES:
+        assert text.count(f"HEAD {seaweed}/{bucket}/bert/{path}") == 1, path
+        assert f"GET {seaweed}/{bucket}/bert/{path}" in text, path
 
 
 # --- the lock is untrusted -------------------------------------------------------------
