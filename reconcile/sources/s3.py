@@ -249,7 +249,11 @@ class S3Source(HttpSource):
         else:  # unversioned: If-Match on this ETag at apply; a change is refused
             pin = {"etag": h.get("ETag", ""), "modified": h.get("Last-Modified", "")}
             pin = {k: v for k, v in pin.items() if v}
-        return RemoteFile(path, int(h.get("Content-Length", 0)), _full_sha256(h), pin=pin)
+        size = h.get("Content-Length", "")
+        if not size.isdigit():
+            raise SourceError(f"{self.url_of(key)}: the server gave no size for the object"
+                              f" (Content-Length {size[:20]!r})")
+        return RemoteFile(path, int(size), _full_sha256(h), pin=pin)
 
     def entity(self, pin: dict[str, Any], file: Any = None) -> str | None:
         fp = (file.pin if file is not None else None) or {}
@@ -326,8 +330,10 @@ def _error_fields(body: bytes) -> tuple[str, str, str | None]:
         root = ElementTree.fromstring(body)
     except ElementTree.ParseError:
         return "", "", None
-    return ((root.findtext("Code") or "").strip(), (root.findtext("Message") or "").strip()[:200],
-            (root.findtext("Region") or "").strip() or None)
+    def text(tag: str, limit: int) -> str:  # a server's words reach a terminal: printable only
+        return "".join(c for c in (root.findtext(tag) or "")[:limit] if c.isprintable()).strip()
+
+    return text("Code", 64), text("Message", 200), text("Region", 32) or None
 
 
 class Signer:

@@ -535,3 +535,13 @@ def test_mk_s3_is_the_seeds_factory(project, moto_endpoint):
                                               "prefix": "models/llama/"}}
     model = reconcile.fetch_model({"name": "llama", "source": source("models/llama/")})
     assert (Path(model) / "tok" / "vocab.txt").read_bytes() == FILES["tok/vocab.txt"]
+
+
+def test_a_servers_error_text_reaches_the_terminal_printable_only():
+    """XML 1.0 allows C1 controls (CSI is U+009B) and DEL: they are dropped."""
+    from reconcile.sources.s3 import _error_fields
+
+    body = ("<Error><Code>AccessDenied\u009b2J</Code><Message>no \u009b31mentry\x7f"
+            "</Message></Error>").encode()
+    code, message, region = _error_fields(body)
+    assert (code, message, region) == ("AccessDenied2J", "no 31mentry", None)
