@@ -232,14 +232,14 @@ def stream(
         r.close()
 
 
-class _Answer:
-    """The bits of an httpx.Response that sources' raise_for_status look at."""
+class Reply:
+    """The bits of an answer that sources' raise_for_status look at (an httpx.Response
+    has them too), and the body when ``call`` read it whole."""
 
-    def __init__(self, status: int, headers: Any, url: str) -> None:
+    def __init__(self, status: int, headers: Any, url: str, content: bytes = b"") -> None:
         from types import SimpleNamespace
 
-        self.status_code = status
-        self.headers = headers
+        self.status_code, self.headers, self.content = status, headers, content
         self.request = SimpleNamespace(url=url)
 
 
@@ -281,29 +281,22 @@ def _proxy_auth(p: Any) -> dict[str, str]:
 
 
 def _route(url: str, network: NetworkConfig) -> tuple[str | None, str, dict[str, str]]:
-    """(the proxy for ``url`` or None, the request target, headers for the proxy): what
-    a request needs besides a connection, so a kept connection can serve many URLs."""
+    """(the proxy for ``url`` or None, the request target, headers for the proxy)."""
     from .transport import proxy_for
 
-    parts = urlsplit(url)
-    target = urlunsplit(("", "", parts.path or "/", parts.query, ""))
     proxy = proxy_for(url, network.proxy)
+    return (proxy, *_target(url, proxy))
+
+
+def _target(url: str, proxy: str | None) -> tuple[str, dict[str, str]]:
+    """The request target and the proxy's headers: origin-form, or absolute-form with
+    the proxy's credentials for plain http through a proxy (https tunnels instead)."""
+    parts = urlsplit(url)
     if proxy is None or parts.scheme == "https":
-        return proxy, target, {}
+        return urlunsplit(("", "", parts.path or "/", parts.query, "")), {}
     absolute = urlunsplit(("http", parts.netloc.rpartition("@")[2], parts.path or "/",
                            parts.query, ""))
-    return proxy, absolute, _proxy_auth(urlsplit(proxy))
-
-
-class Reply:
-    """A whole, small answer from ``call``: what sources' raise_for_status look at, and
-    the body."""
-
-    def __init__(self, status: int, headers: Any, url: str, content: bytes) -> None:
-        from types import SimpleNamespace
-
-        self.status_code, self.headers, self.content = status, headers, content
-        self.request = SimpleNamespace(url=url)
+    return absolute, _proxy_auth(urlsplit(proxy))
 
 
 _kept = threading.local()  # this thread's open connections, by (scheme, netloc)
@@ -372,12 +365,9 @@ def _kept_connection(url: str, network: NetworkConfig, fresh: bool) -> tuple[Any
     key = (parts.scheme, parts.netloc, network.proxy, network.ca_bundle)
     if fresh or key not in conns:
         _drop_connection(url)
-        conns[key] = (_connect(url, network)[0], _route(url, network))
-    conn, (proxy, _target, extra) = conns[key]
-    if proxy is None or parts.scheme == "https":
-        return conn, urlunsplit(("", "", parts.path or "/", parts.query, "")), extra
-    return conn, urlunsplit(("http", parts.netloc.rpartition("@")[2], parts.path or "/",
-                             parts.query, "")), extra
+        conns[key] = (_connect(url, network)[0], _route(url, network)[0])
+    conn, proxy = conns[key]
+    return (conn, *_target(url, proxy))
 
 
 def _drop_connection(url: str) -> None:
@@ -413,7 +403,7 @@ def direct_stream(url: str, headers: dict[str, str], start: int, end: int | None
             r = conn.getresponse()
         except (OSError, http.client.HTTPException) as e:
             raise transport_failure(e, url) from None
-        answer = _Answer(r.status, r.headers, url)
+        answer = Reply(r.status, r.headers, url)
         if r.status in REDIRECTS and r.getheader("Location"):
             from urllib.parse import urljoin
 
