@@ -432,3 +432,67 @@ class RangeServer:
         self.stopping.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+class Forge:
+    """A running tests/gitforge.py: git smart HTTP + Git LFS (giftless) + a CDN port."""
+
+    def __init__(self, root: Path, port: int, cdn_port: int) -> None:
+        self.root, self.port, self.cdn_port = root, port, cdn_port
+        self.base = f"http://127.0.0.1:{port}"
+
+    def url(self, repo: str) -> str:
+        return f"{self.base}/{repo}"
+
+    def requests(self) -> list[tuple[int, str, str, int]]:
+        """(port, method, path, status) of every request so far."""
+        log = self.root / "requests.log"
+        if not log.exists():
+            return []
+        out = []
+        for line in log.read_text().splitlines():
+            port, method, path, status = line.split(" ")
+            out.append((int(port), method, path, int(status)))
+        return out
+
+    def object_gets(self) -> list[str]:
+        """Paths of LFS object downloads (storage or CDN) so far."""
+        return [p for port, m, p, _s in self.requests() if m == "GET" and (
+            port == self.cdn_port or "/objects/storage/" in p)]
+
+    def clear_log(self) -> None:
+        (self.root / "requests.log").unlink(missing_ok=True)
+
+
+@contextmanager
+def git_forge(root: Path, **env: str) -> Iterator[Forge]:
+    """tests/gitforge.py on two free ports; ``env`` sets FORGE_* behaviour."""
+    import os
+    import sys
+
+    port, cdn_port = free_port(), free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    script = Path(__file__).with_name("gitforge.py")
+    with open(root / "forge.err", "ab") as err:
+        proc = subprocess.Popen([sys.executable, str(script), str(root), str(port),
+                                 str(cdn_port)], env={**os.environ, **env},
+                                stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        wait_port(port, 20)
+        wait_port(cdn_port, 5)
+        yield Forge(root, port, cdn_port)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def git_env(home: Path) -> dict[str, str]:
+    """An environment for the real git/git-lfs clients that ignores the developer's own
+    configuration (HOME is a temporary directory) and never prompts."""
+    import os
+
+    home.mkdir(parents=True, exist_ok=True)
+    return {"PATH": os.environ["PATH"], "HOME": str(home), "GIT_TERMINAL_PROMPT": "0",
+            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
+            "GIT_CONFIG_NOSYSTEM": "1", "LC_ALL": "C"}

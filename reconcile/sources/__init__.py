@@ -56,10 +56,18 @@ class _Registry:
 registry = _Registry()
 
 
+def _camel(name: str) -> str:
+    """Python's keyword (base_url) as models.toml spells the option (baseUrl)."""
+    head, *rest = name.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
 def _factory(stype: str, key: str) -> Callable[..., Callable[..., dict[str, Any]]]:
-    """The seed's mk<Source>: shared defaults in, a function that builds a source table."""
+    """The seed's mk<Source>: shared defaults in, a function that builds a source table.
+    Keywords may be Python's snake_case (``base_url=``) or the option's own name."""
 
     def make(**defaults: Any) -> Callable[..., dict[str, Any]]:
+        defaults = {k if k == "default_auth" else _camel(k): v for k, v in defaults.items()}
         extra = {}
         if "default_auth" in defaults:
             extra["auth"] = defaults.pop("default_auth")
@@ -70,7 +78,7 @@ def _factory(stype: str, key: str) -> Callable[..., Callable[..., dict[str, Any]
                 opts.update(arg)
             elif arg is not None:
                 opts[key] = arg
-            opts.update(kw)
+            opts.update({_camel(k): v for k, v in kw.items()})
             out: dict[str, Any] = {stype: opts}
             if extra:
                 out["_defaults"] = extra

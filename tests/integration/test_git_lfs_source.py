@@ -1,0 +1,450 @@
+"""`source.git-lfs` and `source.git-xet` against a forge-like server started here
+(tests/gitforge.py: git http-backend + giftless), with repositories pushed by the real
+git and git-lfs clients; what reconcile installs must equal, byte for byte, what
+`git clone` + `git lfs pull` checks out at the same commit."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from reconcile.lockfile import read_lock
+from tests.servers import Forge, git_env, git_forge
+
+pytest.importorskip("giftless")
+pytestmark = pytest.mark.integration
+if shutil.which("git-lfs") is None:
+    pytest.skip("needs git-lfs (apt-get install git-lfs)", allow_module_level=True)
+
+PASSWORD = "forge-Pa55word-that-must-never-leak"
+
+
+def safetensors(n: int) -> bytes:
+    """A valid safetensors file of one U8 tensor with ``n`` random bytes."""
+    import json
+    import struct
+
+    header = json.dumps({"w": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}}).encode()
+    header += b" " * (-len(header) % 8)
+    return struct.pack("<Q", len(header)) + header + os.urandom(n)
+
+
+V1 = {
+    "bert/model.safetensors": safetensors(200_000),
+    "bert/config.json": b'{"model_type": "bert", "hidden_size": 32}\n',
+    "bert/tokenizer.json": b'{"vocab": [' + b", ".join(b'"t%d"' % i for i in range(900)) + b"]}",
+    "bert/run.sh": b"#!/bin/sh\necho hi\n",
+    "bert/sub/pointer-lookalike.txt": b"version 2 of the notes\n",
+    "bert/empty.bin": b"",
+    "other/big.bin": os.urandom(120_000),
+    "README.md": b"# models\n",
+}
+V2_CONFIG = b'{"model_type": "bert", "hidden_size": 64}\n'
+
+
+def _git(env: dict[str, str], *args: str, cwd: Path | None = None,
+         input: bytes | None = None) -> str:
+    r = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, input=input)
+    assert r.returncode == 0, (args, r.stderr.decode())
+    return r.stdout.decode().strip()
+
+
+def push_repo(forge: Forge, name: str, home: Path, auth: str = "") -> dict[str, str]:
+    """org/<name> on the forge: commit v1 (annotated tag v1.0) and v2 on main; returns
+    {'v1': sha, 'v2': sha}. Pushed by the real git + git-lfs (pre-push uploads)."""
+    env = git_env(home)
+    _git(env, "lfs", "install", "--skip-repo")
+    _git(env, "init", "-q", "--bare", "-b", "main", str(forge.root / f"repos/org/{name}.git"))
+    src = home / f"src-{name}"
+    src.mkdir()
+    _git(env, "init", "-q", "-b", "main", cwd=src)
+    _git(env, "lfs", "track", "*.safetensors", "*.bin", cwd=src)
+    for rel, data in V1.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    (src / "bert/run.sh").chmod(0o755)
+    os.symlink("config.json", src / "bert/link.json")
+    _git(env, "add", "-A", cwd=src)
+    _git(env, "commit", "-qm", "v1", cwd=src)
+    v1 = _git(env, "rev-parse", "HEAD", cwd=src)
+    _git(env, "tag", "-a", "v1.0", "-m", "release", cwd=src)
+    (src / "bert/config.json").write_bytes(V2_CONFIG)
+    _git(env, "commit", "-qam", "v2", cwd=src)
+    v2 = _git(env, "rev-parse", "HEAD", cwd=src)
+    url = forge.url(f"org/{name}")
+    if auth:
+        url = url.replace("http://", f"http://{auth}@")
+    _git(env, "push", "-q", url, "main", "v1.0", cwd=src)
+    return {"v1": v1, "v2": v2, "src": str(src)}
+
+
+def official_checkout(forge: Forge, name: str, commit: str, home: Path, dest: Path,
+                      auth: str = "") -> Path:
+    """What `git clone` + `git lfs pull` give at ``commit`` (the real clients)."""
+    env = {**git_env(home), "GIT_LFS_SKIP_SMUDGE": "1"}
+    _git(env, "lfs", "install", "--skip-repo")
+    url = forge.url(f"org/{name}")
+    if auth:
+        url = url.replace("http://", f"http://{auth}@")
+    _git(env, "clone", "-q", url, str(dest))
+    _git(env, "checkout", "-q", commit, cwd=dest)
+    _git(env, "lfs", "pull", cwd=dest)
+    assert (dest / "bert/model.safetensors").read_bytes() == V1["bert/model.safetensors"]
+    return dest
+
+
+def tree_of(root: Path) -> dict[str, tuple[str, str]]:
+    """path → (kind+mode, content digest or link target), .git left out."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if rel == ".git" or rel.startswith(".git/"):
+            continue
+        if p.is_symlink():
+            out[rel] = ("l", os.readlink(p))
+        elif p.is_file():
+            x = "x" if os.stat(p).st_mode & stat.S_IXUSR else "-"
+            out[rel] = ("f" + x, hashlib.sha256(p.read_bytes()).hexdigest())
+    return out
+
+
+@pytest.fixture(scope="module")
+def forge(tmp_path_factory):
+    root = tmp_path_factory.mktemp("forge")
+    with git_forge(root / "srv") as f:
+        f.shas = push_repo(f, "models", root / "home")
+        yield f
+
+
+@pytest.fixture(autouse=True)
+def git_home(tmp_path, monkeypatch):
+    """reconcile's git runs with a clean HOME: no developer config, no stored secrets."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    return home
+
+
+def declare(project, url: str, rev: str, subdir: str | None = "bert", extra: str = "",
+            key: str = "bert", kind: str = "git-lfs") -> None:
+    sub = f', subdir = "{subdir}"' if subdir else ""
+    project.write(f'[models.{key}]\nsource.{kind} = {{ url = "{url}", rev = "{rev}"{sub} }}\n'
+                  + extra)
+
+
+def installed(project, key: str = "bert") -> Path:
+    """The model's tree in the store (the HF cache's snapshot links to the same bytes)."""
+    from reconcile.store import Store
+
+    r = project.run("path", key)
+    assert r.code == 0, r.err
+    return Store(project.store).model_path(read_lock(project.lock).models[key])
+
+
+# --- lock and apply -------------------------------------------------------------------
+
+
+def test_tag_locks_the_peeled_commit_without_any_lfs_download_and_apply_equals_git(
+        project, forge, tmp_path):
+    forge.clear_log()
+    declare(project, forge.url("org/models"), "v1.0")
+    r = project.run("lock")
+    assert r.code == 0, r.err
+    m = read_lock(project.lock).models["bert"]
+    assert m.pin == {"url": forge.url("org/models"), "rev": "v1.0", "commit": forge.shas["v1"],
+                     "subdir": "bert"}
+    files = {f.path: f for f in m.files}
+    assert set(files) == {"model.safetensors", "config.json", "tokenizer.json", "run.sh",
+                          "sub/pointer-lookalike.txt", "empty.bin", "link.json"}
+    weights = files["model.safetensors"]
+    assert weights.lfs and weights.sha256 == hashlib.sha256(V1["bert/model.safetensors"]).hexdigest()
+    assert weights.size == len(V1['bert/model.safetensors'])
+    assert files["run.sh"].executable and not files["config.json"].executable
+    assert files["link.json"].type == "l" and files["link.json"].target == "config.json"
+    assert files["tokenizer.json"].sha256 == hashlib.sha256(V1["bert/tokenizer.json"]).hexdigest()
+    assert not files["sub/pointer-lookalike.txt"].lfs  # starts with "version ", not a pointer
+    assert forge.object_gets() == []  # lock read pointers, never an LFS object
+    assert any(p.endswith("/objects/batch") for _, _, p, _ in forge.requests())
+
+    r = project.run("apply")
+    assert r.code == 0, r.err
+    # only this model's LFS object was fetched, not other/big.bin outside the subdir
+    oid = hashlib.sha256(V1["other/big.bin"]).hexdigest()
+    gets = forge.object_gets()
+    assert len(gets) == 1 and oid not in gets[0]
+    got = tree_of(installed(project))
+    want = tree_of(official_checkout(forge, "models", forge.shas["v1"], tmp_path / "oh",
+                                     tmp_path / "clone") / "bert")
+    assert got == want
+
+
+def test_branch_follows_main_until_upgrade_and_a_full_sha_is_taken_as_is(project, forge):
+    declare(project, forge.url("org/models"), "main", subdir=None)
+    assert project.run("lock").code == 0
+    m = read_lock(project.lock).models["bert"]
+    assert m.pin["commit"] == forge.shas["v2"]
+    assert project.run("apply").code == 0
+    root = installed(project)
+    assert (root / "bert/config.json").read_bytes() == V2_CONFIG
+    assert (root / "other/big.bin").read_bytes() == V1["other/big.bin"]
+
+    declare(project, forge.url("org/models"), forge.shas["v1"])
+    assert project.run("lock").code == 0
+    assert read_lock(project.lock).models["bert"].pin["commit"] == forge.shas["v1"]
+    assert project.run("apply").code == 0
+    assert (installed(project) / "config.json").read_bytes() == V1["bert/config.json"]
+
+
+def test_apply_on_a_fresh_machine_uses_only_the_lock(project, forge, tmp_path, monkeypatch):
+    """The lock goes to another machine (empty store, no partial clone): apply fetches."""
+    declare(project, forge.url("org/models"), "v1.0")
+    assert project.run("lock").code == 0
+    monkeypatch.setenv("RECONCILE_STORE", str(tmp_path / "other-store"))
+    r = project.run("apply", "--locked")
+    assert r.code == 0, r.err
+    from reconcile.store import Store
+
+    root = Store(tmp_path / "other-store").model_path(read_lock(project.lock).models["bert"])
+    assert (root / "tokenizer.json").read_bytes() == V1["bert/tokenizer.json"]
+    assert (root / "model.safetensors").read_bytes() == V1["bert/model.safetensors"]
+    clone = next((tmp_path / "other-store" / "cache" / "git").iterdir())
+    config = (clone / "config").read_text()
+    assert "promisor" in config  # a partial clone: LFS objects and history never in it
+
+
+def test_errors_are_one_line_each(project, forge):
+    url = forge.url("org/models")
+    for rev, needle in (("no-such-branch", "no branch or tag named 'no-such-branch'"),
+                        ("0" * 40, "does not exist on the server"),
+                        ("abc1234", "abbreviated commit")):
+        declare(project, url, rev)
+        r = project.run("lock")
+        assert r.code in (1, 2) and needle in r.err, (rev, r.err)
+        assert "Traceback" not in r.err
+    declare(project, forge.url("org/nothing-here"), "main")
+    r = project.run("lock")
+    assert r.code == 1 and "repository not found" in r.err, r.err
+    declare(project, url, "v1.0", subdir="../etc")
+    r = project.run("lock")
+    assert r.code == 2 and "models.bert.source.git-lfs.subdir" in r.err, r.err
+    declare(project, url, "v1.0", subdir="nope")
+    r = project.run("lock")
+    assert r.code == 1 and "no directory 'nope'" in r.err, r.err
+    declare(project, url, "--upload-pack=touch /tmp/pwned")
+    r = project.run("lock")
+    assert r.code == 2 and "models.bert.source.git-lfs.rev" in r.err
+    declare(project, "ssh://git@example.com/org/models.git", "main")
+    r = project.run("lock")
+    assert r.code == 2 and "https URL" in r.err
+
+
+def test_missing_lfs_object_and_malformed_pointer_fail_the_lock_by_name(
+        project, forge, tmp_path):
+    env = git_env(tmp_path / "h")
+    _git(env, "init", "-q", "--bare", "-b", "main", str(forge.root / "repos/org/broken.git"))
+    src = tmp_path / "broken"
+    src.mkdir()
+    _git(env, "init", "-q", "-b", "main", cwd=src)
+    good_missing = b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"ab" * 32 \
+        + b"\nsize 12\n"
+    (src / "a").mkdir()
+    (src / "a/weights.bin").write_bytes(good_missing)  # a pointer whose object was never pushed
+    (src / "b").mkdir()
+    (src / "b/weights.bin").write_bytes(b"version https://git-lfs.github.com/spec/v1\n"
+                                        b"size 12\noid sha256:" + b"ab" * 32 + b"\n")
+    _git(env, "add", "-A", cwd=src)
+    _git(env, "commit", "-qm", "x", cwd=src)
+    _git(env, "push", "-q", forge.url("org/broken"), "main", cwd=src)
+    declare(project, forge.url("org/broken"), "main", subdir="a")
+    r = project.run("lock")
+    assert r.code == 1 and "LFS object of weights.bin" in r.err and "missing on the server" in r.err
+    declare(project, forge.url("org/broken"), "main", subdir="b")
+    r = project.run("lock")
+    assert r.code == 1 and "b/weights.bin" in r.err and "malformed LFS pointer" in r.err, r.err
+
+
+def test_lfsconfig_names_the_endpoint(project, forge, tmp_path):
+    """git-lfs's rule: .lfsconfig's lfs.url wins over <url>.git/info/lfs."""
+    env = git_env(tmp_path / "h")
+    _git(env, "init", "-q", "--bare", "-b", "main", str(forge.root / "repos/org/code.git"))
+    src = tmp_path / "code"
+    src.mkdir()
+    _git(env, "init", "-q", "-b", "main", cwd=src)
+    oid = hashlib.sha256(V1["bert/model.safetensors"]).hexdigest()
+    (src / "model.safetensors").write_bytes(
+        f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\n"
+        f"size {len(V1['bert/model.safetensors'])}\n".encode())
+    (src / ".lfsconfig").write_text(f'[lfs]\n\turl = {forge.url("org/models.git/info/lfs")}\n')
+    _git(env, "add", "-A", cwd=src)
+    _git(env, "commit", "-qm", "x", cwd=src)
+    _git(env, "push", "-q", forge.url("org/code"), "main", cwd=src)
+    forge.clear_log()
+    declare(project, forge.url("org/code"), "main", subdir=None)
+    assert project.run("lock").code == 0
+    assert project.run("apply").code == 0
+    assert (installed(project) / "model.safetensors").read_bytes() == V1["bert/model.safetensors"]
+    assert any(p == "/org/models.git/info/lfs/objects/batch" for _, _, p, _ in forge.requests())
+
+
+def test_mk_git_lfs_is_the_seeds_factory(project, forge):
+    import reconcile
+    from reconcile.sources import mk_git_lfs
+
+    git = mk_git_lfs(base_url=forge.base + "/org")
+    path = reconcile.fetch_model({"name": "bert", "source": git(
+        {"repo": "models", "rev": "v1.0", "subdir": "bert"})})
+    assert (Path(path) / "config.json").read_bytes() == V1["bert/config.json"]
+    assert (Path(path) / "run.sh").stat().st_mode & stat.S_IXUSR
+
+
+# --- auth, redirects, expiry, xet ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def private_forge(tmp_path_factory):
+    """Basic auth on git and the batch API; object downloads 302 to a CDN that refuses
+    any request carrying credentials."""
+    root = tmp_path_factory.mktemp("private")
+    with git_forge(root / "srv", FORGE_AUTH=f"alice:{PASSWORD}", FORGE_CDN="1") as f:
+        f.shas = push_repo(f, "models", root / "home", auth=f"alice:{PASSWORD}")
+        yield f
+
+
+def test_auth_from_models_toml_reaches_git_and_lfs_never_the_cdn_lock_or_store(
+        project, private_forge, monkeypatch):
+    declare(project, private_forge.url("org/models"), "v1.0")
+    r = project.run("lock")
+    assert r.code == 1 and "authentication required" in r.err, r.err
+    monkeypatch.setenv("FORGE_USER", "alice")
+    monkeypatch.setenv("FORGE_PASSWORD", PASSWORD)
+    declare(project, private_forge.url("org/models"), "v1.0",
+            extra='auth = { usernameEnvVar = "FORGE_USER", passwordEnvVar = "FORGE_PASSWORD" }\n')
+    private_forge.clear_log()
+    r = project.run("lock")
+    assert r.code == 0, r.err
+    r2 = project.run("apply")
+    assert r2.code == 0, r2.err
+    assert (installed(project) / "model.safetensors").read_bytes() == V1["bert/model.safetensors"]
+    cdn = [(p, s) for port, _m, p, s in private_forge.requests() if port == private_forge.cdn_port]
+    assert cdn and all(s in (200, 206) for _p, s in cdn)  # 400 = credentials reached the CDN
+    for text in (project.lock.read_text(), r.out + r.err + r2.out + r2.err):
+        assert PASSWORD not in text and "alice" not in text
+    for p in project.store.rglob("*"):
+        if p.is_file() and p.stat().st_size < 10_000_000:
+            assert PASSWORD.encode() not in p.read_bytes(), p
+
+
+def test_the_users_git_credential_helper_is_used(project, private_forge, git_home):
+    """Whatever works for `git clone` works here: a stored credential, no auth in toml."""
+    env = git_env(git_home)
+    _git(env, "config", "--global", "credential.helper", "store")
+    host = f"127.0.0.1:{private_forge.port}"
+    (git_home / ".git-credentials").write_text(f"http://alice:{PASSWORD}@{host}\n")
+    declare(project, private_forge.url("org/models"), "v1.0")
+    r = project.run("lock")
+    assert r.code == 0, r.err
+    r = project.run("apply")
+    assert r.code == 0, r.err
+    assert (installed(project) / "model.safetensors").read_bytes() == V1["bert/model.safetensors"]
+    for p in (project.store / "cache").rglob("config"):
+        assert PASSWORD not in p.read_text()
+
+
+def test_expired_hrefs_are_asked_for_again_before_use(project, tmp_path):
+    """giftless signs hrefs for FORGE_LIFETIME seconds (expires_in). One batch answer
+    serves every object while it lives; once it nears its end, the href is asked for
+    anew before use, so the object store never sees an expired one (no 401)."""
+    from reconcile.config import load_manifest
+    from reconcile.resolve import SourceContext, make_source
+    from reconcile.store import Store
+
+    with git_forge(tmp_path / "srv") as f:  # git-lfs will not push with 2-second hrefs
+        push_repo(f, "models", tmp_path / "h")
+    with git_forge(tmp_path / "srv", FORGE_LIFETIME="2") as f:
+        declare(project, f.url("org/models"), "v1.0", subdir=None)
+        assert project.run("lock").code == 0
+        model = read_lock(project.lock).models["bert"]
+        weights = next(x for x in model.files if x.path == "bert/model.safetensors")
+        source = make_source(load_manifest(project.manifest).models["bert"],
+                             SourceContext(store=Store(project.store).ensure()))
+        f.clear_log()
+
+        def batches() -> int:
+            return sum(p.endswith("/objects/batch") for _, _, p, _ in f.requests())
+
+        data = b"".join(source.open(model.pin, weights))
+        assert data == V1["bert/model.safetensors"] and batches() == 1
+        other = next(x for x in model.files if x.path == "other/big.bin")
+        assert b"".join(source.open(model.pin, other)) == V1["other/big.bin"]
+        assert batches() == 1  # both hrefs came in the first answer
+        time.sleep(2.1)
+        assert b"".join(source.open(model.pin, weights)) == V1["bert/model.safetensors"]
+        assert batches() == 2
+        assert all(s < 400 for *_x, s in f.requests()), f.requests()
+        source.close()
+
+
+def test_a_xet_only_server_is_refused_at_lock_with_the_reason(project, tmp_path):
+    with git_forge(tmp_path / "srv") as f:
+        push_repo(f, "models", tmp_path / "h")
+    with git_forge(tmp_path / "srv", FORGE_XET="1") as f:
+        declare(project, f.url("org/models"), "v1.0", kind="git-xet", subdir=None)
+        r = project.run("lock")
+        assert r.code == 1, r.err
+        assert "offers only the 'xet' transfer" in r.err and "basic transfer" in r.err
+        assert not project.lock.exists()
+
+
+def test_git_xet_on_any_other_host_is_git_lfs(project, forge):
+    declare(project, forge.url("org/models"), "v1.0", kind="git-xet", subdir=None)
+    r = project.run("lock")
+    assert r.code == 0, r.err
+    assert project.run("apply").code == 0
+    assert (installed(project) / "bert/model.safetensors").read_bytes() == \
+        V1["bert/model.safetensors"]
+
+
+def test_git_xet_rejects_xethub_urls_with_the_reason(project):
+    declare(project, "xet://xethub/org/repo", "main", kind="git-xet", subdir=None)
+    r = project.run("lock")
+    assert r.code == 2 and "models.bert.source.git-xet.url" in r.err and "https" in r.err
+
+
+def test_git_xet_on_the_hub_goes_through_the_hugging_face_source(hf_env, hub):
+    """A Hub URL: the tree API's sha256 pins, the resolve bridge, the HF cache."""
+    from tests.integration.conftest import FILES
+
+    declare(hf_env, hub.url + "/acme/tiny.git", "v1.0", kind="git-xet", subdir=None)
+    r = hf_env.run("lock")
+    assert r.code == 0, r.err
+    m = read_lock(hf_env.lock).models["bert"]
+    assert m.pin["repo"] == "acme/tiny" and len(m.pin["commit"]) == 40
+    weights = next(f for f in m.files if f.path == "model.safetensors")
+    assert weights.lfs and weights.sha256 == hashlib.sha256(FILES["model.safetensors"]).hexdigest()
+    assert hf_env.run("apply").code == 0
+    snap = hf_env.cache / "models--acme--tiny" / "snapshots" / m.pin["commit"]
+    assert (snap / "model.safetensors").read_bytes() == FILES["model.safetensors"]
+    declare(hf_env, hub.url + "/datasets/acme/data", "main", kind="git-xet", subdir=None)
+    assert hf_env.run("lock").code == 0
+    assert hf_env.run("apply").code == 0
+    assert list(hf_env.cache.glob("datasets--acme--data/snapshots/*/train.csv"))
+
+
+def test_a_hand_edited_lock_cannot_point_the_model_elsewhere(project, forge):
+    declare(project, forge.url("org/models"), "v1.0")
+    assert project.run("lock").code == 0
+    text = project.lock.read_text()
+    for old, new in ((forge.url("org/models"), forge.url("org/evil")),
+                     ('subdir = "bert"', 'subdir = "other"'),
+                     (forge.shas["v1"], "not-a-commit")):
+        project.lock.write_text(text.replace(old, new))
+        r = project.run("apply", "--locked")
+        assert r.code != 0 and "models.lock" in r.err, (old, r.err)
