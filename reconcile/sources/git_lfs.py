@@ -44,6 +44,7 @@ REV = re.compile(r"^(?!-)(?!.*\.\.)(?!.*@\{)[A-Za-z0-9._/+-]{1,255}$")
 POINTER_MAX = 1024  # git-lfs: a pointer is always smaller (notes: verified at the boundary)
 LFS_MEDIA = "application/vnd.git-lfs+json"
 BATCH = 100  # objects per batch request, git-lfs's default
+SMALL_READ = 4 << 20  # regular files up to this size are read whole through one process
 HREF_MARGIN = 30.0  # seconds (at most a quarter of its life) an href is renewed before expiry
 POINTER_LINE = re.compile(rb"^([a-z0-9.-]+) (.*)$")
 LEGACY_VERSION = b"https://hawser.github.com/spec/v1"
@@ -160,6 +161,7 @@ class GitLfsSource(HttpSource):
         self._hrefs: dict[str, tuple[str, dict[str, str], float]] = {}
         self._endpoint: str | None = None
         self._git_auth: dict[str, str] | None = None  # from `git credential fill`
+        self._blobs: BlobReader | None = None
 
     # --- git --------------------------------------------------------------------------
 
@@ -385,8 +387,9 @@ class GitLfsSource(HttpSource):
                 files.append(RemoteFile(path, None, None, executable, blob=oid, git_oid=oid))
         if not files:
             raise NotFound(f"{self.url}: no files at {rev} ({commit[:12]})")
-        self.fetch_blobs({f.git_oid for f in files if f.sha256 is None and f.type == "f"}
-                         & tree["missing"])
+        lacking = {f.git_oid for f in files if f.sha256 is None and f.type == "f"}
+        self.fetch_blobs(lacking & tree["missing"])
+        tree["missing"] -= lacking
         if lfs:
             self._batch(lfs, commit)  # the server has them, over a transfer we speak
         pin = {"url": self.url, "rev": rev, "commit": commit}
@@ -611,10 +614,15 @@ class GitLfsSource(HttpSource):
                             if kind == "blob" and oid in tree["missing"] and p.startswith(prefix)}
                     self.fetch_blobs(want)
                     tree["missing"] -= want
+        if file.size <= SMALL_READ:  # one git process serves them all
+            data = self._reader().read(file.git_oid)
+            yield data[start:end]
+            return
         p = subprocess.Popen(["git", "-C", str(self.clone), "cat-file", "blob", file.git_oid],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self._git_env())
+        left = None if end is None else end - start
         try:
-            skip, left = start, (None if end is None else end - start)
+            skip = start
             while left is None or left > 0:
                 chunk = p.stdout.read(1 << 20)
                 if not chunk:
@@ -623,7 +631,8 @@ class GitLfsSource(HttpSource):
                     cut = min(skip, len(chunk))
                     chunk, skip = chunk[cut:], skip - cut
                 if left is not None:
-                    chunk, left = chunk[:left], left - len(chunk[:left])
+                    chunk = chunk[:left]
+                    left -= len(chunk)
                 if chunk:
                     yield chunk
         finally:
@@ -633,7 +642,45 @@ class GitLfsSource(HttpSource):
             code = p.wait()
         if code and (left is None or left > 0):
             raise SourceError(f"{self.url}: {file.path}: git cat-file: "
-                              f"{_printable(err.decode('utf-8', 'replace'))[:200]}")
+                              f"{_printable(err.decode('utf-8', 'replace'))}")
+
+    def _reader(self) -> BlobReader:
+        with self._lock:
+            if self._blobs is None:
+                self._blobs = BlobReader(self.clone, self._git_env())
+            return self._blobs
+
+    def close(self) -> None:
+        super().close()
+        if self._blobs is not None:
+            self._blobs.close()
+
+
+class BlobReader:
+    """One `git cat-file --batch` process that reads blobs on request: a process per
+    small file would cost more than the file (~3 ms each, thousands of files)."""
+
+    def __init__(self, repo: Path, env: dict[str, str]) -> None:
+        self._lock = threading.Lock()
+        self._p = subprocess.Popen(["git", "-C", str(repo), "cat-file", "--batch"],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL, env=env)
+
+    def read(self, oid: str) -> bytes:
+        with self._lock:
+            assert self._p.stdin and self._p.stdout
+            self._p.stdin.write(oid.encode() + b"\n")
+            self._p.stdin.flush()
+            head = self._p.stdout.readline().split()
+            if len(head) != 3 or head[1] != b"blob":
+                raise SourceError(f"git cat-file: object {oid} is not in the partial clone")
+            data = self._p.stdout.read(int(head[2]) + 1)[:-1]
+        return data
+
+    def close(self) -> None:
+        if self._p.stdin:
+            self._p.stdin.close()
+        self._p.wait()
 
 
 def _lifetime(action: dict[str, Any], wall: float) -> float:
