@@ -211,12 +211,13 @@ class GitLfsSource(HttpSource):
         text = "".join(c for c in (lines[-1] if lines else "git failed") if c.isprintable())
         low = stderr.lower()
         if ("authentication failed" in low or "could not read username" in low
-                or "401" in low or "403" in low or "terminal prompts disabled" in low):
+                or re.search(r"returned error: 40[13]\b", low)
+                or "terminal prompts disabled" in low):
             return AuthRequired(f"{self.url}: authentication required",
                                 hint="set auth.usernameEnvVar/passwordEnvVar (or tokenEnvVar) in"
                                 " models.toml, or store a credential for this host in your git"
                                 " credential helper (what works for `git clone` works here)")
-        if "not found" in low and ("repository" in low or "404" in low):
+        if re.search(r"repository '.*' not found|returned error: 404\b", low):
             return NotFound(f"{self.url}: repository not found",
                             hint="check url in models.toml")
         if "couldn't find remote ref" in low or "not our ref" in low or "unadvertised" in low:
@@ -258,8 +259,7 @@ class GitLfsSource(HttpSource):
             if not self.clone.exists():
                 tmp = self.clone.with_name(self.clone.name + f".tmp{os.getpid()}")
                 tmp.parent.mkdir(parents=True, exist_ok=True)
-                subprocess.run(["git", "init", "-q", "--bare", str(tmp)], check=True,
-                               capture_output=True, env=self._git_env())
+                self._git("init", "-q", "--bare", str(tmp))
                 os.replace(tmp, self.clone)
             if self._has(f"{commit}^{{commit}}"):
                 return

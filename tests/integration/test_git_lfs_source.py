@@ -448,3 +448,32 @@ def test_a_hand_edited_lock_cannot_point_the_model_elsewhere(project, forge):
         project.lock.write_text(text.replace(old, new))
         r = project.run("apply", "--locked")
         assert r.code != 0 and "models.lock" in r.err, (old, r.err)
+
+
+def test_a_dead_server_is_one_line(project):
+    from tests.servers import free_port
+
+    declare(project, f"http://127.0.0.1:{free_port()}/org/models", "main",
+            extra="network.retry = { maxAttempts = 1 }\n")
+    r = project.run("lock")
+    assert r.code == 1 and r.err.count("\n") <= 3 and "Traceback" not in r.err, r.err
+    assert "Failed to connect" in r.err or "Could not connect" in r.err or "refused" in r.err
+
+
+@pytest.mark.parametrize(("stderr", "kind", "text"), [
+    ("fatal: unable to access 'http://127.0.0.1:40123/o/r/': Failed to connect to 127.0.0.1"
+     " port 40123 after 0 ms: Couldn't connect to server", "Transient", "Failed to connect"),
+    ("fatal: unable to access 'http://h:40301/o/r/': The requested URL returned error: 403",
+     "AuthRequired", "authentication required"),
+    ("fatal: Authentication failed for 'http://h/o/r/'", "AuthRequired",
+     "authentication required"),
+    ("fatal: repository 'http://h:4040/o/r/' not found", "NotFound", "repository not found"),
+    ("fatal: couldn't find remote ref refs/heads/x", "NotFound", "does not exist"),
+])
+def test_git_failures_are_named_by_what_happened_not_by_digits_in_a_port(stderr, kind, text):
+    from reconcile.sources.git_lfs import GitLfsSource
+
+    src = GitLfsSource.__new__(GitLfsSource)
+    src.url = "http://h/o/r"
+    err = src._git_error(stderr, "")
+    assert type(err).__name__ == kind and text in err.message, (type(err), err.message)
