@@ -171,6 +171,8 @@ def authorized(environ) -> bool:
 
 
 def app(environ, start_response):
+    if environ.get("HTTP_X_FORWARDED_PROTO") == "https":  # behind a TLS proxy (nginx)
+        environ["wsgi.url_scheme"] = "https"
     path = environ.get("PATH_INFO", "")
     statuses: list[str] = []
 

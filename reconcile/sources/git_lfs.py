@@ -183,8 +183,8 @@ class GitLfsSource(HttpSource):
             config["http.extraHeader"] = f"Authorization: {auth}"
         if self.decl.network.proxy:
             config["http.proxy"] = self.decl.network.proxy
-        if self.decl.network.ca_bundle:
-            config["http.sslCAInfo"] = self.decl.network.ca_bundle
+        if self.decl.network.ca_bundle:  # for the git host (LFS hrefs go through transport)
+            env["GIT_SSL_CAINFO"] = self.decl.network.ca_bundle
         env["GIT_CONFIG_COUNT"] = str(len(config))
         for i, (k, v) in enumerate(config.items()):
             env[f"GIT_CONFIG_KEY_{i}"], env[f"GIT_CONFIG_VALUE_{i}"] = k, v
@@ -217,6 +217,10 @@ class GitLfsSource(HttpSource):
                                 hint="set auth.usernameEnvVar/passwordEnvVar (or tokenEnvVar) in"
                                 " models.toml, or store a credential for this host in your git"
                                 " credential helper (what works for `git clone` works here)")
+        if "certificate" in low and ("verif" in low or "problem" in low):
+            return SourceError(f"{self.url}: the server's TLS certificate is not trusted ({text})",
+                               hint="if a company CA signs it, set network.caBundle to that CA's"
+                               " PEM file in models.toml")
         if re.search(r"repository '.*' not found|returned error: 404\b", low):
             return NotFound(f"{self.url}: repository not found",
                             hint="check url in models.toml")

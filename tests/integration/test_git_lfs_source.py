@@ -477,3 +477,29 @@ def test_git_failures_are_named_by_what_happened_not_by_digits_in_a_port(stderr,
     src.url = "http://h/o/r"
     err = src._git_error(stderr, "")
     assert type(err).__name__ == kind and text in err.message, (type(err), err.message)
+
+
+def test_a_forge_behind_a_company_ca(project, forge, tmp_path):
+    """https with a certificate from a private CA (nginx in front of the forge):
+    network.caBundle reaches git (http.sslCAInfo) and the batch API alike."""
+    from tests.servers import make_ca, nginx, nginx_binary
+
+    if nginx_binary() is None:
+        pytest.skip("needs nginx (apt-get install nginx-light)")
+    ca, cert, key = make_ca(tmp_path / "pki")
+    (tmp_path / "empty").mkdir()
+    proxy = (f"location / {{ proxy_pass http://127.0.0.1:{forge.port}; proxy_set_header Host"
+             " $http_host; proxy_set_header X-Forwarded-Proto https; proxy_buffering off;"
+             " client_max_body_size 0; }")
+    with nginx(tmp_path / "empty", tmp_path / "ng", extra=proxy, tls=(cert, key)) as url:
+        declare(project, url + "/org/models", "v1.0", extra="network.retry = { maxAttempts = 1 }\n")
+        r = project.run("lock")
+        assert r.code == 1 and "certificate" in r.err and "caBundle" in r.err, r.err
+        declare(project, url + "/org/models", "v1.0",
+                extra=f'[models.bert.network]\ncaBundle = "{ca}"\n')
+        r = project.run("lock")
+        assert r.code == 0, r.err
+        forge.clear_log()
+        assert project.run("apply").code == 0
+        assert forge.object_gets()  # the object came through nginx from the forge
+    assert (installed(project) / "model.safetensors").read_bytes() == V1["bert/model.safetensors"]
