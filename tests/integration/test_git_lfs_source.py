@@ -503,3 +503,27 @@ def test_a_forge_behind_a_company_ca(project, forge, tmp_path):
         assert project.run("apply").code == 0
         assert forge.object_gets()  # the object came through nginx from the forge
     assert (installed(project) / "model.safetensors").read_bytes() == V1["bert/model.safetensors"]
+
+
+def test_two_projects_share_one_partial_clone_per_url(project, forge, tmp_path):
+    """Another project on the same store, at another rev, at the same time: one clone
+    (a lock per URL serialises fetches), both models right."""
+    import threading
+
+    from tests.conftest import Project
+
+    other = Project(tmp_path / "proj2", project.store, project.cache, project.capsys)
+    other.dir.mkdir()
+    declare(project, forge.url("org/models"), "v1.0")
+    declare(other, forge.url("org/models"), "main")
+    results = {}
+    threads = [threading.Thread(target=lambda p=p, k=k: results.__setitem__(k, p.sh("apply")))
+               for p, k in ((project, "a"), (other, "b"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results["a"].code == 0 and results["b"].code == 0, results
+    assert (installed(project) / "config.json").read_bytes() == V1["bert/config.json"]
+    assert (installed(other) / "config.json").read_bytes() == V2_CONFIG
+    assert len(list((project.store / "cache" / "git").iterdir())) == 1
