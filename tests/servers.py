@@ -496,3 +496,207 @@ def git_env(home: Path) -> dict[str, str]:
             "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
             "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
             "GIT_CONFIG_NOSYSTEM": "1", "LC_ALL": "C"}
+
+
+# --- a real OCI registry (Debian's docker-registry) and a token service -------------------
+
+def registry_binary() -> str | None:
+    return shutil.which("docker-registry") or (
+        "/usr/bin/docker-registry" if Path("/usr/bin/docker-registry").exists() else None)
+
+
+class TokenService:
+    """The Docker token protocol's realm, as distribution's `auth.token` expects it: RS256
+    JWTs with an x5c header, one scope each. Users: {name: password}; anonymous pulls
+    of repositories in ``public``. Tokens live ``lifetime`` seconds. Counts what it issued."""
+
+    def __init__(self, work: Path, users: dict[str, str], public: tuple[str, ...] = (),
+                 lifetime: int = 300) -> None:
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from cryptography.x509.oid import NameOID
+
+        self.users, self.public, self.lifetime = users, public, lifetime
+        self.issued: list[str] = []
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "reconcile-test-token")])
+        now = datetime.datetime.now(datetime.UTC)
+        self.cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                     .public_key(self.key.public_key()).serial_number(1)
+                     .not_valid_before(now - datetime.timedelta(days=1))
+                     .not_valid_after(now + datetime.timedelta(days=30))
+                     .sign(self.key, hashes.SHA256()))
+        work.mkdir(parents=True, exist_ok=True)
+        self.cert_path = work / "token-cert.pem"
+        self.cert_path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+        self.port = free_port()
+        self.realm = f"http://127.0.0.1:{self.port}/token"
+
+    def token(self, scope: str, user: str | None) -> str:
+        import base64
+        import json
+        import secrets
+
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        def b64(b: bytes) -> str:
+            return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+        access = []
+        kind, _, rest = scope.partition(":")
+        repo, _, actions = rest.rpartition(":")
+        if kind == "repository" and (user or repo in self.public):
+            access.append({"type": "repository", "name": repo,
+                           "actions": [a for a in actions.split(",") if user or a == "pull"]})
+        der = self.cert.public_bytes(serialization.Encoding.DER)
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(der).decode()]}
+        now = int(time.time())
+        claims = {"iss": "reconcile-test-issuer", "aud": "reconcile-test", "sub": user or "",
+                  "iat": now, "nbf": now - 5, "exp": now + self.lifetime,
+                  "jti": secrets.token_hex(8), "access": access}
+        signing = b64(json.dumps(header).encode()) + "." + b64(json.dumps(claims).encode())
+        sig = self.key.sign(signing.encode(), padding.PKCS1v15(), hashes.SHA256())
+        self.issued.append(scope)
+        return signing + "." + b64(sig)
+
+    @contextmanager
+    def run(self) -> Iterator[TokenService]:
+        import base64
+        import json
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import parse_qs, urlsplit
+
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                q = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
+                user = None
+                auth = self.headers.get("Authorization", "")
+                if auth.startswith("Basic "):
+                    name, _, pw = base64.b64decode(auth[6:]).decode().partition(":")
+                    if service.users.get(name) != pw:
+                        self.send_response(401)
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    user = name
+                body = json.dumps({"token": service.token(q.get("scope", ""), user),
+                                   "expires_in": service.lifetime}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        server.daemon_threads = True
+        t = threading.Thread(target=server.serve_forever, daemon=True)
+        t.start()
+        try:
+            yield self
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+@contextmanager
+def docker_registry(work: Path, token: TokenService | None = None) -> Iterator[str]:
+    """Debian's docker-registry (CNCF distribution 2.8) on a free port; yields its URL."""
+    binary = registry_binary()
+    if binary is None:
+        raise RuntimeError("docker-registry is not installed (apt-get install docker-registry)")
+    port = free_port()
+    work.mkdir(parents=True, exist_ok=True)
+    auth = ""
+    if token is not None:
+        auth = (f"auth:\n  token:\n    realm: {token.realm}\n    service: reconcile-test\n"
+                f"    issuer: reconcile-test-issuer\n    rootcertbundle: {token.cert_path}\n")
+    conf = work / "config.yml"
+    conf.write_text(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
+                    f"    rootdirectory: {work}/data\n  delete:\n    enabled: true\n"
+                    f"http:\n  addr: 127.0.0.1:{port}\n  secret: reconcile-test-secret\n{auth}")
+    with open(work / "registry.log", "ab") as log:
+        proc = subprocess.Popen([binary, "serve", str(conf)], stdout=log, stderr=log)
+    try:
+        wait_port(port, 10)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+class Pusher:
+    """Pushes blobs and manifests as `docker push`/oras do (monolithic uploads), with
+    the token dance when the registry wants one."""
+
+    def __init__(self, base: str, user: tuple[str, str] | None = None) -> None:
+        self.base, self.user = base, user
+        self.tokens: dict[str, str] = {}
+
+    def _req(self, method: str, url: str, body: bytes = b"", headers: dict | None = None,
+             repo: str = "") -> tuple[int, Any, bytes]:
+        import base64
+        import json
+        import urllib.request
+        from urllib.error import HTTPError
+
+
+        for _ in range(2):
+            h = dict(headers or {})
+            if repo in self.tokens:
+                h["Authorization"] = f"Bearer {self.tokens[repo]}"
+            req = urllib.request.Request(url, data=body if method in ("PUT", "POST") else None,
+                                         method=method, headers=h)
+            try:
+                with urllib.request.urlopen(req) as r:
+                    return r.status, r.headers, r.read()
+            except HTTPError as e:
+                if e.code != 401 or repo in self.tokens:
+                    return e.code, e.headers, e.read()
+                params = _parse_challenge(e.headers["WWW-Authenticate"])
+                q = f"service={params['service']}&scope=repository:{repo}:pull,push"
+                treq = urllib.request.Request(params["realm"] + "?" + q)
+                if self.user:
+                    pair = base64.b64encode(":".join(self.user).encode()).decode()
+                    treq.add_header("Authorization", f"Basic {pair}")
+                with urllib.request.urlopen(treq) as t:
+                    self.tokens[repo] = json.loads(t.read())["token"]
+        raise AssertionError("unreachable")
+
+    def blob(self, repo: str, data: bytes) -> dict[str, Any]:
+        import hashlib
+        from urllib.parse import urljoin
+
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        status, h, _ = self._req("POST", f"{self.base}/v2/{repo}/blobs/uploads/", repo=repo)
+        assert status == 202, status
+        loc = urljoin(self.base, h["Location"])
+        loc += ("&" if "?" in loc else "?") + f"digest={digest}"
+        status, _, body = self._req("PUT", loc, data, {"Content-Type": "application/octet-stream"},
+                                    repo=repo)
+        assert status == 201, (status, body)
+        return {"digest": digest, "size": len(data)}
+
+    def manifest(self, repo: str, tag: str, doc: dict[str, Any] | bytes,
+                 media: str = "application/vnd.docker.distribution.manifest.v2+json") -> str:
+        import json
+
+        data = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+        status, h, body = self._req("PUT", f"{self.base}/v2/{repo}/manifests/{tag}", data,
+                                    {"Content-Type": media}, repo=repo)
+        assert status == 201, (status, body)
+        return h["Docker-Content-Digest"]
+
+
+def _parse_challenge(header: str) -> dict[str, str]:
+    import re
+
+    return {k: v for k, v in re.findall(r'(\w+)="([^"]*)"', header)}

@@ -1,0 +1,241 @@
+"""`source.ollama`: a model from the Ollama registry (or any registry ollama pulls from),
+pinned to its manifest digest.
+
+    name     [host/][namespace/]model[:tag], parsed as ollama parses it (defaults:
+             registry.ollama.ai, library, latest); ``registry`` sets host and scheme
+    lock     one manifest GET: its digest (sha256 of the bytes) is the pin, and every
+             layer and the config are files of the model, their digests their sha256;
+             the manifest's bytes go into the store, nothing else is downloaded
+    apply    blobs by digest through the shared engine (a 307 to storage carries no
+             credential; Range resumes), each checked against its digest
+
+The model tree names each layer by what it is (``model.gguf``, ``template``,
+``params.json``, ``license`` …) and keeps ``manifest.json``, the exact bytes, so
+``integration.ollama`` can install it where the ollama program looks.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..errors import NotFound, SourceError
+from .base import HttpSource, RemoteFile, Resolution
+from .distribution import DIGEST, Manifest, Registry
+
+DEFAULT_REGISTRY = "https://registry.ollama.ai"
+PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}$")
+HOST = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,349}(:[0-9]{1,5})?$")
+OLLAMA = "application/vnd.ollama.image."
+# what each layer is called in the model tree (a second one of a kind gets -2, -3 …)
+NAMES = {"model": "model.gguf", "projector": "projector.gguf", "adapter": "adapter.gguf",
+         "template": "template", "prompt": "template", "system": "system",
+         "params": "params.json", "messages": "messages.json", "license": "license",
+         "draft": "draft.gguf"}
+MANIFEST_FILE = "manifest.json"
+
+
+def parse_name(model: str, tag: str | None, registry: str | None) -> dict[str, str]:
+    """{registry, namespace, model, tag} as ollama reads a name; ValueError('key: why')."""
+    name = model.strip()
+    if "://" in name:
+        raise ValueError(f"model: {model!r}: give the registry as registry = \"…\", not in"
+                         " the name")
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    inline_tag = None
+    if colon > slash:
+        name, inline_tag = name[:colon], name[colon + 1:]
+    if inline_tag is not None and tag is not None and inline_tag != tag:
+        raise ValueError(f"tag: {tag!r} disagrees with the tag in model ({inline_tag!r})")
+    parts = name.split("/")
+    if len(parts) > 3 or not all(parts):
+        raise ValueError(f"model: {model!r} is not [host/][namespace/]model[:tag]")
+    host = parts[0] if len(parts) == 3 else None
+    namespace = parts[-2] if len(parts) >= 2 else "library"
+    base = registry or (f"https://{host}" if host else DEFAULT_REGISTRY)
+    if registry and host and urlsplit(registry).netloc.lower() != host.lower():
+        raise ValueError(f"registry: {registry!r} disagrees with the host in model ({host!r})")
+    ep = urlsplit(base)
+    if ep.scheme not in ("http", "https") or not ep.netloc or ep.path.strip("/") or ep.query \
+            or ep.username or ep.password:
+        raise ValueError(f"registry: {registry!r} is not a registry URL such as"
+                         " 'https://registry.ollama.ai' (http:// only for a local registry)")
+    out = {"registry": f"{ep.scheme}://{ep.netloc}", "namespace": namespace,
+           "model": parts[-1], "tag": inline_tag or tag or "latest"}
+    if not HOST.match(ep.netloc):
+        raise ValueError(f"registry: {ep.netloc!r} is not a host[:port]")
+    for key in ("namespace", "model", "tag"):
+        if not PART.match(out[key]) or (key == "namespace" and "." in out[key]):
+            raise ValueError(f"{'tag' if key == 'tag' else 'model'}: {out[key]!r} is not a valid"
+                             f" ollama {key} (1-80 letters, digits, '_', '.', '-')")
+    return out
+
+
+def layer_paths(manifest: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(path in the model tree, descriptor) for the config and every layer."""
+    out, seen = [], {}
+    config = manifest.get("config")
+    if isinstance(config, dict):
+        out.append(("config.json", config))
+    layers = manifest.get("layers")
+    if not isinstance(layers, list) or not layers:
+        raise SourceError("the manifest lists no layers")
+    for layer in layers:
+        if not isinstance(layer, dict):
+            raise SourceError("a manifest layer is not an object")
+        media = str(layer.get("mediaType", ""))
+        kind = media[len(OLLAMA):] if media.startswith(OLLAMA) else ""
+        name = NAMES.get(kind)
+        if name is None:  # tensors, configs, future kinds: by digest, as ollama stores them
+            digest = str(layer.get("digest", ""))
+            name = "blobs/" + digest.replace(":", "-")
+        else:
+            seen[name] = seen.get(name, 0) + 1
+            if seen[name] > 1:
+                stem, dot, ext = name.partition(".")
+                name = f"{stem}-{seen[name]}{dot}{ext}"
+        out.append((name, layer))
+    return out
+
+
+def descriptor_file(path: str, desc: dict[str, Any], where: str) -> RemoteFile:
+    """A layer or config descriptor as a file: its digest is its sha256."""
+    digest, size = desc.get("digest"), desc.get("size")
+    if not isinstance(digest, str) or not DIGEST.match(digest):
+        raise SourceError(f"{where}: {path}: digest {str(digest)[:80]!r} is not sha256:<hex>")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise SourceError(f"{where}: {path}: size {str(size)[:40]!r} is not a byte count")
+    return RemoteFile(path, size, digest[7:])
+
+
+class OllamaSource(HttpSource):
+    type = "ollama"
+    OPTIONS: dict[str, Any] = {"model": "str", "tag": "str", "registry": "str"}
+
+    @classmethod
+    def check_options(cls, opts: dict[str, Any]) -> dict[str, Any]:
+        if not opts.get("model"):
+            raise ValueError('model: required, e.g. model = "llama3.2" (tag = "1b")')
+        parsed = parse_name(opts["model"], opts.get("tag"), opts.get("registry"))
+        return {"model": f"{parsed['namespace']}/{parsed['model']}", "tag": parsed["tag"],
+                "registry": parsed["registry"]}
+
+    @classmethod
+    def check_pin(cls, pin: dict[str, Any], options: dict[str, Any]) -> None:
+        super().check_pin(pin, options)
+        if not DIGEST.match(str(pin.get("digest", ""))):
+            raise ValueError(f"digest: {pin.get('digest')!r} is not sha256:<64 hex>")
+
+    def __init__(self, decl: Any, context: Any) -> None:
+        super().__init__(decl, context)
+        self._registry: Registry | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            # registries want lowercase repository names; ollama compares names that way
+            self._registry = Registry(self.options["registry"], self.options["model"].lower(),
+                                      self.decl.network, self.credentials)
+        return self._registry
+
+    @property
+    def where(self) -> str:
+        return f"{urlsplit(self.options['registry']).netloc}/{self.options['model']}" \
+               f":{self.options['tag']}"
+
+    def resolve(self) -> Resolution:
+        manifest = self.registry.manifest(self.options["tag"])
+        files = self.files_of(manifest)
+        self._keep(manifest)  # apply needs no request for it
+        pin = {"registry": self.options["registry"], "model": self.options["model"],
+               "tag": self.options["tag"], "digest": manifest.digest}
+        return Resolution(pin=pin, files=files)
+
+    def files_of(self, manifest: Manifest) -> list[RemoteFile]:
+        doc = manifest.json()
+        try:
+            files = [descriptor_file(p, d, self.where) for p, d in layer_paths(doc)]
+        except SourceError as e:
+            raise SourceError(f"{self.where}: {e.message}") from None
+        return [RemoteFile(MANIFEST_FILE, len(manifest.data), manifest.digest[7:]), *files]
+
+    def _keep(self, manifest: Manifest) -> None:
+        store = self.context.store
+        sha = manifest.digest[7:]
+        if store.has_object(sha):
+            return
+        fd, tmp = tempfile.mkstemp(dir=store.tmp, prefix="manifest-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(manifest.data)
+        store.publish_object(Path(tmp), sha)
+
+    def default_hf_name(self) -> tuple[str, str]:
+        ns, model = self.options["model"].split("/")
+        return (ns, f"{model}-{self.options['tag']}")
+
+    def entity(self, pin: dict[str, Any], file: Any = None) -> str | None:
+        return file.sha256 if file is not None else pin.get("digest")
+
+    def refresh_credentials(self) -> bool:
+        super().refresh_credentials()
+        self.registry.forget()
+        return True
+
+    def open(self, pin, file, start=0, end=None) -> Iterator[bytes]:
+        if file.path == MANIFEST_FILE:
+            data = self._manifest_bytes(pin)
+            yield data[start:end]
+            return
+        yield from blob_stream(self.registry, lambda: self.client, "sha256:" + file.sha256,
+                               file, self.decl.network, start, end)
+
+    def _manifest_bytes(self, pin: dict[str, Any]) -> bytes:
+        """By digest; a registry that serves manifests only by tag (ollama's) is asked by
+        tag and must still give the pinned bytes."""
+        try:
+            return self.registry.manifest(pin["digest"]).data
+        except NotFound:
+            got = self.registry.manifest(pin["tag"])
+            if got.digest != pin["digest"]:
+                raise NotFound(f"{self.where}: the tag now names {got.digest[:19]}…, not the"
+                               f" locked {pin['digest'][:19]}…, and the registry does not"
+                               " serve manifests by digest",
+                               hint="run `reconcile lock --upgrade` to take the new version"
+                               ) from None
+            return got.data
+
+
+def blob_stream(registry: Registry, client: Callable[[], Any], digest: str, file: Any,
+                network: Any,
+                start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    """Bytes [start, end) of a blob, with the registry's current token."""
+    from ..errors import AuthRequired
+    from ..http import stream
+
+    registry.authorize()
+    what = f"{registry.name}@{digest[:19]}… ({file.path})"
+
+    def raise_for_status(r: Any) -> None:
+        if r.status_code < 300:
+            return
+        if r.status_code in (401, 403):
+            raise AuthRequired(f"{what}: HTTP {r.status_code}: access denied")
+        if r.status_code == 404:
+            raise NotFound(f"{what}: the registry no longer has this blob")
+        raise SourceError(f"{what}: HTTP {r.status_code}")
+
+    length = (file.size if end is None else end) - start
+    yield from stream(client, registry.url("blobs", digest), start=start, end=end,
+                      headers=registry.headers(), length=length, network=network,
+                      raise_for_status=raise_for_status)
+
+
+SOURCE = OllamaSource

@@ -1,0 +1,228 @@
+"""`source.ollama` against Debian's docker-registry (CNCF distribution), without auth and
+with token auth (a token service started here), models pushed as ollama pushes them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from reconcile.lockfile import read_lock
+from tests.servers import Pusher, TokenService, docker_registry, registry_binary
+from tests.test_formats import gguf_bytes
+
+pytestmark = pytest.mark.integration
+if registry_binary() is None:
+    pytest.skip("needs docker-registry (apt-get install docker-registry)",
+                allow_module_level=True)
+
+PASSWORD = "registry-Pa55-that-must-never-leak"
+GGUF = gguf_bytes(tensors=[("w", [50_000], 0, 0)], data=200_000)
+LAYERS = [
+    ("application/vnd.ollama.image.model", GGUF),
+    ("application/vnd.ollama.image.template", b"{{ .System }} {{ .Prompt }}"),
+    ("application/vnd.ollama.image.params", b'{"stop": ["<|end|>"], "temperature": 0.2}'),
+    ("application/vnd.ollama.image.license", b"MIT License\n"),
+    ("application/vnd.ollama.image.license", b"Apache License 2.0\n"),
+]
+CONFIG = json.dumps({"model_format": "gguf", "model_family": "llama", "file_type": "F32",
+                     "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+MT = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+def push_ollama(pusher: Pusher, repo: str, tag: str, layers=LAYERS, indent=None) -> bytes:
+    """An Ollama model as ollama pushes it: docker v2 manifest, ollama layer types."""
+    doc = {"schemaVersion": 2, "mediaType": MT,
+           "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                      **pusher.blob(repo, CONFIG)},
+           "layers": [{"mediaType": m, **pusher.blob(repo, data)} for m, data in layers]}
+    data = json.dumps(doc, indent=indent).encode() + (b"\n" if indent else b"")
+    pusher.manifest(repo, tag, data)
+    return data
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    with docker_registry(tmp_path_factory.mktemp("registry")) as url:
+        pusher = Pusher(url)
+        registry_manifest = push_ollama(pusher, "library/tinyllm", "latest", indent=3)
+        push_ollama(pusher, "library/tinyllm", "1b", layers=LAYERS[:2])
+        yield url, registry_manifest
+
+
+def declare(project, url: str, model: str = "tinyllm", tag: str | None = None,
+            extra: str = "") -> None:
+    t = f', tag = "{tag}"' if tag else ""
+    project.write(f'[models.llm]\nsource.ollama = {{ model = "{model}"{t},'
+                  f' registry = "{url}" }}\n' + extra)
+
+
+def installed(project, key: str = "llm"):
+    from reconcile.store import Store
+
+    assert project.run("path", key).code == 0
+    return Store(project.store).model_path(read_lock(project.lock).models[key])
+
+
+def test_lock_pins_the_manifest_digest_and_downloads_nothing_else(project, registry):
+    url, served = registry
+    declare(project, url)
+    r = project.run("lock")
+    assert r.code == 0, r.err
+    m = read_lock(project.lock).models["llm"]
+    digest = "sha256:" + hashlib.sha256(served).hexdigest()
+    assert m.pin == {"registry": url, "model": "library/tinyllm", "tag": "latest",
+                     "digest": digest}
+    files = {f.path: f for f in m.files}
+    assert set(files) == {"manifest.json", "config.json", "model.gguf", "template",
+                          "params.json", "license", "license-2"}
+    assert files["model.gguf"].sha256 == hashlib.sha256(GGUF).hexdigest()
+    assert files["manifest.json"].sha256 == digest[7:]
+    objects = [p for p in (project.store / "objects").rglob("*") if p.is_file()]
+    assert [p.name for p in objects] == [digest[7:]]  # the manifest, and no blob
+    r = project.run("apply")
+    assert r.code == 0, r.err
+    root = installed(project)
+    assert (root / "model.gguf").read_bytes() == GGUF
+    assert (root / "license-2").read_bytes() == b"Apache License 2.0\n"
+    assert (root / "manifest.json").read_bytes() == served  # byte for byte, never re-encoded
+
+
+def test_tags_names_and_errors(project, registry):
+    url, _ = registry
+    declare(project, url, "library/tinyllm:1b")
+    assert project.run("lock").code == 0
+    assert {f.path for f in read_lock(project.lock).models["llm"].files} == {
+        "manifest.json", "config.json", "model.gguf", "template"}
+    declare(project, url, "tinyllm", tag="nope")
+    r = project.run("lock")
+    assert r.code == 1 and "tinyllm:nope" in r.err and "no such model or tag" in r.err, r.err
+    declare(project, url, "nobody/absent")
+    r = project.run("lock")
+    assert r.code == 1 and "nobody/absent" in r.err, r.err
+    declare(project, url, "../etc")
+    r = project.run("lock")
+    assert r.code == 2 and "models.llm.source.ollama.model" in r.err, r.err
+    declare(project, url, "tinyllm:1b", tag="2b")
+    r = project.run("lock")
+    assert r.code == 2 and "models.llm.source.ollama.tag" in r.err, r.err
+
+
+def test_apply_on_a_fresh_machine_fetches_the_manifest_by_digest(project, registry, tmp_path,
+                                                                 monkeypatch):
+    url, served = registry
+    declare(project, url)
+    assert project.run("lock").code == 0
+    monkeypatch.setenv("RECONCILE_STORE", str(tmp_path / "fresh"))
+    r = project.run("apply", "--locked")
+    assert r.code == 0, r.err
+    from reconcile.store import Store
+
+    root = Store(tmp_path / "fresh").model_path(read_lock(project.lock).models["llm"])
+    assert (root / "manifest.json").read_bytes() == served
+
+
+def test_a_dead_registry_is_one_line(project):
+    from tests.servers import free_port
+
+    declare(project, f"http://127.0.0.1:{free_port()}",
+            extra="network.retry = { maxAttempts = 1 }\n")
+    r = project.run("lock")
+    assert r.code == 1 and r.err.count("\n") <= 3 and "Traceback" not in r.err, r.err
+
+
+@pytest.fixture(scope="module")
+def private_registry(tmp_path_factory):
+    work = tmp_path_factory.mktemp("private")
+    tokens = TokenService(work / "token", {"alice": PASSWORD}, public=("library/open",),
+                          lifetime=300)
+    with tokens.run(), docker_registry(work / "reg", token=tokens) as url:
+        pusher = Pusher(url, user=("alice", PASSWORD))
+        push_ollama(pusher, "team/secret", "latest")
+        push_ollama(pusher, "library/open", "latest", layers=LAYERS[:2])
+        yield url, tokens
+
+
+def test_token_auth_anonymous_and_with_credentials(project, private_registry, monkeypatch):
+    url, tokens = private_registry
+    declare(project, url, "open")  # anonymous pull: a token with no credentials
+    assert project.run("lock").code == 0
+    assert project.run("apply").code == 0
+    declare(project, url, "team/secret")
+    r = project.run("lock")
+    assert r.code == 1 and "access denied" in r.err, r.err
+    monkeypatch.setenv("REG_USER", "alice")
+    monkeypatch.setenv("REG_PASSWORD", PASSWORD)
+    declare(project, url, "team/secret",
+            extra='auth = { usernameEnvVar = "REG_USER", passwordEnvVar = "REG_PASSWORD" }\n')
+    r = project.run("lock")
+    assert r.code == 0, r.err
+    r2 = project.run("apply")
+    assert r2.code == 0, r2.err
+    assert (installed(project) / "model.gguf").read_bytes() == GGUF
+    for text in (project.lock.read_text(), r.out + r.err + r2.out + r2.err):
+        assert PASSWORD not in text
+    assert any(s == "repository:team/secret:pull" for s in tokens.issued)
+
+
+def test_tokens_are_renewed_when_they_expire(project, tmp_path):
+    """Tokens that live 2 s: a source that outlives one asks for a new one before use."""
+    import time
+
+    from reconcile.config import load_manifest
+    from reconcile.resolve import SourceContext, make_source
+    from reconcile.store import Store
+
+    tokens = TokenService(tmp_path / "token", {"admin": "pw"}, public=("library/tinyllm",))
+    with tokens.run(), docker_registry(tmp_path / "reg", token=tokens) as url:
+        push_ollama(Pusher(url, user=("admin", "pw")), "library/tinyllm", "latest")
+        tokens.lifetime = 2
+        declare(project, url)
+        assert project.run("lock").code == 0
+        model = read_lock(project.lock).models["llm"]
+        src = make_source(load_manifest(project.manifest).models["llm"],
+                          SourceContext(store=Store(project.store).ensure()))
+        gguf = next(f for f in model.files if f.path == "model.gguf")
+        before = len(tokens.issued)
+        assert b"".join(src.open(model.pin, gguf)) == GGUF
+        assert len(tokens.issued) == before + 1
+        assert b"".join(src.open(model.pin, gguf)) == GGUF
+        assert len(tokens.issued) == before + 1  # still valid: reused
+        time.sleep(2.1)
+        assert b"".join(src.open(model.pin, gguf)) == GGUF
+        assert len(tokens.issued) == before + 2  # renewed before use, not after a 401
+        src.close()
+
+
+def test_a_manifest_whose_digest_does_not_match_is_refused(project, registry, tmp_path):
+    """A registry (or a proxy) that serves other bytes than its Docker-Content-Digest."""
+    import http.server
+    import threading
+    import urllib.request
+
+    url, _ = registry
+
+    class Lying(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            with urllib.request.urlopen(urllib.request.Request(
+                    url + self.path, headers={"Accept": self.headers["Accept"]})) as r:
+                body, digest = r.read(), r.headers["Docker-Content-Digest"]
+            body = body.replace(b"schemaVersion", b"schemaVersion ")
+            self.send_response(200)
+            self.send_header("Docker-Content-Digest", digest)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Lying)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        declare(project, f"http://127.0.0.1:{server.server_address[1]}")
+        r = project.run("lock")
+        assert r.code == 1 and "digest does not match" in r.err, r.err
+    finally:
+        server.shutdown()
