@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import hfcache
+from . import hfcache, ollamadir
 from .errors import ReconcileError
 from .plan import Action, Plan
 from .store import Store
@@ -79,9 +79,17 @@ class Executor:
             warnings = self.validate_model(action)
             with report._lock:
                 report.warnings.extend(warnings)
+        elif action.kind == "link" and action.where:
+            assert action.model
+            conflicts = ollamadir.link(Path(action.where), action.model, self.store,
+                                       self.project)
+            with report._lock:
+                report.warnings.extend(f"{action.model.key}: {c}; left alone" for c in conflicts)
         elif action.kind == "link":
             assert action.model
             hfcache.link(self.cache, action.model, self.store, self.project)
+        elif action.kind == "unlink" and action.where:
+            ollamadir.unlink(Path(action.where), action.target, self.store)
         elif action.kind == "unlink":
             hfcache.unlink(self.cache, action.target, self.store)
         report.count(action.kind)

@@ -51,7 +51,8 @@ VALIDATION_SPEC: dict[str, Any] = {
     "preset": "enum:" + "|".join(PRESETS),
 }
 INTEGRATION_SPEC: dict[str, Any] = {
-    "huggingface": {"enable": "bool", "org": "name", "model": "name", "refs": "reflist"}
+    "huggingface": {"enable": "bool", "org": "name", "model": "name", "refs": "reflist"},
+    "ollama": {"enable": "bool", "modelsDir": "str"},
 }
 MODEL_SPEC: dict[str, Any] = {
     "name": "name",
@@ -114,6 +115,14 @@ class HFIntegration:
 
 
 @dataclass(frozen=True)
+class OllamaIntegration:
+    """Install the model where the ollama program finds it (source.ollama only)."""
+
+    enable: bool = False
+    models_dir: str | None = None  # None: $OLLAMA_MODELS, else ~/.ollama/models
+
+
+@dataclass(frozen=True)
 class ValidationConfig:
     enable: bool = True
     skip_defaults: bool = False
@@ -134,6 +143,7 @@ class ModelDecl:
     hash: str | None = None
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     integration: HFIntegration = field(default_factory=HFIntegration)
+    ollama: OllamaIntegration = field(default_factory=OllamaIntegration)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     meta: dict[str, Any] = field(default_factory=dict)
@@ -155,6 +165,8 @@ class ModelDecl:
                 "refs": list(self.integration.refs),
             },
         }
+        if self.ollama.enable:  # only then: every existing lock's fingerprints stay valid
+            decl["ollama"] = True
         blob = json.dumps(decl, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
 
@@ -438,6 +450,19 @@ class _Checker:
                                 "declare it as [validators.NAME] with a command, or use one of: "
                                 + ", ".join(BUILTINS))
 
+    def ollama(self, where: str, stype: str, d: dict[str, Any]) -> OllamaIntegration:
+        """On by default for source.ollama; refused for sources with no ollama manifest."""
+        enable = d.get("enable", stype == "ollama")
+        if enable and stype != "ollama":
+            raise self.fail(f"{where}.integration.ollama.enable", "only a source.ollama model"
+                            " has the manifest ollama needs",
+                            hint="use source.ollama for models you run with ollama")
+        models_dir = d.get("modelsDir")
+        if models_dir is not None:
+            p = Path(models_dir).expanduser()
+            models_dir = str(p if p.is_absolute() else self.path.parent / p)
+        return OllamaIntegration(enable=bool(enable), models_dir=models_dir)
+
     def unknown_source(self, where: str, stype: str, registry: Any) -> ConfigError:
         planned = set(registry.planned())
         if stype in planned:
@@ -514,7 +539,9 @@ class _Checker:
             source=opts,
             hash=hash_,
             validation=_validation(decl.get("validation", {})),
-            integration=_integration(decl.get("integration", {})),
+            integration=_integration(decl.get("integration", {}),
+                                     getattr(source_cls, "hf_cache", True)),
+            ollama=self.ollama(where, stype, decl.get("integration", {}).get("ollama", {})),
             network=_network({**net_defaults, **decl.get("network", {})},
                              self.path.parent),
             auth=_auth({**auth_defaults, **decl.get("auth", {})}),
@@ -561,10 +588,10 @@ def _auth(d: dict[str, Any]) -> AuthConfig:
                       password_file=d.get("passwordFile"))
 
 
-def _integration(d: dict[str, Any]) -> HFIntegration:
+def _integration(d: dict[str, Any], default: bool = True) -> HFIntegration:
     hf = d.get("huggingface", {})
     return HFIntegration(
-        enable=hf.get("enable", True),
+        enable=hf.get("enable", default),
         org=hf.get("org"),
         model=hf.get("model"),
         refs=tuple(hf.get("refs", ())),

@@ -174,8 +174,8 @@ def _atomic_symlink(target: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _ownership_dir(store: Store, cache: Path) -> Path:
-    return store.state / "hfcache" / hashlib.sha256(os.fsencode(cache.resolve())).hexdigest()[:24]
+def _ownership_dir(store: Store, cache: Path, kind: str = "hfcache") -> Path:
+    return store.state / kind / hashlib.sha256(os.fsencode(cache.resolve())).hexdigest()[:24]
 
 
 class Ownership:
@@ -190,8 +190,8 @@ class Ownership:
     One record per repo folder, guarded by that folder's lock.
     """
 
-    def __init__(self, store: Store, cache: Path, folder: str) -> None:
-        self.path = _ownership_dir(store, cache) / f"{folder}.json"
+    def __init__(self, store: Store, cache: Path, folder: str, kind: str = "hfcache") -> None:
+        self.path = _ownership_dir(store, cache, kind) / f"{folder}.json"
         self.cache = cache
         try:
             doc = json.loads(self.path.read_text())

@@ -79,6 +79,8 @@ class LockedModel:
     pin: dict[str, Any]
     files: tuple[LockedFile, ...]
     hf: HFLink | None = None
+    # where ollama finds it: <host>/<namespace>/<model>/<tag> under its manifests/
+    ollama: str | None = None
 
     @property
     def store_id(self) -> str:
@@ -206,6 +208,8 @@ def check_model(m: LockedModel) -> None:
     _check_files(m.files)
     if m.hf is not None:
         _check_hf(m.hf)
+    if m.ollama is not None:
+        _check_ollama(m.ollama, m.files)
     actual = treehash.tree_hash(f.entry() for f in m.files)
     if actual != m.hash:
         raise FieldError("hash", f"the files listed give {actual}, not {m.hash}: the file list"
@@ -277,6 +281,21 @@ def symlink_stays_inside(path: str, target: str | None) -> bool:
         return False
     joined = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
     return joined != ".." and not joined.startswith("../") and joined not in (".", "")
+
+
+_OLLAMA_HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,349}(:[0-9]{1,5})?")
+_OLLAMA_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}")
+
+
+def _check_ollama(name: str, files: tuple[LockedFile, ...]) -> None:
+    """Four path components under ollama's manifests/, each as ollama allows them (never
+    '..', never a separator), and the manifest bytes among the files."""
+    parts = name.split("/") if isinstance(name, str) else []
+    if len(parts) != 4 or not _OLLAMA_HOST.fullmatch(parts[0]) or not all(
+            _OLLAMA_PART.fullmatch(p) for p in parts[1:]) or "." in parts[1]:
+        raise FieldError("ollama", f"{name!r} is not <host>/<namespace>/<model>/<tag>")
+    if not any(f.path == "manifest.json" and f.type == "f" for f in files):
+        raise FieldError("ollama", "the model has no manifest.json to install for ollama")
 
 
 def _check_hf(hf: HFLink) -> None:
@@ -359,6 +378,7 @@ def _model(key: str, m: dict[str, Any]) -> LockedModel:
         pin=dict(_get(m, "pin", dict, "", {})),
         files=tuple(files),
         hf=hf,
+        ollama=_get(m, "ollama", str, "", None),
     )
 
 
@@ -437,6 +457,8 @@ def dumps(lock: Lock) -> str:
             if m.hf.partial:
                 hf["partial"] = True
             lines.append(f"hf = {_val(hf)}\n")
+        if m.ollama:
+            lines.append(f"ollama = {_str(m.ollama)}\n")
         if not m.files:
             lines.append("files = []\n")
             continue

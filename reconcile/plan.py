@@ -17,7 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from . import hfcache
+from . import hfcache, ollamadir
 from .lockfile import Lock, LockedFile, LockedModel
 from .store import Store
 
@@ -30,6 +30,7 @@ class Action:
     file: LockedFile | None = None
     size: int = 0
     note: str = ""
+    where: str = ""  # link/unlink into ollama's models directory: that directory
 
     @property
     def node(self) -> str:
@@ -95,6 +96,7 @@ def make_plan(
     project: str,
     needs_validation: Callable[[LockedModel], bool] = lambda m: False,
     prune: bool = False,
+    ollama_dirs: dict[str, Path] | None = None,
 ) -> Plan:
     plan = Plan(lock=lock)
     for key, m in lock.models.items():
@@ -115,7 +117,15 @@ def make_plan(
             plan.conflicts.extend((key, c) for c in state.conflicts)
             if last or not state.linked:
                 _add(plan, Action("link", key, m, note="link" if last else "relink"), last)
-        if not last and f"link:{key}" not in plan.nodes:
+        if m.ollama is not None:
+            mdir = (ollama_dirs or {}).get(key) or ollamadir.models_dir(None)
+            ostate = ollamadir.link_state(mdir, m, store, project)
+            plan.conflicts.extend((key, c) for c in ostate.conflicts)
+            if (last or not ostate.linked) and not ostate.conflicts:
+                _add(plan, Action("link", f"ollama:{key}", m, note="link" if last else "relink",
+                                  where=str(mdir)), last)
+        if not last and f"link:{key}" not in plan.nodes \
+                and f"link:ollama:{key}" not in plan.nodes:
             plan.converged_models.append(key)
     # What this project linked before and the lock no longer wants: an earlier version
     # of a model still locked (a narrowed `files` glob, a new pin) always goes; models
@@ -126,6 +136,12 @@ def make_plan(
         if prune or key in lock.models:
             note = key if key not in lock.models else f"{key} (earlier version)"
             _add(plan, Action("unlink", owner, note=note))
+    wanted = {ollamadir.owner_id(m, project) for m in lock.models.values() if m.ollama}
+    for owner, mdir in sorted(ollamadir.owners_of_project(store, project).items()):
+        key = owner.split(":")[1]
+        if owner not in wanted and (prune or key in lock.models):
+            note = key if key not in lock.models else f"{key} (earlier version)"
+            _add(plan, Action("unlink", owner, note=f"{note} from ollama", where=str(mdir)))
     return plan
 
 
@@ -140,6 +156,9 @@ def render(plan: Plan) -> str:
             lines.append(f"  + assemble {a.target}  ({human(a.size)})")
         elif a.kind == "validate":
             lines.append(f"  + validate {a.target}")
+        elif a.kind == "link" and a.where:
+            where = f"{a.where}/manifests/{a.model.ollama if a.model else ''}"
+            lines.append(f"  {a.symbol} {a.note:<8} {a.target} → {where}")
         elif a.kind == "link":
             repo = a.model.hf.repo_id if a.model and a.model.hf else ""
             lines.append(f"  {a.symbol} {a.note:<8} {a.target} → {repo}")
@@ -147,7 +166,9 @@ def render(plan: Plan) -> str:
             lines.append(f"  - unlink   {a.note}")
     c = plan.counts()
     notes = [f"  ! {key}: {what} (left alone; name the ref in"
-             " integration.huggingface.refs to take it over)" for key, what in plan.conflicts]
+             " integration.huggingface.refs to take it over)" if "ollama" not in what
+             else f"  ! {key}: {what}: left alone; `ollama rm` it to let reconcile install"
+             " the locked version" for key, what in plan.conflicts]
     if not lines:
         return "\n".join([*notes, "No changes. The store and HF cache match models.lock."])
     summary = (f"Plan: {c.get('fetch', 0)} to fetch ({human(plan.fetch_bytes())}),"

@@ -177,6 +177,7 @@ def resolve_model(
         pin=res.pin,
         files=tuple(files),
         hf=hf_link(decl, source, res, model_hash),
+        ollama=res.ollama if decl.ollama.enable else None,
     )
     try:  # what a server said becomes names on disk: the same checks as a lock on read
         check_model(locked)

@@ -113,6 +113,8 @@ def lock_schema() -> dict[str, Any]:
                                                                       "pattern": REF_PATTERN}},
                                   "claimRefs": {"type": "boolean"},
                                   "partial": {"type": "boolean"}}},
+            "ollama": {"type": "string", "description": "<host>/<namespace>/<model>/<tag>:"
+                       " where integration.ollama installs the model under manifests/"},
             "files": {"type": "array", "items": file},
         },
     }

@@ -44,9 +44,14 @@ def check_pins(lock: Lock, manifest: Manifest, path: Path) -> None:
             continue  # stale: apply locks it again, --locked refuses it
         try:
             cls.check_pin(m.pin, decl.source)
+            if m.ollama is not None:  # a path in ollama's directory: only the pin's own
+                name = getattr(cls, "ollama_name", None)
+                if not decl.ollama.enable or name is None or name(m.pin) != m.ollama:
+                    raise ValueError(f"ollama: {m.ollama!r} is not where models.toml installs"
+                                     " this model")
         except ValueError as e:
             raise LockFileInvalid(
-                f"{path}: models.{key}.pin.{e}",
+                f"{path}: models.{key}.{'' if str(e).startswith('ollama:') else 'pin.'}{e}",
                 hint="regenerate it with `reconcile lock` (or `git checkout` it if you edited"
                 " it)") from None
 
@@ -199,8 +204,12 @@ class Workspace:
             lock = Lock({k: m for k, m in lock.models.items() if k in self.manifest.models})
         check_pins(lock, self.manifest, self.lock_path)
         runner = self.validation(revalidate)
+        from .ollamadir import models_dir
+
+        dirs = {k: models_dir(d.ollama.models_dir) for k, d in self.manifest.models.items()
+                if d.ollama.enable}
         return make_plan(lock, self.store, self.cache, project=self.project,
-                         needs_validation=runner.needs, prune=prune)
+                         needs_validation=runner.needs, prune=prune, ollama_dirs=dirs)
 
     def apply(self, *, jobs: int = 4, offline: bool = False, prune: bool = False,
               locked: bool = False, revalidate: bool = False, progress: Any = None) -> Any:

@@ -68,6 +68,7 @@ class Resolution:
     pin: dict[str, Any]  # immutable coordinates; never a secret
     files: list[RemoteFile]
     hf: HFIdentity | None = None
+    ollama: str | None = None  # <host>/<namespace>/<model>/<tag>, for integration.ollama
 
 
 class Source(ABC):
@@ -79,6 +80,7 @@ class Source(ABC):
     # where credentials come from when not from models.toml's auth (then auth is refused)
     own_credentials: ClassVar[str | None] = None
     needs_network: ClassVar[bool] = True  # False: apply --offline may still fetch from it
+    hf_cache: ClassVar[bool] = True  # linked into the HF cache unless models.toml says not
 
     def __init__(self, decl: Declaration, context: Any) -> None:
         self.decl = decl

@@ -118,6 +118,7 @@ def descriptor_file(path: str, desc: dict[str, Any], where: str) -> RemoteFile:
 class OllamaSource(HttpSource):
     type = "ollama"
     OPTIONS: dict[str, Any] = {"model": "str", "tag": "str", "registry": "str"}
+    hf_cache = False  # transformers cannot read it; integration.ollama installs it instead
 
     @classmethod
     def check_options(cls, opts: dict[str, Any]) -> dict[str, Any]:
@@ -157,7 +158,12 @@ class OllamaSource(HttpSource):
         self._keep(manifest)  # apply needs no request for it
         pin = {"registry": self.options["registry"], "model": self.options["model"],
                "tag": self.options["tag"], "digest": manifest.digest}
-        return Resolution(pin=pin, files=files)
+        return Resolution(pin=pin, files=files, ollama=self.ollama_name(pin))
+
+    @staticmethod
+    def ollama_name(pin: dict[str, Any]) -> str:
+        """Where ollama looks for it: manifests/<host>/<namespace>/<model>/<tag>."""
+        return f"{urlsplit(str(pin['registry'])).netloc}/{pin['model']}/{pin['tag']}"
 
     def files_of(self, manifest: Manifest) -> list[RemoteFile]:
         doc = manifest.json()

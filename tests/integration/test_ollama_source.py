@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import pytest
 
@@ -40,6 +41,14 @@ def push_ollama(pusher: Pusher, repo: str, tag: str, layers=LAYERS, indent=None)
     data = json.dumps(doc, indent=indent).encode() + (b"\n" if indent else b"")
     pusher.manifest(repo, tag, data)
     return data
+
+
+@pytest.fixture(autouse=True)
+def ollama_dir(tmp_path, monkeypatch):
+    """ollama's models directory for this test (never the developer's ~/.ollama)."""
+    d = tmp_path / "ollama-models"
+    monkeypatch.setenv("OLLAMA_MODELS", str(d))
+    return d
 
 
 @pytest.fixture(scope="module")
@@ -226,3 +235,82 @@ def test_a_manifest_whose_digest_does_not_match_is_refused(project, registry, tm
         assert r.code == 1 and "digest does not match" in r.err, r.err
     finally:
         server.shutdown()
+
+
+# --- integration.ollama ----------------------------------------------------------------
+
+
+def ollama_models(mdir):
+    """What ollama's loader sees: every manifests/*/*/*/* and the blobs each names,
+    checked as `ollama run` opens them (by digest, sha256-<hex>)."""
+    found = {}
+    for path in mdir.glob("manifests/*/*/*/*"):
+        doc = json.loads(path.read_bytes())
+        for d in [doc["config"], *doc["layers"]]:
+            blob = mdir / "blobs" / d["digest"].replace(":", "-")
+            assert hashlib.sha256(blob.read_bytes()).hexdigest() == d["digest"][7:], blob
+            assert blob.stat().st_size == d["size"]
+        found[path.relative_to(mdir / "manifests").as_posix()] = path.read_bytes()
+    return found
+
+
+def test_apply_installs_where_ollama_finds_it_and_prune_removes_only_its_own(
+        project, registry, ollama_dir):
+    url, served = registry
+    host = url.split("//")[1]
+    declare(project, url)
+    assert project.run("lock").code == 0
+    assert read_lock(project.lock).models["llm"].ollama == f"{host}/library/tinyllm/latest"
+    r = project.run("apply")
+    assert r.code == 0, r.err
+    assert ollama_models(ollama_dir) == {f"{host}/library/tinyllm/latest": served}
+    assert not list(ollama_dir.glob(".reconcile-tmp-*"))
+    assert not (project.cache / "models--library--tinyllm-latest").exists()  # no HF link
+    r = project.run("plan")
+    assert r.code == 0 and "No changes" in r.out, r.out
+
+    # ollama's own model shares a blob (the template) and has one reconcile never wrote
+    own = ollama_dir / "manifests/registry.ollama.ai/library/other/latest"
+    own.parent.mkdir(parents=True)
+    template = hashlib.sha256(LAYERS[1][1]).hexdigest()
+    theirs = hashlib.sha256(b"ollama's own").hexdigest()
+    (ollama_dir / "blobs" / f"sha256-{theirs}").write_bytes(b"ollama's own")
+    own.write_text(json.dumps({"config": {"digest": "sha256:" + theirs, "size": 12},
+                               "layers": [{"digest": "sha256:" + template,
+                                           "size": len(LAYERS[1][1])}]}))
+    project.write("")  # the model leaves models.toml
+    r = project.run("apply", "--prune")
+    assert r.code == 0, r.err
+    assert set(ollama_models(ollama_dir)) == {"registry.ollama.ai/library/other/latest"}
+    blobs = {p.name for p in (ollama_dir / "blobs").iterdir()}
+    assert blobs == {"sha256-" + theirs, "sha256-" + template}  # ollama's, and shared
+    assert not (ollama_dir / "manifests" / host).exists()
+
+
+def test_a_tag_ollama_pulled_at_another_version_is_left_alone(project, registry, ollama_dir):
+    url, served = registry
+    host = url.split("//")[1]
+    theirs = ollama_dir / f"manifests/{host}/library/tinyllm/latest"
+    theirs.parent.mkdir(parents=True)
+    theirs.write_bytes(b'{"schemaVersion": 2, "layers": []}')
+    declare(project, url)
+    assert project.run("lock").code == 0
+    r = project.run("plan")
+    assert "holds another version" in r.out and "ollama rm" in r.out, r.out
+    r = project.run("apply")
+    assert r.code == 0, r.err
+    assert theirs.read_bytes() == b'{"schemaVersion": 2, "layers": []}'
+    theirs.unlink()  # `ollama rm`: now reconcile installs the locked version
+    assert project.run("apply").code == 0
+    assert theirs.read_bytes() == served
+
+
+def test_a_hand_edited_lock_cannot_install_under_another_name(project, registry):
+    url, _ = registry
+    declare(project, url)
+    assert project.run("lock").code == 0
+    text = project.lock.read_text()
+    for evil in ("registry.ollama.ai/library/llama3/latest", "../../etc/x/y"):
+        project.lock.write_text(re.sub(r'ollama = "[^"]*"', f'ollama = "{evil}"', text))
+        r = project.run("apply", "--locked")
+        assert r.code != 0 and "models.llm.ollama" in r.err, r.err
