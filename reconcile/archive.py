@@ -326,11 +326,18 @@ def safe_extract(
                     _extract_zip(f, writer, label)
                 elif kind == "tar":
                     _extract_tar(f, writer, label, os.fspath(dest))
-                elif kind == "zstd":
-                    raise IntegrityError(
-                        f"{label}: zstd-compressed archives are not supported; "
-                        "use tar, tar.gz, tar.bz2, tar.xz or zip"
-                    )
+                elif kind == "zstd":  # tar+zstd (OCI model layers); read forward only
+                    try:
+                        import zstandard
+                    except ImportError:
+                        raise IntegrityError(
+                            f"{label}: a zstd-compressed archive needs the zstandard package",
+                            hint="pip install 'reconcile[zstd]' (or zstandard)") from None
+                    try:
+                        with zstandard.ZstdDecompressor().stream_reader(f) as zr:
+                            _extract_tar(zr, writer, label, os.fspath(dest))
+                    except zstandard.ZstdError as e:
+                        raise _corrupt(label, None, e) from None
                 else:
                     raise IntegrityError(
                         f"{label}: not a tar or zip archive (extract = true needs one)"

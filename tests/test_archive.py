@@ -237,9 +237,26 @@ def test_not_an_archive_or_truncated(tmp_path: Path) -> None:
         safe_extract(cut, tmp_path / "d")
     zst = tmp_path / "z"
     zst.write_bytes(b"\x28\xb5\x2f\xfd" + bytes(100))
-    with pytest.raises(IntegrityError, match="zstd"):
+    with pytest.raises(IntegrityError, match="zstd|corrupt"):
         safe_extract(zst, tmp_path / "d")
     assert not (tmp_path / "d").exists()
+
+
+def test_tar_zstd_is_unpacked_by_the_same_rules(tmp_path: Path) -> None:
+    """tar+zstd (OCI model layers): members checked exactly as in a plain tar."""
+    zstandard = pytest.importorskip("zstandard")
+    data = os.urandom(50_000)
+    plain = make_tar(tmp_path / "ok.tar", [{"name": "w/model.bin", "data": data}])
+    ok = tmp_path / "ok.tar.zst"
+    ok.write_bytes(zstandard.ZstdCompressor().compress(plain.read_bytes()))
+    safe_extract(ok, tmp_path / "d")
+    assert (tmp_path / "d/w/model.bin").read_bytes() == data
+    evil = make_tar(tmp_path / "evil.tar", [{"name": "../escape", "data": b"x"}])
+    bad = tmp_path / "evil.tar.zst"
+    bad.write_bytes(zstandard.ZstdCompressor().compress(evil.read_bytes()))
+    with pytest.raises(IntegrityError, match="escape"):
+        safe_extract(bad, tmp_path / "e")
+    assert not (tmp_path / "e").exists() and not (tmp_path / "escape").exists()
 
 
 def test_dest_must_be_new_or_empty(tmp_path: Path) -> None:

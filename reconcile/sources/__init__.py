@@ -27,6 +27,7 @@ SOURCES: dict[str, tuple[str, str]] = {
     "git-lfs": ("reconcile.sources.git_lfs", "repo"),
     "git-xet": ("reconcile.sources.git_xet", "url"),
     "ollama": ("reconcile.sources.ollama", "model"),
+    "oci": ("reconcile.sources.oci", "ref"),
 }
 # the seed's factory names where they are not mk_<type>
 _FACTORY_NAMES = {"huggingface": "mk_hugging_face"}

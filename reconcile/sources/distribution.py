@@ -22,11 +22,13 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from ..errors import AuthRequired, IntegrityError, NotFound, SourceError
+from .base import RemoteFile
 
 MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
@@ -217,3 +219,37 @@ class Registry:
                                  f" {digest}")
         media = (r.headers.get("Content-Type") or "").split(";")[0].strip()
         return Manifest(r.content, digest, media)
+
+
+def descriptor_file(path: str, desc: dict[str, Any], where: str) -> RemoteFile:
+    """A layer or config descriptor as a file: its digest is its sha256."""
+    digest, size = desc.get("digest"), desc.get("size")
+    if not isinstance(digest, str) or not DIGEST.match(digest):
+        raise SourceError(f"{where}: {path}: digest {str(digest)[:80]!r} is not sha256:<hex>")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise SourceError(f"{where}: {path}: size {str(size)[:40]!r} is not a byte count")
+    return RemoteFile(path, size, digest[7:])
+
+
+def blob_stream(registry: Registry, client: Callable[[], Any], digest: str, file: Any,
+                network: Any,
+                start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    """Bytes [start, end) of a blob, with the registry's current token."""
+    from ..http import stream
+
+    registry.authorize()
+    what = f"{registry.name}@{digest[:19]}… ({file.path})"
+
+    def raise_for_status(r: Any) -> None:
+        if r.status_code < 300:
+            return
+        if r.status_code in (401, 403):
+            raise AuthRequired(f"{what}: HTTP {r.status_code}: access denied")
+        if r.status_code == 404:
+            raise NotFound(f"{what}: the registry no longer has this blob")
+        raise SourceError(f"{what}: HTTP {r.status_code}")
+
+    length = (file.size if end is None else end) - start
+    yield from stream(client, registry.url("blobs", digest), start=start, end=end,
+                      headers=registry.headers(), length=length, network=network,
+                      raise_for_status=raise_for_status)

@@ -20,14 +20,14 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import NotFound, SourceError
 from .base import HttpSource, RemoteFile, Resolution
-from .distribution import DIGEST, Manifest, Registry
+from .distribution import DIGEST, Manifest, Registry, blob_stream, descriptor_file
 
 DEFAULT_REGISTRY = "https://registry.ollama.ai"
 PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}$")
@@ -103,16 +103,6 @@ def layer_paths(manifest: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
                 name = f"{stem}-{seen[name]}{dot}{ext}"
         out.append((name, layer))
     return out
-
-
-def descriptor_file(path: str, desc: dict[str, Any], where: str) -> RemoteFile:
-    """A layer or config descriptor as a file: its digest is its sha256."""
-    digest, size = desc.get("digest"), desc.get("size")
-    if not isinstance(digest, str) or not DIGEST.match(digest):
-        raise SourceError(f"{where}: {path}: digest {str(digest)[:80]!r} is not sha256:<hex>")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise SourceError(f"{where}: {path}: size {str(size)[:40]!r} is not a byte count")
-    return RemoteFile(path, size, digest[7:])
 
 
 class OllamaSource(HttpSource):
@@ -217,31 +207,6 @@ class OllamaSource(HttpSource):
                                hint="run `reconcile lock --upgrade` to take the new version"
                                ) from None
             return got.data
-
-
-def blob_stream(registry: Registry, client: Callable[[], Any], digest: str, file: Any,
-                network: Any,
-                start: int = 0, end: int | None = None) -> Iterator[bytes]:
-    """Bytes [start, end) of a blob, with the registry's current token."""
-    from ..errors import AuthRequired
-    from ..http import stream
-
-    registry.authorize()
-    what = f"{registry.name}@{digest[:19]}… ({file.path})"
-
-    def raise_for_status(r: Any) -> None:
-        if r.status_code < 300:
-            return
-        if r.status_code in (401, 403):
-            raise AuthRequired(f"{what}: HTTP {r.status_code}: access denied")
-        if r.status_code == 404:
-            raise NotFound(f"{what}: the registry no longer has this blob")
-        raise SourceError(f"{what}: HTTP {r.status_code}")
-
-    length = (file.size if end is None else end) - start
-    yield from stream(client, registry.url("blobs", digest), start=start, end=end,
-                      headers=registry.headers(), length=length, network=network,
-                      raise_for_status=raise_for_status)
 
 
 SOURCE = OllamaSource
