@@ -314,3 +314,86 @@ def test_a_hand_edited_lock_cannot_install_under_another_name(project, registry)
         project.lock.write_text(re.sub(r'ollama = "[^"]*"', f'ollama = "{evil}"', text))
         r = project.run("apply", "--locked")
         assert r.code != 0 and "models.llm.ollama" in r.err, r.err
+
+
+def test_basic_auth_and_a_redirect_to_storage_that_never_sees_the_credentials(
+        project, registry, monkeypatch):
+    """A registry behind Basic auth whose blob GETs answer 307 to storage on another host
+    (as the Ollama registry sends to R2): the storage gets no Authorization."""
+    import base64
+    import http.server
+    import threading
+    import urllib.request
+
+    url, served = registry
+    seen: list[str | None] = []
+    storage_port: list[int] = []
+
+    class Storage(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            with urllib.request.urlopen(url + self.path) as r:
+                body = r.read()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    class Front(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            want = "Basic " + base64.b64encode(f"bob:{PASSWORD}".encode()).decode()
+            if self.headers.get("Authorization") != want:
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="registry"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if "/blobs/" in self.path:
+                self.send_response(307)
+                self.send_header("Location", f"http://localhost:{storage_port[0]}{self.path}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            req = urllib.request.Request(url + self.path, headers={
+                "Accept": self.headers.get("Accept", "")})
+            try:
+                with urllib.request.urlopen(req) as r:
+                    body, status = r.read(), r.status
+                    digest = r.headers.get("Docker-Content-Digest", "")
+            except urllib.error.HTTPError as e:
+                body, status, digest = e.read(), e.code, ""
+            self.send_response(status)
+            if digest:
+                self.send_header("Docker-Content-Digest", digest)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), h) for h in (Storage, Front)]
+    storage_port.append(servers[0].server_address[1])
+    for s in servers:
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    try:
+        front = f"http://127.0.0.1:{servers[1].server_address[1]}"
+        declare(project, front)
+        r = project.run("lock")
+        assert r.code == 1 and "access denied" in r.err, r.err
+        monkeypatch.setenv("REG_USER", "bob")
+        monkeypatch.setenv("REG_PASSWORD", PASSWORD)
+        declare(project, front, extra='auth = { usernameEnvVar = "REG_USER",'
+                ' passwordEnvVar = "REG_PASSWORD" }\n')
+        r = project.run("lock")
+        assert r.code == 0, r.err
+        r = project.run("apply")
+        assert r.code == 0, r.err
+        assert (installed(project) / "model.gguf").read_bytes() == GGUF
+        assert seen and seen == [None] * len(seen)  # every blob came from storage, no creds
+    finally:
+        for s in servers:
+            s.shutdown()
