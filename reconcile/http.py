@@ -161,6 +161,21 @@ def transient_status(response: Any) -> Transient | None:
     return None
 
 
+def check_answer(r: Any, what: str, *, missing: str, denied: str = "access denied",
+                 gone: tuple[int, ...] = (404,)) -> None:
+    """Raise the usual error for a failed answer to a byte request (retryable statuses
+    are ``transient_status``'s): ``what: HTTP n: why``."""
+    from .errors import AuthRequired, NotFound
+
+    if r.status_code < 300:
+        return
+    if r.status_code in (401, 403):
+        raise AuthRequired(f"{what}: HTTP {r.status_code}: {denied}")
+    if r.status_code in gone:
+        raise NotFound(f"{what}: HTTP {r.status_code}: {missing}")
+    raise SourceError(f"{what}: HTTP {r.status_code}")
+
+
 def refuse_html(headers: Any, requested: str) -> None:
     """A file download answered with an HTML page is a login page, an error page or a
     wrong URL, never a model file: stop at the first byte, not after a validator.

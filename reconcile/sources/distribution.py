@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from ..errors import AuthRequired, IntegrityError, NotFound, SourceError
-from .base import RemoteFile
+from .base import HttpSource, RemoteFile
 
 MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
@@ -235,21 +235,30 @@ def blob_stream(registry: Registry, client: Callable[[], Any], digest: str, file
                 network: Any,
                 start: int = 0, end: int | None = None) -> Iterator[bytes]:
     """Bytes [start, end) of a blob, with the registry's current token."""
-    from ..http import stream
+    from ..http import check_answer, stream
 
     registry.authorize()
     what = f"{registry.name}@{digest[:19]}… ({file.path})"
-
-    def raise_for_status(r: Any) -> None:
-        if r.status_code < 300:
-            return
-        if r.status_code in (401, 403):
-            raise AuthRequired(f"{what}: HTTP {r.status_code}: access denied")
-        if r.status_code == 404:
-            raise NotFound(f"{what}: the registry no longer has this blob")
-        raise SourceError(f"{what}: HTTP {r.status_code}")
-
     length = (file.size if end is None else end) - start
     yield from stream(client, registry.url("blobs", digest), start=start, end=end,
                       headers=registry.headers(), length=length, network=network,
-                      raise_for_status=raise_for_status)
+                      raise_for_status=lambda r: check_answer(
+                          r, what, missing="the registry no longer has this blob"))
+
+
+class RegistrySource(HttpSource):
+    """What ollama and OCI sources share: blobs by digest from one repository."""
+
+    registry: Registry
+
+    def entity(self, pin: dict[str, Any], file: Any = None) -> str | None:
+        return file.sha256 if file is not None else pin.get("digest")
+
+    def refresh_credentials(self) -> bool:
+        super().refresh_credentials()
+        self.registry.forget()
+        return True
+
+    def blob(self, file: Any, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        return blob_stream(self.registry, lambda: self.client, "sha256:" + file.sha256, file,
+                           self.decl.network, start, end)

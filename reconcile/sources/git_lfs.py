@@ -585,19 +585,14 @@ class GitLfsSource(HttpSource):
             yield from self._open_git(pin, file, start, end)
 
     def _open_lfs(self, pin, file, start, end) -> Iterator[bytes]:
-        from ..http import stream
+        from ..http import check_answer, stream
 
         href, header = self._href(pin, file)
         what = f"{self.url}: LFS object of {file.path}"
 
         def raise_for_status(r: Any) -> None:
-            if r.status_code < 300:
-                return
-            if r.status_code in (401, 403):
-                raise AuthRequired(f"{what}: HTTP {r.status_code} from the object store")
-            if r.status_code in (404, 410):
-                raise NotFound(f"{what}: HTTP {r.status_code}: missing on the server")
-            raise SourceError(f"{what}: HTTP {r.status_code}")
+            check_answer(r, what, missing="missing on the server", gone=(404, 410),
+                         denied="the object store refused it")
 
         if not any(k.lower() == "authorization" for k in header):
             header = {**header, **(self._auth_for(href) if urlsplit(href).netloc

@@ -26,8 +26,8 @@ from typing import Any
 
 from ..errors import SourceError
 from ..paths import check_relpath
-from .base import HttpSource, RemoteFile, Resolution
-from .distribution import DIGEST, Manifest, Registry, blob_stream, descriptor_file
+from .base import RemoteFile, Resolution
+from .distribution import DIGEST, Manifest, Registry, RegistrySource, descriptor_file
 
 REF = re.compile(r"^(?:(?P<scheme>https?)://)?(?P<host>[A-Za-z0-9.-]+(?::[0-9]{1,5})?)/"
                  r"(?P<repo>[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*)"
@@ -64,7 +64,7 @@ def parse_ref(ref: str) -> dict[str, str]:
             "tag": m.group("tag") or ""}
 
 
-class OciSource(HttpSource):
+class OciSource(RegistrySource):
     type = "oci"
     OPTIONS: dict[str, Any] = {"ref": "str"}
 
@@ -198,19 +198,10 @@ class OciSource(HttpSource):
 
     # --- apply ------------------------------------------------------------------------
 
-    def entity(self, pin: dict[str, Any], file: Any = None) -> str | None:
-        return file.sha256 if file is not None else pin.get("digest")
-
-    def refresh_credentials(self) -> bool:
-        super().refresh_credentials()
-        self.registry.forget()
-        return True
-
     def open(self, pin, file, start=0, end=None) -> Iterator[bytes]:
         layer = (file.pin or {}).get("layer")
         if layer is None:  # a raw layer, or a whole layer being fetched to unpack
-            yield from blob_stream(self.registry, lambda: self.client, "sha256:" + file.sha256,
-                                   file, self.decl.network, start, end)
+            yield from self.blob(file, start, end)
             return
         from ..transfer import iter_file
 

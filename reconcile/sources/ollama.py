@@ -26,8 +26,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import NotFound, SourceError
-from .base import HttpSource, RemoteFile, Resolution
-from .distribution import DIGEST, Manifest, Registry, blob_stream, descriptor_file
+from .base import RemoteFile, Resolution
+from .distribution import DIGEST, Manifest, Registry, RegistrySource, descriptor_file
 
 DEFAULT_REGISTRY = "https://registry.ollama.ai"
 PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}$")
@@ -105,7 +105,7 @@ def layer_paths(manifest: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-class OllamaSource(HttpSource):
+class OllamaSource(RegistrySource):
     type = "ollama"
     OPTIONS: dict[str, Any] = {"model": "str", "tag": "str", "registry": "str"}
     hf_cache = False  # transformers cannot read it; integration.ollama installs it instead
@@ -130,7 +130,7 @@ class OllamaSource(HttpSource):
         self._lock = threading.Lock()
 
     @property
-    def registry(self) -> Registry:
+    def registry(self) -> Registry:  # type: ignore[override]
         if self._registry is None:
             # registries want lowercase repository names; ollama compares names that way
             self._registry = Registry(self.options["registry"], self.options["model"].lower(),
@@ -177,21 +177,12 @@ class OllamaSource(HttpSource):
         ns, model = self.options["model"].split("/")
         return (ns, f"{model}-{self.options['tag']}")
 
-    def entity(self, pin: dict[str, Any], file: Any = None) -> str | None:
-        return file.sha256 if file is not None else pin.get("digest")
-
-    def refresh_credentials(self) -> bool:
-        super().refresh_credentials()
-        self.registry.forget()
-        return True
-
     def open(self, pin, file, start=0, end=None) -> Iterator[bytes]:
         if file.path == MANIFEST_FILE:
             data = self._manifest_bytes(pin)
             yield data[start:end]
             return
-        yield from blob_stream(self.registry, lambda: self.client, "sha256:" + file.sha256,
-                               file, self.decl.network, start, end)
+        yield from self.blob(file, start, end)
 
     def _manifest_bytes(self, pin: dict[str, Any]) -> bytes:
         """By digest; a registry that serves manifests only by tag (ollama's) is asked by
