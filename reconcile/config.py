@@ -31,7 +31,7 @@ _SRI_LEN = {"sha256": 32, "sha512": 64}
 
 # --- the option tree ---------------------------------------------------------------
 # A spec is a type name ("str", "bool", "int", "number", "size", "sri", "name",
-# "strlist", "any-table", "validator-list", "enum:a|b") or a dict of sub-specs.
+# "str|int", "strlist", "any-table", "validator-list", "enum:a|b") or a dict of sub-specs.
 
 NETWORK_SPEC: dict[str, Any] = {
     "timeout": {"connect": "number", "read": "number"},
@@ -320,6 +320,9 @@ class _Checker:
         elif spec == "strlist":
             self.expect(isinstance(v, list) and all(isinstance(x, str) for x in v),
                         where, "a list of strings", v)
+        elif spec == "str|int":  # a version: "3" or 3
+            self.expect(isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)
+                                                and v >= 0), where, "a string or a number", v)
         elif spec == "reflist":
             from .lockfile import check_ref
 

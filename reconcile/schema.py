@@ -31,6 +31,7 @@ def _type(spec: Any) -> dict[str, Any]:
         "int": {"type": "integer", "minimum": 0},
         "number": {"type": "number", "minimum": 0},
         "strlist": {"type": "array", "items": {"type": "string"}},
+        "str|int": {"oneOf": [{"type": "string"}, {"type": "integer", "minimum": 0}]},
         "reflist": {"type": "array", "items": {"type": "string", "pattern": REF_PATTERN}},
         "list": {"type": "array"},
         "any-table": {"type": "object"},

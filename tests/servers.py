@@ -700,3 +700,76 @@ def _parse_challenge(header: str) -> dict[str, str]:
     import re
 
     return {k: v for k, v in re.findall(r'(\w+)="([^"]*)"', header)}
+
+
+# --- a real MLflow tracking server ------------------------------------------------------------
+
+def mlflow_cli() -> str | None:
+    import sys
+
+    cand = Path(sys.executable).with_name("mlflow")
+    return str(cand) if cand.exists() else shutil.which("mlflow")
+
+
+@contextmanager
+def mlflow_server(work: Path, *, admin_password: str | None = None,
+                  artifact_root: str | None = None, env: dict[str, str] | None = None,
+                  ) -> Iterator[str]:
+    """`mlflow server` (sqlite backend) on a free port; yields its URL.
+
+    Default: artifacts proxied by the server (--serve-artifacts, a local directory).
+    ``artifact_root`` (e.g. s3://bucket/mlflow): no proxy, clients go to that store.
+    ``admin_password``: the basic-auth app, with user ``admin``."""
+    import os
+    import signal
+    import urllib.request
+
+    cli = mlflow_cli()
+    if cli is None:
+        raise RuntimeError("mlflow is not installed (pip install 'mlflow[auth]')")
+    port = free_port()
+    work.mkdir(parents=True, exist_ok=True)
+    cmd = [cli, "server", "--backend-store-uri", f"sqlite:///{work}/mlflow.db",
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    if artifact_root:
+        cmd += ["--default-artifact-root", artifact_root, "--no-serve-artifacts"]
+    else:
+        cmd += ["--artifacts-destination", str(work / "artifacts"), "--serve-artifacts"]
+    full_env = {**os.environ, **(env or {})}
+    if admin_password:
+        ini = work / "auth.ini"
+        ini.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{work}/auth.db"
+                       f"\nadmin_username = admin\nadmin_password = {admin_password}\n"
+                       "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        cmd += ["--app-name", "basic-auth"]
+        full_env.update(MLFLOW_AUTH_CONFIG_PATH=str(ini),
+                        MLFLOW_FLASK_SERVER_SECRET_KEY="reconcile-test-secret")
+    with open(work / "server.log", "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=full_env,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {(work / 'server.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError((work / "server.log").read_text()[-2000:])
+            time.sleep(0.2)
+        yield url
+    finally:
+        try:  # uvicorn waits for kept-alive clients on SIGTERM: not for long
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(3)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(5)

@@ -325,7 +325,7 @@ def test_basic_auth_and_a_redirect_to_storage_that_never_sees_the_credentials(
     import threading
     import urllib.request
 
-    url, served = registry
+    url, _ = registry
     seen: list[str | None] = []
     storage_port: list[int] = []
 
