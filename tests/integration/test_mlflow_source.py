@@ -248,3 +248,36 @@ def test_a_hand_edited_lock_cannot_point_elsewhere(project, server, tmp_path):
         project.lock.write_text(text.replace(old, new))
         r = project.run("apply", "--locked")
         assert r.code != 0 and "models.lock" in r.err, (new, r.err)
+
+
+def test_a_version_that_is_not_ready_is_refused_naming_its_status(project, server, tmp_path):
+    """A front that reports the version still registering (as a slow artifact copy does)."""
+    import http.server
+    import threading
+    import urllib.request
+
+    name = seed(server, tmp_path)
+
+    class Front(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            with urllib.request.urlopen(server + self.path) as r:
+                body = r.read()
+            if "model-versions/get?" in self.path:
+                body = body.replace(b'"READY"', b'"PENDING_REGISTRATION"')
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    front = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Front)
+    threading.Thread(target=front.serve_forever, daemon=True).start()
+    try:
+        declare(project, f"http://127.0.0.1:{front.server_address[1]}", name, 'version = "2"')
+        r = project.run("lock")
+        assert r.code == 1 and "version 2 is PENDING_REGISTRATION, not READY" in r.err, r.err
+    finally:
+        front.shutdown()
