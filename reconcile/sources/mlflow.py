@@ -118,13 +118,12 @@ class MlflowSource(HttpSource):
         """mlflow's own precedence: username/password, then the token, then models.toml."""
         if self._credentials is None:
             from ..auth import Credentials
-            from ..config import AuthConfig
 
             auth = self.decl.auth
             if not any(dataclasses.asdict(auth).values()) and settings.env_value(
                     "MLFLOW_TRACKING_USERNAME") and settings.env_value("MLFLOW_TRACKING_PASSWORD"):
-                auth = AuthConfig(username_env_var="MLFLOW_TRACKING_USERNAME",
-                                  password_env_var="MLFLOW_TRACKING_PASSWORD")
+                auth = dataclasses.replace(auth, username_env_var="MLFLOW_TRACKING_USERNAME",
+                                           password_env_var="MLFLOW_TRACKING_PASSWORD")
             self._credentials = Credentials(
                 auth, lambda: settings.env_value("MLFLOW_TRACKING_TOKEN"))
         return self._credentials
@@ -297,9 +296,8 @@ class MlflowSource(HttpSource):
                 opts = S3Source.check_options(opts)
             except ValueError as e:
                 raise SourceError(f"{self.base}: artifact location {location}: {e}") from None
-            from ..config import AuthConfig
-
-            decl = dataclasses.replace(self.decl, source=opts, auth=AuthConfig())
+            # S3 takes no auth from models.toml: the AWS chain only
+            decl = dataclasses.replace(self.decl, source=opts, auth=type(self.decl.auth)())
             self._s3 = S3Source(decl, self.context)
         return self._s3
 

@@ -1,0 +1,170 @@
+"""Growth: lock and apply against the number of files and of models, one run.
+
+Run:  python bench/bench_scale.py [--quick] [--reps N]
+
+  A  one mock model of 300, 1,000, 3,000 and 10,000 small files (64-1,084 bytes, in
+     directories of 500); B  100 and 1,000 mock models of 3 small files each. For each:
+     `reconcile lock` (fresh), cold `reconcile apply` (fresh store and HF cache),
+     no-op `reconcile apply`; validation off. The per-file cost of a cold apply at the
+     largest size must stay within 1.3x of the smallest's; cold apply of 6,000 files
+     (A, interpolated from 3,000/10,000 is not allowed: a 6,000 row is run) and of
+     1,000 models x 3 files <= 2 s.
+  C  `reconcile lock` of a Hub repo of 2,000 small git files (the nginx stand-in of
+     bench/hfsite.py; lock downloads each to learn its sha256) vs huggingface_hub's
+     `snapshot_download` of the same repo, fresh caches, same run: >= 1.0x.
+
+--quick: A up to 3,000 files, B 100 models, C 500 files. Median of N (default 3).
+Writes bench/results/scale.json (--quick: scale-quick.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from bench_hf import BASE_ENV, HF_CODE, measure, wipe  # noqa: E402
+from hfsite import Site, _reconcile_cmd  # noqa: E402
+
+RECONCILE = _reconcile_cmd()
+PY = sys.executable
+
+
+def one_model(n: int) -> str:
+    files = ", ".join(f'"d{i // 500:02d}/f{i:05d}.bin"' for i in range(n))
+    return f'[models.big]\nsource.mock = {{ model = "big", files = [{files}] }}\n'
+
+
+def many_models(n: int) -> str:
+    return "".join(f'[models.m{i:04d}]\nsource.mock = {{ model = "m{i:04d}",'
+                   ' files = ["config.json", "a.bin", "b.bin"] }\n' for i in range(n))
+
+
+def run_case(tmp: Path, toml: str, reps: int) -> dict:
+    proj = tmp / "proj"
+    work = tmp / "work"
+    wipe(proj)
+    proj.mkdir()
+    (proj / "models.toml").write_text(toml)
+    env = {**BASE_ENV, "RECONCILE_STORE": str(work / "store"), "HF_HUB_CACHE": str(work / "hub"),
+           "HF_HOME": str(work / "hf"), "RECONCILE_VALIDATION": "none"}
+    out: dict[str, list[float]] = {"lock": [], "cold": [], "noop": []}
+    rss = 0.0
+    for _ in range(reps):
+        wipe(work)
+        (proj / "models.lock").unlink(missing_ok=True)
+        r = measure([RECONCILE, "lock"], env, proj)
+        out["lock"].append(r["s"])
+        wipe(work)  # lock put nothing there for mock files, but be sure: cold means empty
+        r = measure([RECONCILE, "apply", "--locked"], env, proj)
+        out["cold"].append(r["s"])
+        rss = max(rss, r["rss_mb"])
+        out["noop"].append(measure([RECONCILE, "apply", "--locked"], env, proj)["s"])
+    wipe(work)
+    return {**{k: statistics.median(v) for k, v in out.items()},
+            "samples": out, "rss_mb": rss}
+
+
+def run_hub(tmp: Path, n: int, reps: int) -> dict:
+    site = Site(tmp / "site")
+    files = {f"shard/{i:05d}.json": (b'{"i": %d, "pad": "' % i) + b"x" * (i % 700) + b'"}'
+             for i in range(n)}
+    info = site.add_repo("bench/many", files)
+    res: dict[str, list[float]] = {"reconcile lock": [], "snapshot_download": []}
+    with site.serve() as ep:
+        url = ep.direct
+        proj = tmp / "hubproj"
+        proj.mkdir(exist_ok=True)
+        (proj / "models.toml").write_text('[models.many]\nsource.huggingface = { repo ='
+                                          ' "bench/many" }\n')
+        for i in range(reps):
+            for tool in (list(res) if i % 2 == 0 else list(res)[::-1]):
+                work = tmp / "hubwork"
+                wipe(work)
+                work.mkdir()
+                env = {**BASE_ENV, "HF_ENDPOINT": url, "RECONCILE_STORE": str(work / "store"),
+                       "HF_HUB_CACHE": str(work / "hub"), "RECONCILE_VALIDATION": "none"}
+                if tool == "reconcile lock":
+                    (proj / "models.lock").unlink(missing_ok=True)
+                    r = measure([RECONCILE, "lock"], env, proj)
+                else:
+                    r = measure([PY, "-c", HF_CODE, info.repo, str(work / "hub"), url], env)
+                res[tool].append(r["s"])
+                print(f"  C {tool:<20} {r['s']:.2f} s", flush=True)
+    return {k: statistics.median(v) for k, v in res.items()} | {"samples": res, "files": n}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--reps", type=int, default=3)
+    args = ap.parse_args()
+    sizes = [300, 1000, 3000] if args.quick else [300, 1000, 3000, 6000, 10000]
+    models = [100] if args.quick else [100, 1000]
+    tmp = Path(tempfile.mkdtemp(prefix="reconcile-scale-", dir=os.environ.get("BENCH_TMP")))
+    res: dict = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+                 "quick": args.quick, "reps": args.reps, "cpus": os.cpu_count(),
+                 "python": platform.python_version(),
+                 "reconcile_git": subprocess.run(["git", "describe", "--always", "--dirty"],
+                                                 cwd=HERE.parent, capture_output=True,
+                                                 text=True).stdout.strip(),
+                 "A": {}, "B": {}}
+    try:
+        for n in sizes:
+            r = run_case(tmp, one_model(n), args.reps)
+            res["A"][n] = r
+            print(f"A {n:>6} files: lock {r['lock']:.2f} s  cold apply {r['cold']:.2f} s"
+                  f" ({r['cold'] / n * 1000:.2f} ms/file)  no-op {r['noop']:.2f} s"
+                  f"  RSS {r['rss_mb']:.0f} MB", flush=True)
+        for n in models:
+            r = run_case(tmp, many_models(n), args.reps)
+            res["B"][n] = r
+            print(f"B {n:>6} models: lock {r['lock']:.2f} s  cold apply {r['cold']:.2f} s"
+                  f"  no-op {r['noop']:.2f} s  RSS {r['rss_mb']:.0f} MB", flush=True)
+        res["C"] = run_hub(tmp, 500 if args.quick else 2000, args.reps)
+    finally:
+        wipe(tmp)
+    res["table"] = table(res)
+    (HERE / "results").mkdir(exist_ok=True)
+    name = "scale-quick.json" if args.quick else "scale.json"
+    (HERE / "results" / name).write_text(json.dumps(res, indent=1))
+    print()
+    print(res["table"])
+
+
+def table(res: dict) -> str:
+    lines = ["| work | lock | cold apply | per file (cold) | no-op apply | peak RSS |",
+             "|---|---|---|---|---|---|"]
+    for n, r in res["A"].items():
+        lines.append(f"| 1 model × {int(n):,} files | {r['lock']:.2f} s | {r['cold']:.2f} s |"
+                     f" {r['cold'] / int(n) * 1000:.2f} ms | {r['noop']:.2f} s |"
+                     f" {r['rss_mb']:.0f} MB |")
+    for n, r in res["B"].items():
+        lines.append(f"| {int(n):,} models × 3 files | {r['lock']:.2f} s | {r['cold']:.2f} s |"
+                     f" {r['cold'] / (3 * int(n)) * 1000:.2f} ms | {r['noop']:.2f} s |"
+                     f" {r['rss_mb']:.0f} MB |")
+    a = res["A"]
+    small, large = min(a, key=int), max(a, key=int)
+    growth = (a[large]["cold"] / int(large)) / (a[small]["cold"] / int(small))
+    c = res["C"]
+    lines += ["", f"Per-file cost of a cold apply at {int(large):,} files: {growth:.2f}× that at"
+              f" {int(small):,} (target ≤ 1.3×).",
+              f"Lock of a Hub repo of {c['files']:,} small files: reconcile"
+              f" {c['reconcile lock']:.2f} s vs snapshot_download {c['snapshot_download']:.2f} s"
+              f" ({c['snapshot_download'] / c['reconcile lock']:.2f}×, target ≥ 1.0×)."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
