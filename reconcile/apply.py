@@ -19,6 +19,8 @@ from .errors import ReconcileError
 from .plan import Action, Plan
 from .store import Store
 
+GROUP_MIN = 16  # a model with more small files than this shows them as one task
+
 
 @dataclass
 class ApplyReport:
@@ -62,17 +64,63 @@ class Executor:
     jobs: int = 4
     progress: ProgressSink = field(default_factory=ProgressSink)
 
+    def __post_init__(self) -> None:
+        self._groups: dict[str, list[Any]] = {}  # model key -> [label, advance, files left]
+        self._groups_lock = threading.Lock()
+
+    def _small_files_task(self, plan: Plan) -> None:
+        """One progress task per model for its small files: thousands of files give a
+        bar (or a line) per model, not one per file."""
+        from .transfer import SMALL_MAX
+
+        counts: dict[str, list[int]] = {}
+        for a in plan.nodes.values():
+            if a.kind == "fetch" and a.size <= SMALL_MAX and a.model is not None:
+                c = counts.setdefault(a.model.key, [0, 0])
+                c[0] += 1
+                c[1] += a.size
+        for key, (n, total) in counts.items():
+            if n > GROUP_MIN:
+                self._groups[key] = [f"{key}: {n} small files", None, n, total]
+
+    def _advance_for(self, action: Action) -> tuple[Callable[[int], None], str | None]:
+        """The progress callback for a fetch, and the label to finish after it (None:
+        a model's small-files task finishes when its last file is in)."""
+        from .transfer import SMALL_MAX
+
+        group = self._groups.get(action.model.key) if action.model else None
+        if group is not None and action.size <= SMALL_MAX:
+            with self._groups_lock:
+                if group[1] is None:
+                    group[1] = self.progress.task(group[0], group[3])
+            return group[1], None
+        label = action.file.path if action.file else action.target[:12]
+        return self.progress.task(label, action.size), label
+
+    def _small_done(self, action: Action) -> None:
+        group = self._groups.get(action.model.key) if action.model else None
+        if group is None:
+            return
+        with self._groups_lock:
+            group[2] -= 1
+            last = group[2] == 0
+        if last:
+            self.progress.finish(group[0])
+
     def run_action(self, action: Action, report: ApplyReport) -> None:
         if action.kind == "fetch":
-            label = action.file.path if action.file else action.target[:12]
-            advance = self.progress.task(label, action.size)
+            advance, label = self._advance_for(action)
             result = self.fetch_object(action, advance)
-            self.progress.finish(label)
+            if label is None:
+                self._small_done(action)
+            else:
+                self.progress.finish(label)
             # an object another process fetched while we waited for its lock is not ours
             report.count("fetch" if result.fetched else "shared", result.downloaded)
             return
         elif action.kind == "assemble":
             assert action.model
+            self.store.commit_staged()  # its small objects, and whatever else is staged
             with self.store.lock(f"model-{action.model.store_id}"):
                 self.store.assemble(action.model)
         elif action.kind == "validate":
@@ -110,6 +158,7 @@ class Executor:
         if plan.empty:
             return report
         self.store.ensure()
+        self._small_files_task(plan)
         self.progress.begin(plan)
         succ: dict[str, list[str]] = {n: [] for n in plan.nodes}
         waiting = dict.fromkeys(plan.nodes, 0)
@@ -155,8 +204,10 @@ class Executor:
             from .interrupt import abandon
 
             abandon(pool, (f for f in submitted if not f.done()))
+            self.store.commit_staged()  # verified already: worth keeping
             raise
         pool.shutdown(wait=True)
+        self.store.commit_staged()  # fetched for a model that failed later: keep them
         if any(isinstance(e, KeyboardInterrupt) for _, e in report.failures):
             raise KeyboardInterrupt  # a transfer saw Ctrl-C first
         return report

@@ -146,7 +146,8 @@ def resolve_model(
         """Download a file the source gave no sha256 for, straight into the store."""
         if lf.type != "f" or lf.sha256:
             return lf
-        got = fetch(source, res.pin, lf, context.store, decl.network, jobs=context.jobs)
+        got = fetch(source, res.pin, lf, context.store, decl.network, jobs=context.jobs,
+                    stage=True)
         return LockedFile(**{**lf.__dict__, "sha256": got.sha256, "size": got.size})
 
     try:
@@ -160,6 +161,7 @@ def resolve_model(
         with ThreadPoolExecutor(max_workers=max(1, context.jobs)) as pool:
             files = list(pool.map(complete, files))
     finally:
+        context.store.commit_staged()  # what lock fetched is there for apply, by name
         source.close()
     model_hash = treehash.tree_hash(f.entry() for f in files)
     if decl.hash and decl.hash != model_hash:

@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from .errors import StoreError
 from .lockfile import LockedModel
@@ -31,7 +32,13 @@ from .lockfile import LockedModel
 
 class Store:
     def __init__(self, root: Path) -> None:
+        import threading
+
         self.root = Path(root)
+        self._staged: dict[str, Path] = {}  # sha256 -> written, not yet durable or named
+        self._claimed: set[str] = set()  # objects this process is fetching or has staged
+        self._staging = threading.Lock()
+        self._ofd: int | None = None
         self.objects = self.root / "objects"
         self.models = self.root / "models"
         self.tmp = self.root / "tmp"
@@ -91,6 +98,99 @@ class Store:
         os.chmod(tmp_file, 0o555 if executable else 0o444)
         os.replace(tmp_file, dest)
         return dest
+
+    # --- small objects: claimed, staged, committed in groups -----------------------------
+    #
+    # Fetching an object exactly once across threads and processes used to take a file
+    # lock per object (~2.3 ms here, more than a small file's bytes). A claim is a
+    # one-byte OFD lock at an offset named by the sha256 in one shared file (no file
+    # created per object; the kernel drops it if the process dies), held from the fetch
+    # until the group commit has named the object. A process about to wait for another
+    # one's claim first commits (and so releases) its own: nobody waits while holding.
+
+    def claim_object(self, sha256: str) -> bool:
+        """True: fetch and stage it, this process holds its claim. False: it is in the
+        store already (another process may just have put it there) or being fetched by
+        another thread here."""
+        with self._staging:
+            if sha256 in self._claimed or sha256 in self._staged:
+                return False
+            self._claimed.add(sha256)
+        try:
+            if not _ofd_lock(self._lock_fd(), sha256, wait=False):
+                self.commit_staged()  # wait holding nothing of ours
+                _ofd_lock(self._lock_fd(), sha256, wait=True)
+        except OSError:
+            with self._staging:
+                self._claimed.discard(sha256)
+            raise
+        if self.has_object(sha256):
+            self.release_claim(sha256)
+            return False
+        return True
+
+    def release_claim(self, sha256: str) -> None:
+        """Give up a claim without staging (the fetch failed)."""
+        with self._staging:
+            if sha256 not in self._claimed:
+                return
+            self._claimed.discard(sha256)
+        _ofd_unlock(self._lock_fd(), sha256)
+
+    def _lock_fd(self) -> int:
+        if self._ofd is None:
+            with self._staging:
+                if self._ofd is None:
+                    self._ofd = os.open(self.locks / "objects.claims",
+                                        os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        return self._ofd
+
+    def stage_object(self, data: bytes, sha256: str) -> None:
+        """Write a small verified object under a temporary name; ``commit_staged`` makes
+        a batch durable with one syncfs and names it. Until then it does not exist for
+        anyone (a kill -9 leaves a stray file in tmp/, never a bad object)."""
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix=f"stage-{sha256[:12]}-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        except OSError as e:
+            raise disk_error(e, self.root) from None
+        with self._staging:
+            if sha256 in self._staged:
+                os.unlink(tmp)
+            else:
+                self._staged[sha256] = Path(tmp)
+
+    def is_staged(self, sha256: str) -> bool:
+        return sha256 in self._staged
+
+    def commit_staged(self) -> int:
+        """Group commit: one sync of the store's filesystem for every staged object,
+        then their names (objects reach the disk before their names, as one by one),
+        then their claims are released."""
+        with self._staging:
+            batch, self._staged = self._staged, {}
+            if not batch:
+                return 0
+            try:
+                try:
+                    _syncfs(self.tmp)
+                except OSError as e:  # nothing is named: the bytes may not be on the disk
+                    for tmp in batch.values():
+                        tmp.unlink(missing_ok=True)
+                    raise disk_error(e, self.root) from None
+                try:
+                    for sha256, tmp in batch.items():
+                        os.chmod(tmp, 0o444)
+                        os.replace(tmp, self.object_path(sha256))
+                except OSError as e:
+                    raise disk_error(e, self.root) from None
+            finally:
+                for sha256 in batch:
+                    if sha256 in self._claimed:
+                        self._claimed.discard(sha256)
+                        _ofd_unlock(self._lock_fd(), sha256)
+        return len(batch)
 
     def ensure_exec_variant(self, sha256: str) -> None:
         """objects/sha256-x/<hex> from the plain object (copy: modes are per inode)."""
@@ -219,6 +319,59 @@ class Store:
             else:
                 link.unlink()  # the project (or its lock) is gone
         return out
+
+
+def _flock(kind: int, sha256: str) -> bytes:
+    """A struct flock for one byte at an offset named by the object (48 bits of it)."""
+    import struct
+
+    return struct.pack("hhqqi4x", kind, os.SEEK_SET, int(sha256[:12], 16), 1, 0)
+
+
+def _ofd_lock(fd: int, sha256: str, *, wait: bool) -> bool:
+    import errno
+    import fcntl
+
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK,
+                    _flock(fcntl.F_WRLCK, sha256))
+        return True
+    except OSError as e:
+        if not wait and e.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+
+
+def _ofd_unlock(fd: int, sha256: str) -> None:
+    import fcntl
+
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, sha256))
+
+
+_libc: list[Any] = []
+
+
+def _syncfs(where: Path) -> None:
+    """syncfs(2) of the filesystem holding ``where``: every file written so far reaches
+    the disk, and a writeback error (a disk full under delayed allocation, EIO) is
+    raised as OSError (Linux 5.8+ reports them). Without syncfs: a global sync."""
+    import ctypes
+
+    if not _libc:
+        try:
+            _libc.append(getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None))
+        except OSError:
+            _libc.append(None)
+    if _libc[0] is None:
+        os.sync()
+        return
+    fd = os.open(where, os.O_RDONLY)
+    try:
+        if _libc[0](fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        os.close(fd)
 
 
 def link_or_copy(src: Path, dst: Path) -> None:

@@ -243,7 +243,8 @@ class Workspace:
             if offline and src.needs_network:
                 raise LockError(f"{action.file.path} is not in the store and --offline forbids"
                                 " fetching it", hint="run apply once with network access")
-            return fetch(src, m.pin, action.file, self.store, decl.network, advance, jobs=jobs)
+            return fetch(src, m.pin, action.file, self.store, decl.network, advance, jobs=jobs,
+                         stage=True)
 
         executor = Executor(self.store, self.cache, self.project, fetch_object,
                             lambda a: runner.run(a.model), jobs=jobs,

@@ -414,6 +414,15 @@ def test_a_log_gets_a_line_per_file_without_terminal_codes(project):
     assert quiet.code == 0 and "1 fetched" in quiet.out and quiet.err == ""
 
 
+def test_thousands_of_small_files_are_one_line_per_model(project):
+    files = ", ".join(f'"d/f{i:04d}.bin"' for i in range(300))
+    project.write(MINIMAL + f'[models.many]\nsource.mock = {{ model = "many", files = [{files}] }}\n')
+    r = project.sh("apply")
+    assert r.code == 0, r.err
+    assert "fetched many: 300 small files" in r.err and "f0001.bin" not in r.err
+    assert "fetched config.json" in r.err  # a model of a few files still names each
+
+
 def test_bash_completion_knows_commands_options_and_model_keys(project):
     import shutil
     import subprocess

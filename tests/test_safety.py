@@ -146,16 +146,52 @@ def test_a_full_disk_is_a_clear_error_and_leaves_nothing_half_visible(project, m
     assert project.run("verify").code == 0
 
 
+def test_many_small_objects_shared_by_two_concurrent_applies_are_fetched_once(project,
+                                                                              tmp_path):
+    """Small objects skip the per-object file lock (group commit): their claims must
+    still make two processes fetch each one exactly once, and neither may wait on the
+    other while holding claims the other needs (both finish)."""
+    import subprocess
+    import sys
+
+    n = 400
+    files = ", ".join(f'"s/f{i:04d}.bin"' for i in range(n))
+    shared = f'[models.shared]\nsource.mock = {{ model = "shared", files = [{files}] }}\n'
+    dirs = [tmp_path / "a", tmp_path / "b", tmp_path / "c"]
+    for i, d in enumerate(dirs):
+        d.mkdir()
+        (d / "models.toml").write_text(
+            shared + f'[models.own]\nsource.mock = {{ model = "own{i}", files = ["x.bin"] }}\n')
+    procs = [subprocess.Popen([sys.executable, "-m", "reconcile", "-f", str(d / "models.toml"),
+                               "apply", "--jobs", "4"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for d in dirs]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    fetched = sum(int(re.search(r"Applied: (\d+) fetched", o).group(1)) for o, _ in outs)
+    assert fetched == n + 3, outs  # each shared object once, plus each project's own
+    objects = list((project.store / "objects" / "sha256").iterdir())
+    assert len(objects) == n + 3
+    assert not [p for p in (project.store / "tmp").iterdir() if p.name.startswith("stage-")]
+
+
 def test_objects_reach_the_disk_before_their_names(project, monkeypatch):
     """A no-op apply trusts objects/ without re-hashing, so after a power cut an object
-    must be whole or absent: its bytes are fsynced before the rename that names it."""
+    must be whole or absent: its bytes reach the disk (fsync of the file, or a syncfs of
+    the store's filesystem after it was written: small files' group commit) before the
+    rename that names it."""
+    from reconcile import store as store_module
+
     synced: set[int] = set()
     published: list[tuple[str, bool]] = []
-    fsync, replace = os.fsync, os.replace
+    fsync, replace, syncfs = os.fsync, os.replace, store_module._syncfs
 
     def recording_fsync(fd):
         synced.add(os.fstat(fd).st_ino)
         return fsync(fd)
+
+    def recording_syncfs(where):
+        syncfs(where)  # everything written so far is on the disk now
+        synced.update(p.stat().st_ino for p in (project.store / "tmp").iterdir())
 
     def checking_replace(src, dst, *a, **kw):
         if "/objects/" in str(dst):
@@ -165,21 +201,28 @@ def test_objects_reach_the_disk_before_their_names(project, monkeypatch):
     project.write(THROTTLED.replace('limit = "1M"', 'limit = "1G"'))
     monkeypatch.setattr(os, "fsync", recording_fsync)
     monkeypatch.setattr(os, "replace", checking_replace)
+    monkeypatch.setattr(store_module, "_syncfs", recording_syncfs)
     assert project.run("apply").code == 0
     objects = list((project.store / "objects" / "sha256").iterdir())
-    assert len(published) == len(objects) == 5 and all(ok for _, ok in published), published
+    assert len(published) == len(objects) == 5 and all(ok for _, ok in published), (published, objects)
 
 
-def test_a_disk_that_fills_up_at_writeback_is_reported_and_nothing_is_named(project, monkeypatch):
+@pytest.mark.parametrize("size", [65536, 4 << 20])  # group commit (small), fsync (large)
+def test_a_disk_that_fills_up_at_writeback_is_reported_and_nothing_is_named(project, monkeypatch,
+                                                                             size):
     import errno
+
+    from reconcile import store as store_module
 
     def delayed_enospc(fd):  # delayed allocation: the write was accepted, writeback fails
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    project.write('[models.w]\nsource.mock = { files = [{ path = "w.bin", size = 65536 }] }\n')
+    project.write(f'[models.w]\nsource.mock = {{ files = [{{ path = "w.bin", size = {size} }}] }}\n')
     with monkeypatch.context() as m:
         m.setattr(os, "fsync", delayed_enospc)
+        m.setattr(store_module, "_syncfs", delayed_enospc)
         r = project.run("apply")
     assert r.code == 1 and "disk full" in r.err and "Traceback" not in r.err
     assert not list((project.store / "objects" / "sha256").iterdir())
+    assert not [p for p in (project.store / "tmp").iterdir() if p.name.startswith("stage-")]
     assert project.run("apply").code == 0
