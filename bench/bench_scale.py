@@ -76,6 +76,29 @@ def run_case(tmp: Path, toml: str, reps: int) -> dict:
             "samples": out, "rss_mb": rss}
 
 
+def disk_floor(tmp: Path, n: int) -> float:
+    """Seconds this disk takes for n small files and n symlinks beside them (what a
+    store plus an HF cache needs at the least: one inode each), in this run."""
+    import time
+
+    d = tmp / "floor"
+    wipe(d)
+    d.mkdir()
+    os.sync()
+    t = time.perf_counter()
+    for i in range(n):
+        sub = d / f"d{i // 500:02d}"
+        if i % 500 == 0:
+            sub.mkdir()
+        with open(sub / f"f{i:05d}", "wb") as f:
+            f.write(b"x" * 500)
+        os.symlink(f"f{i:05d}", sub / f"l{i:05d}")
+    os.sync()
+    took = time.perf_counter() - t
+    wipe(d)
+    return took
+
+
 def run_hub(tmp: Path, n: int, reps: int) -> dict:
     site = Site(tmp / "site")
     files = {f"shard/{i:05d}.json": (b'{"i": %d, "pad": "' % i) + b"x" * (i % 700) + b'"}'
@@ -123,10 +146,11 @@ def main() -> None:
     try:
         for n in sizes:
             r = run_case(tmp, one_model(n), args.reps)
+            r["floor"] = disk_floor(tmp, n)
             res["A"][n] = r
             print(f"A {n:>6} files: lock {r['lock']:.2f} s  cold apply {r['cold']:.2f} s"
                   f" ({r['cold'] / n * 1000:.2f} ms/file)  no-op {r['noop']:.2f} s"
-                  f"  RSS {r['rss_mb']:.0f} MB", flush=True)
+                  f"  RSS {r['rss_mb']:.0f} MB  (disk floor {r['floor']:.2f} s)", flush=True)
         for n in models:
             r = run_case(tmp, many_models(n), args.reps)
             res["B"][n] = r
@@ -144,16 +168,16 @@ def main() -> None:
 
 
 def table(res: dict) -> str:
-    lines = ["| work | lock | cold apply | per file (cold) | no-op apply | peak RSS |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| work | lock | cold apply | per file (cold) | no-op apply | peak RSS |"
+             " disk floor |", "|---|---|---|---|---|---|---|"]
     for n, r in res["A"].items():
         lines.append(f"| 1 model × {int(n):,} files | {r['lock']:.2f} s | {r['cold']:.2f} s |"
                      f" {r['cold'] / int(n) * 1000:.2f} ms | {r['noop']:.2f} s |"
-                     f" {r['rss_mb']:.0f} MB |")
+                     f" {r['rss_mb']:.0f} MB | {r['floor']:.2f} s |")
     for n, r in res["B"].items():
         lines.append(f"| {int(n):,} models × 3 files | {r['lock']:.2f} s | {r['cold']:.2f} s |"
                      f" {r['cold'] / (3 * int(n)) * 1000:.2f} ms | {r['noop']:.2f} s |"
-                     f" {r['rss_mb']:.0f} MB |")
+                     f" {r['rss_mb']:.0f} MB | |")
     a = res["A"]
     small, large = min(a, key=int), max(a, key=int)
     growth = (a[large]["cold"] / int(large)) / (a[small]["cold"] / int(small))

@@ -120,7 +120,8 @@ class Executor:
             return
         elif action.kind == "assemble":
             assert action.model
-            self.store.commit_staged()  # its small objects, and whatever else is staged
+            # its small objects, and whatever else is staged by then: one sync for many
+            self.store.commit_staged(f.sha256 for f in action.model.regular_files())
             with self.store.lock(f"model-{action.model.store_id}"):
                 self.store.assemble(action.model)
         elif action.kind == "validate":

@@ -401,13 +401,11 @@ class Workspace:
         """A partial download whose lock someone holds, or any other temp younger than an hour."""
         import time
 
-        from filelock import Timeout
-
         if tmp.name.endswith(".part"):
             try:
                 with self.store.lock(f"obj-{tmp.name[:-5]}", timeout=0):
                     return False
-            except Timeout:
+            except TimeoutError:
                 return True
         try:
             return time.time() - tmp.lstat().st_mtime < 3600
