@@ -26,11 +26,9 @@ median of N (default 3), every sample shown. Writes bench/results/git_lfs.json
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
 import json
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -43,6 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+from alternate import alternate, first_line, ratio_table, run_info  # noqa: E402
 from bench_hf import BASE_ENV, measure, wipe  # noqa: E402
 from bench_tls import make_file  # noqa: E402
 from hfsite import _reconcile_cmd  # noqa: E402
@@ -165,16 +164,8 @@ def main() -> None:
     args = ap.parse_args()
     big = (64 if args.quick else 512) * MIB
     tmp = Path(tempfile.mkdtemp(prefix="reconcile-lfsbench-", dir=os.environ.get("BENCH_TMP")))
-    res: dict = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-                 "quick": args.quick, "reps": args.reps, "cpus": os.cpu_count(),
-                 "python": platform.python_version(), "reconcile_cmd": RECONCILE,
-                 "git": subprocess.run(["git", "--version"], capture_output=True,
-                                       text=True).stdout.strip(),
-                 "git_lfs": subprocess.run(["git", "lfs", "version"], capture_output=True,
-                                           text=True).stdout.strip(),
-                 "reconcile_git": subprocess.run(["git", "describe", "--always", "--dirty"],
-                                                 cwd=HERE.parent, capture_output=True,
-                                                 text=True).stdout.strip()}
+    res = run_info(args, RECONCILE, git=first_line(["git", "--version"]),
+                   git_lfs=first_line(["git", "lfs", "version"]))
     try:
         with git_forge(tmp / "forge", FORGE_CDN="1") as forge:
             t = time.perf_counter()
@@ -185,16 +176,7 @@ def main() -> None:
             tools = {"reconcile lock + apply": run.reconcile,
                      "git clone + git lfs pull": run.git_pull,
                      "git clone (smudge)": run.git_clone}
-            runs: dict[str, list[dict]] = {n: [] for n in tools}
-            names = list(tools)
-            for i in range(args.reps):
-                for n in (names if i % 2 == 0 else names[::-1]):
-                    r = tools[n]()
-                    runs[n].append(r)
-                    extra = (f"  (lock {r['lock_s']:.2f} s, LFS objects fetched by lock:"
-                             f" {r['lock_lfs_objects_downloaded']})" if "lock_s" in r else "")
-                    print(f"  {n:<26} {r['s']:7.3f} s  durable {r['durable_s']:7.3f} s"
-                          f"  RSS {r['rss_mb']:6.1f} MB{extra}", flush=True)
+            runs = alternate(tools, args.reps)
     finally:
         wipe(tmp)
     res["runs"] = runs
@@ -210,25 +192,14 @@ def main() -> None:
 
 def table(res: dict, big: int) -> str:
     runs = res["runs"]
-    med = {n: statistics.median(r["s"] for r in rs) for n, rs in runs.items()}
-    mine = med["reconcile lock + apply"]
-    lines = [f"2 × {big // MIB} MiB LFS + 50 small files, tag v1.0 ({res['git']},"
-             f" {res['git_lfs'].split(' ')[0]}); median of {res['reps']}",
-             "",
-             "| tool | wall s (samples) | durable s | peak RSS MB | vs reconcile |",
-             "|---|---|---|---|---|"]
-    for n, rs in runs.items():
-        samples = ", ".join(f"{r['s']:.2f}" for r in rs)
-        dur = statistics.median(r["durable_s"] for r in rs)
-        rss = max(r["rss_mb"] for r in rs)
-        ratio = "—" if n.startswith("reconcile") else f"{med[n] / mine:.2f}×"
-        lines.append(f"| {n} | {med[n]:.2f} ({samples}) | {dur:.2f} | {rss:.0f} | {ratio} |")
+    title = (f"2 × {big // MIB} MiB LFS + 50 small files, tag v1.0 ({res['git']},"
+             f" {res['git_lfs'].split(' ')[0]}); median of {res['reps']}")
     r0 = runs["reconcile lock + apply"]
     lock_s = statistics.median(r["lock_s"] for r in r0)
     fetched = max(r["lock_lfs_objects_downloaded"] for r in r0)
-    lines += ["", f"`reconcile lock` alone: {lock_s:.2f} s; LFS objects it downloaded:"
-              f" {fetched} of 2 (0 bytes of {2 * big // MIB} MiB)"]
-    return "\n".join(lines)
+    return (ratio_table(runs, "reconcile lock + apply", title)
+            + f"\n\n`reconcile lock` alone: {lock_s:.2f} s; LFS objects it downloaded:"
+            f" {fetched} of 2 (0 bytes of {2 * big // MIB} MiB)")
 
 
 if __name__ == "__main__":

@@ -21,12 +21,9 @@ sample shown. Writes bench/results/mlflow.json (--quick: mlflow-quick.json).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+from alternate import alternate, ratio_table, run_info  # noqa: E402
 from bench_hf import BASE_ENV, measure, wipe  # noqa: E402
 from bench_tls import make_file  # noqa: E402
 from hfsite import _reconcile_cmd  # noqa: E402
@@ -94,14 +92,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="reconcile-mlflowbench-", dir=os.environ.get("BENCH_TMP")))
     import mlflow
 
-    res: dict = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-                 "quick": args.quick, "reps": args.reps, "cpus": os.cpu_count(),
-                 "python": platform.python_version(), "mlflow": mlflow.__version__,
-                 "reconcile_cmd": RECONCILE,
-                 "reconcile_git": subprocess.run(["git", "describe", "--always", "--dirty"],
-                                                 cwd=HERE.parent, capture_output=True,
-                                                 text=True).stdout.strip()}
-    runs: dict[str, list[dict]] = {}
+    res = run_info(args, RECONCILE, mlflow=mlflow.__version__)
     try:
         with mlflow_server(tmp / "server") as url:
             src = tmp / "src"
@@ -144,30 +135,13 @@ def main() -> None:
 
             tools = {"reconcile lock + apply": reconcile,
                      "mlflow.artifacts.download_artifacts": client}
-            runs = {n: [] for n in tools}
-            names = list(tools)
-            for i in range(args.reps):
-                for n in (names if i % 2 == 0 else names[::-1]):
-                    r = tools[n]()
-                    runs[n].append(r)
-                    print(f"  {n:<38} {r['s']:7.3f} s  durable {r['durable_s']:7.3f} s"
-                          f"  RSS {r['rss_mb']:6.1f} MB", flush=True)
+            runs = alternate(tools, args.reps)
     finally:
         wipe(tmp)
     res["runs"] = runs
-    med = {n: statistics.median(r["s"] for r in rs) for n, rs in runs.items()}
-    mine = med["reconcile lock + apply"]
-    lines = [f"2 × {big // MIB} MiB + 20 small artifacts, mlflow {res['mlflow']} server with"
-             f" --serve-artifacts; median of {args.reps}", "",
-             "| tool | wall s (samples) | durable s | peak RSS MB | vs reconcile |",
-             "|---|---|---|---|---|"]
-    for n, rs in runs.items():
-        samples = ", ".join(f"{r['s']:.2f}" for r in rs)
-        dur = statistics.median(r["durable_s"] for r in rs)
-        ratio = "—" if n.startswith("reconcile") else f"{med[n] / mine:.2f}×"
-        lines.append(f"| {n} | {med[n]:.2f} ({samples}) | {dur:.2f} |"
-                     f" {max(r['rss_mb'] for r in rs):.0f} | {ratio} |")
-    res["table"] = "\n".join(lines)
+    title = (f"2 × {big // MIB} MiB + 20 small artifacts, mlflow {res['mlflow']} server with"
+             f" --serve-artifacts; median of {args.reps}")
+    res["table"] = ratio_table(runs, "reconcile lock + apply", title)
     (HERE / "results").mkdir(exist_ok=True)
     name = "mlflow-quick.json" if args.quick else "mlflow.json"
     (HERE / "results" / name).write_text(json.dumps(res, indent=1))

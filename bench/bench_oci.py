@@ -21,12 +21,9 @@ sample shown. Writes bench/results/oci.json (--quick: oci-quick.json).
 from __future__ import annotations
 
 import argparse
-import datetime
 import http.client
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,6 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+from alternate import alternate, first_line, ratio_table, run_info  # noqa: E402
 from bench_hf import BASE_ENV, measure, wipe  # noqa: E402
 from bench_tls import make_file  # noqa: E402
 from hfsite import _reconcile_cmd  # noqa: E402
@@ -74,15 +72,7 @@ def main() -> None:
     args = ap.parse_args()
     size = (128 if args.quick else 1024) * MIB
     tmp = Path(tempfile.mkdtemp(prefix="reconcile-ocibench-", dir=os.environ.get("BENCH_TMP")))
-    res: dict = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-                 "quick": args.quick, "reps": args.reps, "cpus": os.cpu_count(),
-                 "python": platform.python_version(), "reconcile_cmd": RECONCILE,
-                 "curl": subprocess.run(["curl", "--version"], capture_output=True,
-                                        text=True).stdout.split("\n")[0],
-                 "reconcile_git": subprocess.run(["git", "describe", "--always", "--dirty"],
-                                                 cwd=HERE.parent, capture_output=True,
-                                                 text=True).stdout.strip()}
-    runs: dict[str, list[dict]] = {}
+    res = run_info(args, RECONCILE, curl=first_line(["curl", "--version"]))
     try:
         with docker_registry(tmp / "registry") as url:
             gguf = tmp / "model.gguf"
@@ -138,30 +128,13 @@ def main() -> None:
 
             tools = {"reconcile apply (verified)": reconcile, "curl": curl,
                      "curl + sha256sum": curl_sha}
-            runs = {n: [] for n in tools}
-            names = list(tools)
-            for i in range(args.reps):
-                for n in (names if i % 2 == 0 else names[::-1]):
-                    r = tools[n]()
-                    runs[n].append(r)
-                    print(f"  {n:<28} {r['s']:7.3f} s  durable {r['durable_s']:7.3f} s"
-                          f"  RSS {r['rss_mb']:6.1f} MB", flush=True)
+            runs = alternate(tools, args.reps)
     finally:
         wipe(tmp)
     res["runs"] = runs
-    med = {n: statistics.median(r["s"] for r in rs) for n, rs in runs.items()}
-    mine = med["reconcile apply (verified)"]
-    lines = [f"{size // MIB} MiB GGUF blob (+ template, params, config) from docker-registry"
-             f" 2.8; median of {args.reps}", "",
-             "| tool | wall s (samples) | durable s | peak RSS MB | reconcile's speed vs it |",
-             "|---|---|---|---|---|"]
-    for n, rs in runs.items():
-        samples = ", ".join(f"{r['s']:.2f}" for r in rs)
-        dur = statistics.median(r["durable_s"] for r in rs)
-        ratio = "—" if n.startswith("reconcile") else f"{med[n] / mine:.2f}×"
-        lines.append(f"| {n} | {med[n]:.2f} ({samples}) | {dur:.2f} |"
-                     f" {max(r['rss_mb'] for r in rs):.0f} | {ratio} |")
-    res["table"] = "\n".join(lines)
+    title = (f"{size // MIB} MiB GGUF blob (+ template, params, config) from docker-registry"
+             f" 2.8; median of {args.reps}")
+    res["table"] = ratio_table(runs, "reconcile apply (verified)", title)
     (HERE / "results").mkdir(exist_ok=True)
     name = "oci-quick.json" if args.quick else "oci.json"
     (HERE / "results" / name).write_text(json.dumps(res, indent=1))
