@@ -283,7 +283,8 @@ class GitLfsSource(HttpSource):
 
     def listing(self, commit: str) -> dict[str, Any]:
         """path → (mode, blob id) of the model's tree at ``commit``, the blobs the clone
-        lacks, and the pointers and small files it has (read in one git process)."""
+        lacks, the small files it has (read in one git process) and which of them are
+        LFS pointers (path → Pointer, or the MalformedPointer it is)."""
         with self._lock:
             if self._tree is not None and self._tree["commit"] == commit:
                 return self._tree
@@ -301,14 +302,22 @@ class GitLfsSource(HttpSource):
             if self.subdir and not entries:
                 raise NotFound(f"{self.url}: no directory {self.subdir!r} at commit {commit}",
                                hint="check subdir in models.toml")
+            blobs = {oid for _m, kind, oid in entries.values() if kind == "blob"}
+            # the model's blobs the clone lacks: its regular files of 1 KiB or more
             missing = {ln[1:] for ln in self._git("rev-list", "--objects", "--missing=print",
                                                    commit).decode().split("\n")
-                       if ln.startswith("?")}
-            wanted = sorted({oid for _m, kind, oid in entries.values()
-                             if kind == "blob" and oid not in missing})
-            small = self._read_small(wanted)
+                       if ln.startswith("?")} & blobs
+            small = self._read_small(sorted(blobs - missing))
+            pointers: dict[str, Pointer | MalformedPointer] = {}
+            for path, (_m, _kind, oid) in entries.items():
+                try:
+                    ptr = parse_pointer(small.get(oid, b""))
+                except MalformedPointer as e:
+                    ptr = e
+                if ptr is not None:
+                    pointers[path] = ptr
             self._tree = {"commit": commit, "entries": entries, "missing": missing,
-                          "small": small}
+                          "small": small, "pointers": pointers}
             return self._tree
 
     def _read_small(self, oids: list[str]) -> dict[str, bytes]:
@@ -330,16 +339,20 @@ class GitLfsSource(HttpSource):
             i = start + int(size) + 1
         return blobs
 
-    def fetch_blobs(self, oids: set[str]) -> None:
-        """Regular files the partial clone lacks, in one request (not one per blob)."""
-        if not oids:
-            return
-        with self._store_lock():
-            self._retrying(lambda: self._git(
-                "-c", "fetch.negotiationAlgorithm=noop", "fetch", "-q", "--no-tags",
-                "--no-write-fetch-head", "--recurse-submodules=no", "--filter=blob:none",
-                "--stdin", self.url, input="\n".join(sorted(oids)).encode() + b"\n",
-                what="the repository's files"))
+    def fetch_missing(self, tree: dict[str, Any]) -> None:
+        """The model's regular files the partial clone lacks, in one request (not one per
+        blob, as git's lazy fetch would)."""
+        with self._lock:
+            oids = sorted(tree["missing"])
+            if not oids:
+                return
+            with self._store_lock():
+                self._retrying(lambda: self._git(
+                    "-c", "fetch.negotiationAlgorithm=noop", "fetch", "-q", "--no-tags",
+                    "--no-write-fetch-head", "--recurse-submodules=no", "--filter=blob:none",
+                    "--stdin", self.url, input="\n".join(oids).encode() + b"\n",
+                    what="the repository's files"))
+            tree["missing"] = set()
 
     # --- the tree ---------------------------------------------------------------------
 
@@ -371,29 +384,25 @@ class GitLfsSource(HttpSource):
                                         git_oid=oid))
                 continue
             executable = mode == "100755"
+            ptr = tree["pointers"].get(full)
+            if isinstance(ptr, MalformedPointer):
+                raise SourceError(f"{self.url}: {full} at {commit[:12]}: malformed LFS"
+                                  f" pointer ({ptr})", hint="fix the file in the repository"
+                                  " (`git lfs pointer --check --file`)")
             data = tree["small"].get(oid)
-            if data is not None:
-                try:
-                    ptr = parse_pointer(data)
-                except MalformedPointer as e:
-                    raise SourceError(f"{self.url}: {full} at {commit[:12]}: malformed LFS"
-                                      f" pointer ({e})", hint="fix the file in the repository"
-                                      " (`git lfs pointer --check --file`)") from None
-                if ptr is not None:
-                    rf = RemoteFile(path, ptr.size, ptr.oid, executable, blob=ptr.oid,
-                                    lfs=True, git_oid=oid)
-                    lfs.append(rf)
-                    files.append(rf)
-                    continue
+            if ptr is not None:
+                rf = RemoteFile(path, ptr.size, ptr.oid, executable, blob=ptr.oid, lfs=True,
+                                git_oid=oid)
+                lfs.append(rf)
+                files.append(rf)
+            elif data is not None:
                 files.append(RemoteFile(path, len(data), hashlib.sha256(data).hexdigest(),
                                         executable, blob=oid, git_oid=oid))
             else:  # a regular file ≥ 1 KiB: hashed at lock time from git's bytes
                 files.append(RemoteFile(path, None, None, executable, blob=oid, git_oid=oid))
         if not files:
             raise NotFound(f"{self.url}: no files at {rev} ({commit[:12]})")
-        lacking = {f.git_oid for f in files if f.sha256 is None and f.type == "f"}
-        self.fetch_blobs(lacking & tree["missing"])
-        tree["missing"] -= lacking
+        self.fetch_missing(tree)
         if lfs:
             self._batch(lfs, commit)  # the server has them, over a transfer we speak
         pin = {"url": self.url, "rev": rev, "commit": commit}
@@ -557,15 +566,8 @@ class GitLfsSource(HttpSource):
         return got[0], got[1]
 
     def _lfs_objects(self, tree: dict[str, Any]) -> list[RemoteFile]:
-        out = []
-        for path, (_mode, _kind, oid) in tree["entries"].items():
-            try:
-                ptr = parse_pointer(tree["small"].get(oid, b""))
-            except MalformedPointer:
-                continue
-            if ptr is not None:
-                out.append(RemoteFile(path, ptr.size, ptr.oid, lfs=True))
-        return out
+        return [RemoteFile(path, ptr.size, ptr.oid, lfs=True)
+                for path, ptr in tree["pointers"].items() if isinstance(ptr, Pointer)]
 
     # --- bytes ------------------------------------------------------------------------
 
@@ -606,13 +608,7 @@ class GitLfsSource(HttpSource):
         """A regular file from the partial clone (fetched with the others it lacks)."""
         tree = self.listing(pin["commit"])
         if file.git_oid in tree["missing"]:
-            with self._lock:
-                if file.git_oid in tree["missing"]:
-                    prefix = self.subdir + "/" if self.subdir else ""
-                    want = {oid for p, (_m, kind, oid) in tree["entries"].items()
-                            if kind == "blob" and oid in tree["missing"] and p.startswith(prefix)}
-                    self.fetch_blobs(want)
-                    tree["missing"] -= want
+            self.fetch_missing(tree)
         if file.size <= SMALL_READ:  # one git process serves them all
             data = self._reader().read(file.git_oid)
             yield data[start:end]
