@@ -71,6 +71,60 @@ class Resolution:
     ollama: str | None = None  # <host>/<namespace>/<model>/<tag>, for integration.ollama
 
 
+class Unpacked:
+    """Archives in the store, each unpacked once per source (the safe extraction, into
+    the store's tmp/) and removed when the source closes; the members become files of
+    the model. Shared by the url source's archives and OCI tar layers."""
+
+    def __init__(self, store: Any) -> None:
+        import threading
+
+        self.store = store
+        self.dirs: dict[str, Any] = {}
+        self.lock = threading.Lock()
+
+    def root(self, sha256: str, label: str) -> Any:
+        """Where the store object ``sha256`` (an archive) is unpacked."""
+        import os
+        import tempfile
+        from pathlib import Path
+
+        from ..archive import safe_extract
+
+        with self.lock:
+            if sha256 not in self.dirs:
+                dest = Path(tempfile.mkdtemp(dir=self.store.tmp, prefix="unpack-"))
+                os.rmdir(dest)
+                safe_extract(self.store.object_path(sha256), dest, label=label)
+                self.dirs[sha256] = dest
+            return self.dirs[sha256]
+
+    def files(self, root: Any, pin: dict[str, Any] | None = None) -> list[RemoteFile]:
+        """Every member under ``root`` as a file (its bytes put into the store), a link
+        or an empty directory, each with ``pin``."""
+        import os
+
+        from ..treehash import scan_tree
+
+        out = []
+        for e in scan_tree(root):
+            if e.type == "f":
+                self.store.put_file(root / e.path, e.sha256)
+                out.append(RemoteFile(e.path, e.size, e.sha256, e.executable, pin=pin))
+            elif e.type == "l":
+                out.append(RemoteFile(e.path, type="l", target=os.readlink(root / e.path),
+                                      pin=pin))
+            elif not any(True for _ in (root / e.path).iterdir()):
+                out.append(RemoteFile(e.path, type="d", pin=pin))
+        return out
+
+    def close(self) -> None:
+        import shutil
+
+        for d in self.dirs.values():
+            shutil.rmtree(d, ignore_errors=True)
+
+
 class Source(ABC):
     """Base class; concrete sources set ``type`` and ``OPTIONS`` (their models.toml keys)."""
 

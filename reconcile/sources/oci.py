@@ -16,17 +16,14 @@
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import SourceError
 from ..paths import check_relpath
-from .base import RemoteFile, Resolution
+from .base import RemoteFile, Resolution, Unpacked
 from .distribution import DIGEST, Manifest, Registry, RegistrySource, descriptor_file
 
 REF = re.compile(r"^(?:(?P<scheme>https?)://)?(?P<host>[A-Za-z0-9.-]+(?::[0-9]{1,5})?)/"
@@ -48,7 +45,6 @@ DOCKER_NAMES = {"gguf": "model.gguf", "gguf.v3": "model.gguf", "safetensors": "m
                 "chat.template.jinja": "template.jinja"}
 INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
                "application/vnd.docker.distribution.manifest.list.v2+json")
-_unpack_lock = threading.Lock()
 
 
 def parse_ref(ref: str) -> dict[str, str]:
@@ -89,7 +85,7 @@ class OciSource(RegistrySource):
         self.ref = parse_ref(self.options["ref"])
         self.registry = Registry(self.ref["registry"], self.ref["repository"],
                                  decl.network, self.credentials)
-        self._unpacked: dict[str, Path] = {}
+        self._unpacked = Unpacked(context.store)
 
     @property
     def where(self) -> str:
@@ -159,42 +155,20 @@ class OciSource(RegistrySource):
 
     def _members(self, layer: dict[str, Any]) -> list[RemoteFile]:
         """The files a tar layer unpacks to, each pinned to that layer."""
-        from ..treehash import scan_tree
-
         blob = descriptor_file("layer", layer, self.where)
-        root = self._unpack(blob)
-        out = []
-        pin = {"layer": "sha256:" + blob.sha256, "layerSize": blob.size}
-        for e in scan_tree(root):
-            if e.type == "f":
-                self.context.store.put_file(root / e.path, e.sha256)
-                out.append(RemoteFile(e.path, e.size, e.sha256, e.executable, pin=pin))
-            elif e.type == "l":
-                out.append(RemoteFile(e.path, type="l", target=os.readlink(root / e.path),
-                                      pin=pin))
-        return out
+        return self._unpacked.files(self._unpack(blob), {"layer": "sha256:" + blob.sha256,
+                                                         "layerSize": blob.size})
 
     def _unpack(self, blob: RemoteFile) -> Path:
         """The layer in the store (fetched and checked once), unpacked safely, once."""
-        from ..archive import safe_extract
         from ..lockfile import LockedFile
         from ..transfer import fetch
 
         store = self.context.store
-        with _unpack_lock:
-            if blob.sha256 in self._unpacked:
-                return self._unpacked[blob.sha256]
-        if not store.has_object(blob.sha256):
+        if blob.sha256 not in self._unpacked.dirs and not store.has_object(blob.sha256):
             fetch(self, {}, LockedFile(f"layer-{blob.sha256[:12]}", blob.size or 0, blob.sha256),
                   store, self.decl.network)
-        with _unpack_lock:
-            if blob.sha256 not in self._unpacked:
-                dest = Path(tempfile.mkdtemp(dir=store.tmp, prefix="layer-"))
-                os.rmdir(dest)
-                safe_extract(store.object_path(blob.sha256), dest,
-                             label=f"{self.where} layer {blob.sha256[:12]}")
-                self._unpacked[blob.sha256] = dest
-            return self._unpacked[blob.sha256]
+        return self._unpacked.root(blob.sha256, f"{self.where} layer {blob.sha256[:12]}")
 
     # --- apply ------------------------------------------------------------------------
 
@@ -211,11 +185,8 @@ class OciSource(RegistrySource):
         yield from iter_file(root / file.path, start, end)
 
     def close(self) -> None:
-        import shutil
-
         super().close()
-        for d in self._unpacked.values():
-            shutil.rmtree(d, ignore_errors=True)
+        self._unpacked.close()
 
 
 def artifact_kind(doc: dict[str, Any], where: str) -> str:

@@ -9,11 +9,7 @@ and the model is the unpacked tree; the archive's own sha256 is pinned too.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,10 +18,9 @@ from urllib.request import url2pathname
 
 from ..errors import AuthRequired, NotFound, SourceError
 from ..paths import check_relpath
-from .base import HttpSource, RemoteFile, Resolution
+from .base import HttpSource, RemoteFile, Resolution, Unpacked
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_extract_lock = threading.Lock()
 
 
 def _sri_to_hex(value: str) -> str:
@@ -68,7 +63,7 @@ class UrlSource(HttpSource):
 
     def __init__(self, decl: Any, context: Any) -> None:
         super().__init__(decl, context)
-        self._extracted: dict[str, Path] = {}
+        self._unpacked = Unpacked(context.store)
 
     # --- transport ----------------------------------------------------------------
 
@@ -81,8 +76,7 @@ class UrlSource(HttpSource):
 
     def close(self) -> None:
         super().close()
-        for d in self._extracted.values():
-            shutil.rmtree(d, ignore_errors=True)
+        self._unpacked.close()
 
     def _raise_for_status(self, r: Any) -> None:
         from ..http import scrub_url
@@ -153,35 +147,12 @@ class UrlSource(HttpSource):
     def _resolve_archive(self, pin: dict[str, Any], archive: RemoteFile) -> Resolution:
         from ..lockfile import LockedFile
         from ..transfer import fetch
-        from ..treehash import scan_tree
 
-        store = self.context.store
         got = fetch(self, pin, LockedFile(archive.path, archive.size or 0, archive.sha256 or ""),
-                    store, self.decl.network)
+                    self.context.store, self.decl.network)
         pin = {**pin, "archiveSha256": got.sha256, "archiveSize": got.size}
-        root = self._extract(got.sha256)
-        files = []
-        for e in scan_tree(root):
-            if e.type == "f":
-                store.put_file(root / e.path, e.sha256)
-                files.append(RemoteFile(e.path, e.size, e.sha256, e.executable))
-            elif e.type == "l":
-                files.append(RemoteFile(e.path, type="l", target=os.readlink(root / e.path)))
-            elif not any(True for _ in (root / e.path).iterdir()):
-                files.append(RemoteFile(e.path, type="d"))
-        return Resolution(pin=pin, files=files)
-
-    def _extract(self, archive_sha: str) -> Path:
-        from ..archive import safe_extract
-
-        with _extract_lock:
-            if archive_sha not in self._extracted:
-                dest = Path(tempfile.mkdtemp(dir=self.context.store.tmp, prefix="extract-"))
-                os.rmdir(dest)
-                safe_extract(self.context.store.object_path(archive_sha), dest,
-                             label=self.options["filename"])
-                self._extracted[archive_sha] = dest
-            return self._extracted[archive_sha]
+        root = self._unpacked.root(got.sha256, self.options["filename"])
+        return Resolution(pin=pin, files=self._unpacked.files(root))
 
     def open(self, pin, file, start=0, end=None) -> Iterator[bytes]:
         if "archiveSha256" not in pin:
@@ -198,7 +169,8 @@ class UrlSource(HttpSource):
             archive = LockedFile(self.options["filename"], pin["archiveSize"], pin["archiveSha256"])
             fetch(self, {k: v for k, v in pin.items() if not k.startswith("archive")}, archive,
                   store, self.decl.network)
-        yield from iter_file(self._extract(pin["archiveSha256"]) / file.path, start, end)
+        root = self._unpacked.root(pin["archiveSha256"], self.options["filename"])
+        yield from iter_file(root / file.path, start, end)
 
     def default_hf_name(self) -> tuple[str, str]:
         return ("reconcile", self.decl.name)
