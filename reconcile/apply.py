@@ -23,6 +23,16 @@ GROUP_MIN = 16  # a model with more small files than this shows them as one task
 
 
 @dataclass
+class _Group:
+    """One progress task for a model's many small files."""
+
+    label: str
+    left: int  # files not fetched yet: the task finishes at 0
+    total: int  # bytes
+    advance: Callable[[int], None] | None = None
+
+
+@dataclass
 class ApplyReport:
     done: dict[str, int] = field(default_factory=dict)
     bytes_fetched: int = 0
@@ -65,7 +75,7 @@ class Executor:
     progress: ProgressSink = field(default_factory=ProgressSink)
 
     def __post_init__(self) -> None:
-        self._groups: dict[str, list[Any]] = {}  # model key -> [label, advance, files left]
+        self._groups: dict[str, _Group] = {}  # model key -> its small files' progress
         self._groups_lock = threading.Lock()
 
     def _small_files_task(self, plan: Plan) -> None:
@@ -81,7 +91,7 @@ class Executor:
                 c[1] += a.size
         for key, (n, total) in counts.items():
             if n > GROUP_MIN:
-                self._groups[key] = [f"{key}: {n} small files", None, n, total]
+                self._groups[key] = _Group(f"{key}: {n} small files", n, total)
 
     def _advance_for(self, action: Action) -> tuple[Callable[[int], None], str | None]:
         """The progress callback for a fetch, and the label to finish after it (None:
@@ -91,9 +101,9 @@ class Executor:
         group = self._groups.get(action.model.key) if action.model else None
         if group is not None and action.size <= SMALL_MAX:
             with self._groups_lock:
-                if group[1] is None:
-                    group[1] = self.progress.task(group[0], group[3])
-            return group[1], None
+                if group.advance is None:
+                    group.advance = self.progress.task(group.label, group.total)
+            return group.advance, None
         label = action.file.path if action.file else action.target[:12]
         return self.progress.task(label, action.size), label
 
@@ -102,10 +112,10 @@ class Executor:
         if group is None:
             return
         with self._groups_lock:
-            group[2] -= 1
-            last = group[2] == 0
+            group.left -= 1
+            last = group.left == 0
         if last:
-            self.progress.finish(group[0])
+            self.progress.finish(group.label)
 
     def run_action(self, action: Action, report: ApplyReport) -> None:
         if action.kind == "fetch":

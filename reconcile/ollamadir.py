@@ -65,6 +65,14 @@ def _digest_of(path: Path) -> str | None:
         return None
 
 
+def _foreign(mdir: Path, rel: str, have: str | None, want: str, own: Ownership) -> str | None:
+    """Why the manifest path is not reconcile's to write: another version that reconcile
+    did not put there (an `ollama pull` of the same tag)."""
+    if have is not None and have != want and not own.holds(rel, have):
+        return f"{mdir / rel} holds another version (ollama's own pull?)"
+    return None
+
+
 @dataclass
 class LinkState:
     linked: bool
@@ -78,8 +86,8 @@ def link_state(mdir: Path, model: LockedModel, store: Store, project: str) -> Li
     want = "sha256:" + _manifest(model).sha256
     have = _digest_of(mdir / rel)
     own = Ownership(store, mdir, FOLDER, KIND)
-    if have is not None and have != want and not own.holds(rel, have):
-        return LinkState(True, [f"{mdir / rel} holds another version (ollama's own pull?)"])
+    if conflict := _foreign(mdir, rel, have, want, own):
+        return LinkState(True, [conflict])
     if have != want or (rel in own.data and owner_id(model, project) not in own.data[rel]):
         return LinkState(False)
     for sha, size in _blobs(model).items():
@@ -108,8 +116,8 @@ def link(mdir: Path, model: LockedModel, store: Store, project: str) -> list[str
         try:
             want = "sha256:" + _manifest(model).sha256
             have = _digest_of(mdir / rel)
-            if have is not None and have != want and not own.holds(rel, have):
-                return [f"{mdir / rel} holds another version (ollama's own pull?)"]
+            if conflict := _foreign(mdir, rel, have, want, own):
+                return [conflict]
             for sha, size in sorted(_blobs(model).items()):
                 _ensure_blob(mdir, sha, size, store, own, owner)
             if have == want:

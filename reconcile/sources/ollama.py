@@ -16,12 +16,9 @@ The model tree names each layer by what it is (``model.gguf``, ``template``,
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -164,14 +161,10 @@ class OllamaSource(RegistrySource):
         return [RemoteFile(MANIFEST_FILE, len(manifest.data), manifest.digest[7:]), *files]
 
     def _keep(self, manifest: Manifest) -> None:
+        """The manifest's bytes into the store, named with the lock's group commit."""
         store = self.context.store
-        sha = manifest.digest[7:]
-        if store.has_object(sha):
-            return
-        fd, tmp = tempfile.mkstemp(dir=store.tmp, prefix="manifest-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(manifest.data)
-        store.publish_object(Path(tmp), sha)
+        if store.claim_object(manifest.digest[7:]):
+            store.stage_object(manifest.data, manifest.digest[7:])
 
     def default_hf_name(self) -> tuple[str, str]:
         ns, model = self.options["model"].split("/")
