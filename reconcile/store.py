@@ -177,9 +177,6 @@ class Store:
             else:
                 self._staged[sha256] = Path(tmp)
 
-    def is_staged(self, sha256: str) -> bool:
-        return sha256 in self._staged
-
     def commit_staged(self, needed: Any = None) -> int:
         """Group commit: one sync of the store's filesystem for every staged object,
         then their names (objects reach the disk before their names, as one by one),
