@@ -47,6 +47,24 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("init", help="write a starter models.toml")
     s.add_argument("--force", action="store_true", help="overwrite an existing models.toml")
 
+    s = sub.add_parser("add", help="declare a model in models.toml and lock it")
+    s.add_argument("source", metavar="SOURCE",
+                   help="org/name, hf://org/name[@rev], https://huggingface.co/org/name, any"
+                   " https:// file URL, s3://bucket/prefix/, ollama:name[:tag],"
+                   " oci://registry/repo:tag, models:/name/version, git+https://host/repo@rev")
+    s.add_argument("--name", metavar="KEY", help="the model's key (default: from SOURCE)")
+    s.add_argument("--files", nargs="+", action="extend", metavar="GLOB",
+                   help="only these files of a Hugging Face repo")
+    s.add_argument("--revision", metavar="REV", help="branch, tag or commit (or ollama tag)")
+    s.add_argument("--no-lock", action="store_true", help="only edit models.toml")
+
+    s = sub.add_parser("remove", help="take a model out of models.toml and models.lock")
+    s.add_argument("key", metavar="KEY", help="the model's key in models.toml")
+
+    s = sub.add_parser("check", help="check models.toml files without locking (offline)")
+    s.add_argument("files", nargs="*", metavar="FILE",
+                   help="models.toml files (default: this project's)")
+
     s = sub.add_parser("lock", help="resolve models.toml into models.lock")
     s.add_argument("--check", action="store_true",
                    help="exit 1 if models.lock is out of date (offline, fast)")
@@ -237,6 +255,48 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_add(args: argparse.Namespace) -> int:
+    from . import settings
+    from .edit import declaration
+
+    decl = declaration(args.source, name=args.name, files=args.files, revision=args.revision,
+                       hf_endpoint=settings.hf_endpoint())
+    ws = _ws(args)
+    report = ws.add(decl, lock=not args.no_lock)
+    print(f"added models.{decl.key} ({decl.source_type}) to {ws.manifest_path}")
+    if report is not None:
+        m = report.lock.models[decl.key]
+        print(f"locked {decl.key} in {ws.lock_path}: {len(m.files)} files, {m.hash};"
+              " next: `reconcile apply`")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    ws = _ws(args)
+    had = ws.remove(args.key)
+    print(f"removed models.{args.key} from {ws.manifest_path}"
+          + (f" and {ws.lock_path}" if had else "")
+          + "; `reconcile apply --prune` unlinks it from the HF cache")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Each file parsed and checked as lock would; all problems, one line each."""
+    from .config import load_manifest
+
+    paths = [Path(f) for f in args.files] or [manifest_path(args)]
+    bad = 0
+    for path in paths:
+        try:
+            m = load_manifest(path)
+        except ReconcileError as e:
+            print(f"error: {e}", file=sys.stderr)
+            bad += 1
+            continue
+        print(f"{path}: {len(m.models)} models, valid")
+    return 2 if bad else 0
+
+
 def cmd_lock(args: argparse.Namespace) -> int:
     ws = _ws(args)
     if args.check:
@@ -416,6 +476,9 @@ def cmd_completion(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "init": cmd_init,
+    "add": cmd_add,
+    "remove": cmd_remove,
+    "check": cmd_check,
     "lock": cmd_lock,
     "plan": cmd_plan,
     "apply": cmd_apply,

@@ -81,7 +81,13 @@ def lock_models(
     offline: bool = False,
     jobs: int = 4,
     on_model: Callable[[str], None] | None = None,
+    only: Iterable[str] | None = None,
 ) -> LockReport:
+    """Resolve what is new, changed or asked for (``upgrade``); keep the rest as locked.
+
+    ``only`` limits the work to those keys (`reconcile add`): every other entry of the
+    old lock is kept as it is, even one that is stale, and nothing else is resolved.
+    """
     upgrade_keys = set(manifest.models) if upgrade is True else set(upgrade or ())
     unknown = upgrade_keys - set(manifest.models)
     if unknown:
@@ -90,9 +96,14 @@ def lock_models(
     context = SourceContext(store=store, offline=offline, jobs=jobs)
     report = LockReport(lock=Lock())
     todo = []
+    limit = set(only) if only is not None else None
     for key, decl in manifest.models.items():
         prev = old_models.get(key)
-        if prev and key not in upgrade_keys and prev.fingerprint == decl.fingerprint():
+        if limit is not None and key not in limit:
+            if prev:
+                report.lock.models[key] = prev
+                report.kept.append(key)
+        elif prev and key not in upgrade_keys and prev.fingerprint == decl.fingerprint():
             report.lock.models[key] = prev
             report.kept.append(key)
         else:
@@ -130,6 +141,9 @@ def lock_models(
         if failures:
             raise ModelsFailed(failures)
     report.removed = sorted(set(old_models) - set(manifest.models))
+    if limit is not None:  # an entry models.toml no longer has is `remove`'s business
+        report.lock.models |= {k: old_models[k] for k in report.removed if k not in limit}
+        report.removed = [k for k in report.removed if k in limit]
     check_ref_conflicts(report.lock.models.values())
     report.lock.models = dict(sorted(report.lock.models.items()))
     return report

@@ -128,17 +128,59 @@ class Workspace:
         return stale_keys(self.manifest, self.read_lock())
 
     def lock(self, *, upgrade: bool | list[str] = False, offline: bool = False,
-             jobs: int = 4) -> Any:
+             jobs: int = 4, only: list[str] | None = None) -> Any:
         from .resolve import lock_models
 
         old = self.read_lock()
         self.store.ensure()
         with self.store.session():  # objects fetched at lock time are named by no lock yet
             report = lock_models(self.manifest, old, self.store, upgrade=upgrade,
-                                 offline=offline or settings.offline(), jobs=jobs)
+                                 offline=offline or settings.offline(), jobs=jobs, only=only)
             report.written = write_lock(self.lock_path, report.lock)
             self.store.add_root(self.lock_path)
         return report
+
+    def add(self, decl: Any, *, lock: bool = True, offline: bool = False) -> Any:
+        """Append ``decl`` (an edit.Declaration) to models.toml and lock that model only.
+
+        All or nothing, like `uv add`: if the declaration is refused or cannot be
+        resolved, models.toml is put back as it was and models.lock is not touched.
+        Returns the lock report (None with ``lock=False``).
+        """
+        from .edit import add_text
+
+        try:
+            before: str | None = self.manifest_path.read_text("utf-8")
+        except FileNotFoundError:
+            before = None
+        atomic_write_text(self.manifest_path, add_text(before or "", decl))
+        self.__dict__.pop("manifest", None)
+        try:
+            self.manifest  # noqa: B018 - the declaration's options are checked here
+            return self.lock(only=[decl.key], offline=offline) if lock else None
+        except BaseException:
+            if before is None:
+                self.manifest_path.unlink(missing_ok=True)
+            else:
+                atomic_write_text(self.manifest_path, before)
+            self.__dict__.pop("manifest", None)
+            raise
+
+    def remove(self, key: str) -> bool:
+        """Take models.<key> out of models.toml and models.lock, every other byte kept.
+        Returns whether the lock had an entry. Installed files stay until
+        `apply --prune` (the HF cache) and `gc` (the store)."""
+        from .edit import remove_text
+
+        text = remove_text(self.manifest_path.read_text("utf-8"), key)
+        old = self.read_lock()
+        had = bool(old and key in old.models)
+        if old and had:
+            write_lock(self.lock_path, Lock(models={k: m for k, m in old.models.items()
+                                                    if k != key}, version=old.version))
+        atomic_write_text(self.manifest_path, text)
+        self.__dict__.pop("manifest", None)
+        return had
 
     def current_lock(self, *, locked: bool = False, offline: bool = False, jobs: int = 4) -> Lock:
         """The lock to apply: re-locked first when stale (like `uv sync`), unless ``locked``."""
