@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"reconcile {__version__}")
     p.add_argument("-f", "--manifest", default=None, help=MANIFEST_HELP)
+    _add_modes(p, None)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_SubParser)
 
     s = sub.add_parser("init", help="write a starter models.toml")
@@ -134,6 +135,10 @@ def _parser() -> argparse.ArgumentParser:
     fmt.add_argument("--sri", action="store_const", dest="fmt", const="sri",
                      help="SRI, the default")
 
+    s = sub.add_parser("systemd", help="print systemd units that apply --system or --user")
+    s.add_argument("--unit", choices=["service", "timer"],
+                   help="print only this unit (default: every unit, each headed by its path)")
+
     s = sub.add_parser("completion", help="print a shell completion script")
     s.add_argument("shell", choices=["bash", "zsh", "fish", "keys"],
                    help="the shell (keys: the model keys of models.toml, for the scripts)")
@@ -158,6 +163,22 @@ class _SubParser(argparse.ArgumentParser):
         kw["allow_abbrev"] = False
         super().__init__(**kw)
         self.add_argument("-f", "--manifest", default=argparse.SUPPRESS, help=MANIFEST_HELP)
+        _add_modes(self, argparse.SUPPRESS)
+
+
+MODE_HELP = {
+    "system": "the machine's models: /etc/reconcile/models.toml into /var/lib/reconcile,"
+              " shared by group 'reconcile', readable by every user",
+    "user": "your own models: ~/.config/reconcile/models.toml into your store and HF cache,"
+            " reusing the system store's objects",
+}
+
+
+def _add_modes(p: argparse.ArgumentParser, default: Any) -> None:
+    g = p.add_mutually_exclusive_group()
+    for name, text in MODE_HELP.items():
+        g.add_argument(f"--{name}", dest="mode", action="store_const", const=name,
+                       default=default, help=text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
     install()
     try:
+        _enter_mode(args)
         code = COMMANDS[args.command](args) or 0
         sys.stdout.flush()  # a closed pipe shows here, where it is handled, not at exit
         return code
@@ -204,6 +226,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: internal error: {type(e).__name__}: {e}\n  hint: run again with"
               " RECONCILE_DEBUG=1 for the traceback, and report it", file=sys.stderr)
         return 1
+
+
+WRITES = {"lock", "apply", "gc", "verify", "add", "remove"}
+
+
+def _enter_mode(args: argparse.Namespace) -> None:
+    """--system / --user: the mode's manifest (unless -f names one), store and HF cache."""
+    args.mode_info = None
+    if not getattr(args, "mode", None):
+        return
+    from . import modes
+
+    mode = modes.system_mode() if args.mode == "system" else modes.user_mode()
+    manifest = modes.activate(mode, writes=args.command in WRITES)
+    if not args.manifest:
+        args.manifest = str(manifest)
+    args.mode_info = mode
+    if args.command in ("lock", "add", "remove"):
+        modes.check_writable(mode, Path(args.manifest).with_name("models.lock"))
 
 
 def _kept_partials() -> str:
@@ -338,6 +379,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from .plan import human
 
     ws = _ws(args)
+    if args.mode_info is not None and not args.locked and ws.stale():
+        from .modes import check_writable
+
+        check_writable(args.mode_info, ws.lock_path)  # apply would lock first
     mode = args.progress
     if mode == "auto":
         mode = "bars" if sys.stderr.isatty() else "plain"
@@ -362,6 +407,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
                   failures=[f"{a.kind} {a.target}: {err}" for a, err in report.failures])
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
+    if report.ok and args.mode_info is not None:
+        from .modes import write_profile
+
+        write_profile(args.mode_info)
     if not report.ok:
         print(f"error: {failure_message(report)}", file=sys.stderr)
         return 1
@@ -459,6 +508,28 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_systemd(args: argparse.Namespace) -> int:
+    import shutil
+
+    from . import modes
+
+    if args.mode_info is None:
+        raise UsageError("systemd: say which models: `reconcile systemd --system` (a service"
+                         " and a daily timer) or `reconcile systemd --user` (at login)")
+    exe = shutil.which("reconcile")
+    units = modes.systemd_units(args.mode_info, [exe] if exe else
+                                [sys.executable, "-m", "reconcile"])
+    if args.unit:
+        name = f"reconcile.{args.unit}"
+        if name not in units:
+            raise UsageError(f"--user has no {args.unit} unit; the service starts at login")
+        print(units[name], end="")
+        return 0
+    where = modes.unit_dir(args.mode_info)
+    print("\n".join(f"# {where}/{name}\n{text}" for name, text in units.items()), end="")
+    return 0
+
+
 def cmd_completion(args: argparse.Namespace) -> int:
     if args.shell == "keys":  # called by the scripts on every <TAB>: quiet and fast
         try:
@@ -489,6 +560,7 @@ COMMANDS = {
     "env": cmd_env,
     "hash": cmd_hash,
     "validate": cmd_validate,
+    "systemd": cmd_systemd,
     "completion": cmd_completion,
 }
 

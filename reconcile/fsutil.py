@@ -19,8 +19,13 @@ def atomic_write_text(path: Path, text: str, *, skip_if_same: bool = True) -> bo
         except (FileNotFoundError, UnicodeDecodeError, IsADirectoryError, NotADirectoryError):
             pass
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # the replaced file's mode (a user's models.toml keeps its own) …
+        mode = os.stat(path).st_mode & 0o7777
+    except OSError:  # … else what open() would give: mkstemp's 0600 would hide refs,
+        mode = 0o666 & ~umask()  # ownership records and locks from other users
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
@@ -31,3 +36,16 @@ def atomic_write_text(path: Path, text: str, *, skip_if_same: bool = True) -> bo
             pass
         raise
     return True
+
+
+def umask() -> int:
+    """The process umask, read without changing it (os.umask sets while it reads, which
+    races with other threads creating files); 0o022 where /proc does not say."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022

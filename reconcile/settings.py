@@ -97,3 +97,10 @@ def parallel_min() -> int | None:
     ranges from the start (default: transfer.PARALLEL_THRESHOLD)."""
     value = _env("RECONCILE_PARALLEL_MIN")
     return int(value) if value and value.isdigit() else None
+
+
+def peer_stores() -> list[Path]:
+    """RECONCILE_PEER_STORES: other stores on this machine (os.pathsep-separated) whose
+    objects are copied instead of downloaded; `--user` sets it to the system store."""
+    value = _env("RECONCILE_PEER_STORES")
+    return [_expand(p) for p in value.split(os.pathsep) if p] if value else []

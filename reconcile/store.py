@@ -115,6 +115,35 @@ class Store:
         os.replace(tmp_file, dest)
         return dest
 
+    def take_from_peer(self, peers: list[Path], sha256: str, executable: bool = False) -> bool:
+        """Copy an object another store on this machine holds (the system store, for a
+        user's): hashed while copied, since that store is another user's and a bad copy
+        must not become ours. Returns False when no peer has it whole."""
+        for peer in peers:
+            src = Store(peer).object_path(sha256)
+            try:
+                fin = open(src, "rb")  # noqa: SIM115 - closed below, with the temp file
+            except OSError:
+                continue
+            fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix=f"peer-{sha256[:12]}-")
+            h = hashlib.sha256()
+            try:
+                with fin, os.fdopen(fd, "wb") as out:
+                    while chunk := fin.read(1 << 20):
+                        h.update(chunk)
+                        out.write(chunk)
+            except OSError as e:
+                os.unlink(tmp)
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise disk_error(e, self.root) from None
+                continue
+            if h.hexdigest() != sha256:
+                os.unlink(tmp)
+                continue
+            self.publish_object(Path(tmp), sha256, executable)
+            return True
+        return False
+
     # --- small objects: claimed, staged, committed in groups -----------------------------
     #
     # Fetching an object exactly once across threads and processes used to take a file
@@ -256,14 +285,18 @@ class Store:
                     if f.executable:
                         self.ensure_exec_variant(f.sha256)
                     link_or_copy(self.object_path(f.sha256, f.executable), target)
-            _make_readonly_dirs(work)
+            _make_readonly_dirs(work, top=False)
             try:
+                # moving a directory to another parent rewrites its "..": a user who is not
+                # root needs write permission on it, so the top is made read-only after
                 os.rename(work, dest)
             except OSError as e:
                 if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                     raise
                 # another process published the same model first: same content, keep theirs
                 remove_tree(work)
+            else:
+                os.chmod(dest, 0o555)
         except BaseException:
             if work.exists():
                 remove_tree(work)
@@ -284,7 +317,7 @@ class Store:
         import fcntl
 
         self.locks.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.locks / "store.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.locks / "store.lock", os.O_RDWR | os.O_CREAT, 0o666)  # umask trims
         try:
             if exclusive:
                 try:
@@ -404,9 +437,10 @@ def link_or_copy(src: Path, dst: Path) -> None:
         raise disk_error(e, dst) from None
 
 
-def _make_readonly_dirs(root: Path) -> None:
+def _make_readonly_dirs(root: Path, top: bool = True) -> None:
     for dirpath, _dirs, _files in os.walk(root, topdown=False):
-        os.chmod(dirpath, 0o555)
+        if top or dirpath != str(root):
+            os.chmod(dirpath, 0o555)
 
 
 def remove_tree(path: Path) -> None:

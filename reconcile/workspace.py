@@ -268,7 +268,7 @@ class Workspace:
         """Plan and execute a given lock (the step `apply` and `fetch_model` share)."""
         from .apply import Executor, ProgressSink
         from .resolve import SourceContext, make_source
-        from .transfer import fetch
+        from .transfer import FetchResult, fetch
 
         plan = self.plan(lock, prune=prune, revalidate=revalidate)
         self.store.ensure()
@@ -276,8 +276,14 @@ class Workspace:
         sources: dict[str, Any] = {}
         runner = self.validation(revalidate)
 
+        peers = settings.peer_stores()
+
         def fetch_object(action, advance) -> int:
             m = action.model
+            if peers and self.store.take_from_peer(peers, action.file.sha256,
+                                                   action.file.executable):
+                # copied from another store on this machine: nothing downloaded
+                return FetchResult(action.file.sha256, action.file.size, 0, fetched=False)
             decl = self.manifest.models[m.key]
             src = sources.get(m.key)
             if src is None:

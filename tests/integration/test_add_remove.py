@@ -104,6 +104,15 @@ def test_add_is_all_or_nothing(locked, hub):
     assert project.lock.read_bytes() == lock_before
 
 
+def test_add_keeps_the_files_mode(locked, hub):
+    """models.toml is rewritten through a temp file: it keeps its own mode, not mkstemp's
+    0600 (a group-readable manifest stays group-readable)."""
+    locked.manifest.chmod(0o664)
+    assert locked.run("add", "acme/tiny", "--files", "config.json").code == 0
+    assert locked.manifest.stat().st_mode & 0o777 == 0o664
+    assert locked.lock.stat().st_mode & 0o777 == 0o644  # a new file: 0666 less the umask
+
+
 def test_add_a_plain_https_file(project, hub):
     """Any https:// file is a url source (the stand-in Hub's resolve URL, with HF_ENDPOINT
     pointing elsewhere, is just a web server here); add works without a models.toml."""
