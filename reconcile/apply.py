@@ -39,6 +39,7 @@ class ApplyReport:
     failures: list[tuple[Action, BaseException]] = field(default_factory=list)
     skipped: list[Action] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    cache_hits: int = 0  # objects the team cache gave
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property

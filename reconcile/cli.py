@@ -106,6 +106,22 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--color", choices=["auto", "never", "always"], default="auto",
                    help="colour in progress bars (auto honours NO_COLOR)")
 
+    s = sub.add_parser("push", help="upload installed models to the team cache")
+    s.add_argument("keys", nargs="*", metavar="KEY", help="only these models (default: all)")
+    s.add_argument("--jobs", "-j", type=_jobs, default=4, help="uploads at once (default 4)")
+
+    s = sub.add_parser("pull", help="fill the store from the team cache only")
+    s.add_argument("keys", nargs="*", metavar="KEY", help="only these models (default: all)")
+    s.add_argument("--jobs", "-j", type=_jobs, default=4, help="downloads at once (default 4)")
+
+    s = sub.add_parser("export", help="write locked models' objects to one archive")
+    s.add_argument("keys", nargs="*", metavar="KEY", help="only these models (default: all)")
+    s.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="the archive (a tar stream; '-' for stdout)")
+
+    s = sub.add_parser("import", help="verify an exported archive into the store")
+    s.add_argument("file", metavar="FILE", help="the archive ('-' for stdin)")
+
     s = sub.add_parser("status", help="show each model's state")
     s.add_argument("--json", action="store_true", help="one JSON array on stdout")
 
@@ -179,6 +195,9 @@ def _add_modes(p: argparse.ArgumentParser, default: Any) -> None:
     for name, text in MODE_HELP.items():
         g.add_argument(f"--{name}", dest="mode", action="store_const", const=name,
                        default=default, help=text)
+    p.add_argument("--cache", metavar="URL", default=default,
+                   help="the team cache (s3://…, oci://…, a directory; 'off': none), over"
+                   " models.toml's [cache] url and $RECONCILE_CACHE")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,12 +247,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-WRITES = {"lock", "apply", "gc", "verify", "add", "remove"}
+WRITES = {"lock", "apply", "gc", "verify", "add", "remove", "pull", "import"}
 
 
 def _enter_mode(args: argparse.Namespace) -> None:
     """--system / --user: the mode's manifest (unless -f names one), store and HF cache."""
     args.mode_info = None
+    if getattr(args, "cache", None):
+        os.environ["RECONCILE_CACHE"] = args.cache
     if not getattr(args, "mode", None):
         return
     from . import modes
@@ -418,9 +439,57 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if not d:
         print(f"Nothing to do: {len(report.plan.lock.models)} models up to date.")
     else:
-        print(f"Applied: {d.get('fetch', 0)} fetched ({human(report.bytes_fetched)}),"
+        cached = f", {report.cache_hits} from the team cache" if report.cache_hits else ""
+        print(f"Applied: {d.get('fetch', 0)} fetched ({human(report.bytes_fetched)}{cached}),"
               f" {d.get('assemble', 0)} assembled, {d.get('validate', 0)} validated,"
               f" {d.get('link', 0)} linked, {d.get('unlink', 0)} unlinked.")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from .plan import human
+
+    ws = _ws(args)
+    r = ws.push(args.keys or None, jobs=args.jobs)
+    print(f"pushed to {ws.remote.url}: {r.uploaded} objects uploaded ({human(r.bytes_sent)}),"
+          f" {r.present} already there, {r.models} model entries written")
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from .plan import human
+
+    ws = _ws(args)
+    n, size = ws.pull(args.keys or None, jobs=args.jobs)
+    for w in ws.remote.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"pulled {n} objects ({human(size)}) from {ws.remote.url}; next: `reconcile apply"
+          " --offline`")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .bundle import export
+    from .plan import human
+
+    ws = _ws(args)
+    models = ws._selected(args.keys or None)
+    n, size = export(models, ws.store, args.output)
+    print(f"exported {len(models)} models, {n} objects ({human(size)}) to {args.output}",
+          file=sys.stderr if args.output == "-" else sys.stdout)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from . import settings
+    from .bundle import import_archive
+    from .plan import human
+    from .store import Store
+
+    store = Store(settings.store_dir()).ensure()
+    r = import_archive(args.file, store)
+    print(f"imported {r.objects} objects ({human(r.bytes)}), {r.present} already in the store,"
+          f" for {', '.join(r.models) or 'no models'}; next: `reconcile apply --offline`")
     return 0
 
 
@@ -553,6 +622,10 @@ COMMANDS = {
     "lock": cmd_lock,
     "plan": cmd_plan,
     "apply": cmd_apply,
+    "push": cmd_push,
+    "pull": cmd_pull,
+    "export": cmd_export,
+    "import": cmd_import,
     "status": cmd_status,
     "verify": cmd_verify,
     "gc": cmd_gc,

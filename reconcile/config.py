@@ -64,6 +64,15 @@ MODEL_SPEC: dict[str, Any] = {
     "auth": AUTH_SPEC,
     "meta": "any-table",
 }
+CACHE_SPEC: dict[str, Any] = {
+    "url": "str",
+    "push": "bool",
+    # an S3 cache: as source.s3 takes them (credentials from AWS's own chain)
+    "endpoint": "str", "region": "str", "profile": "str", "anonymous": "bool",
+    "addressingStyle": "enum:auto|path|virtual",
+    "auth": AUTH_SPEC,  # an OCI registry cache
+    "network": NETWORK_SPEC,
+}
 VALIDATOR_SPEC: dict[str, Any] = {
     "name": "str",
     "description": "str",
@@ -171,11 +180,28 @@ class ModelDecl:
         return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
 
 
+# a team cache that does not answer is given up on quickly: the sources are the fallback
+CACHE_NETWORK = NetworkConfig(connect_timeout=5.0, max_attempts=2, base_delay=0.2,
+                              max_delay=1.0)
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """`[cache]`: the team cache (see remote.py); ``url`` s3://, oci://, file:// or a path."""
+
+    url: str
+    push: bool = True
+    s3: dict[str, Any] = field(default_factory=dict)  # endpoint, region, profile …
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    network: NetworkConfig = CACHE_NETWORK
+
+
 @dataclass(frozen=True)
 class Manifest:
     path: Path
     models: dict[str, ModelDecl]
     validators: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cache: CacheConfig | None = None
 
 
 # --- reading -------------------------------------------------------------------------
@@ -383,7 +409,8 @@ class _Checker:
     def manifest(self, doc: dict[str, Any]) -> Manifest:
         from .sources import registry
 
-        top = {"models": "any-table", "sources": "any-table", "validators": "any-table"}
+        top = {"models": "any-table", "sources": "any-table", "validators": "any-table",
+               "cache": CACHE_SPEC}
         self.table(doc, top, "")
         shared = self.shared_sources(doc.get("sources", {}), registry)
         validators = {}
@@ -397,7 +424,30 @@ class _Checker:
         models = {}
         for key, mdecl in doc.get("models", {}).items():
             models[key] = self.model(key, mdecl, shared, registry)
-        return Manifest(self.path, models, validators)
+        cache = self.cache(doc["cache"]) if "cache" in doc else None
+        return Manifest(self.path, models, validators, cache)
+
+    def cache(self, d: dict[str, Any]) -> CacheConfig:
+        from .remote import check_url
+
+        if "url" not in d:
+            raise self.fail("cache.url", "the team cache needs a url",
+                            hint='e.g. url = "s3://team-models/cache" or "oci://ghcr.io/org/models"')
+        try:
+            url = check_url(d["url"])
+        except ValueError as e:
+            raise self.fail("cache.url", str(e)) from None
+        if "://" not in url and not Path(url).expanduser().is_absolute():
+            url = str(self.path.parent / url)  # relative to models.toml, like every path
+        self.auth_combination("cache", d.get("auth", {}))
+        s3 = {k: d[k] for k in ("endpoint", "region", "profile", "anonymous", "addressingStyle")
+              if k in d}
+        if s3 and not url.startswith("s3://"):
+            raise self.fail(f"cache.{next(iter(s3))}", "applies to an s3:// cache only")
+        return CacheConfig(url=url, push=d.get("push", True), s3=s3,
+                           auth=_auth(d.get("auth", {})),
+                           network=_network(d["network"], self.path.parent) if "network" in d
+                           else CACHE_NETWORK)
 
     def shared_sources(self, decl: dict[str, Any], registry: Any) -> dict[str, dict[str, Any]]:
         shared: dict[str, dict[str, Any]] = {}

@@ -31,6 +31,7 @@ class Action:
     size: int = 0
     note: str = ""
     where: str = ""  # link/unlink into ollama's models directory: that directory
+    origin: str = ""  # fetch: "team cache" or "source" when a team cache is configured
 
     @property
     def node(self) -> str:
@@ -97,17 +98,21 @@ def make_plan(
     needs_validation: Callable[[LockedModel], bool] = lambda m: False,
     prune: bool = False,
     ollama_dirs: dict[str, Path] | None = None,
+    origin: Callable[[LockedModel], str] | None = None,
 ) -> Plan:
+    """``origin`` tells where a model's fetches will come from (asked only for models
+    with something to fetch); the planner itself knows no source and no cache."""
     plan = Plan(lock=lock)
     for key, m in lock.models.items():
         last: list[str] = []
         if not store.has_model(m):
             fetches = []
-            for f in m.regular_files():
-                if not store.has_object(f.sha256):
-                    fetches.append(
-                        _add(plan, Action("fetch", f.sha256, m, f, f.size, f.path))
-                    )
+            missing = [f for f in m.regular_files() if not store.has_object(f.sha256)]
+            where = origin(m) if origin and missing else ""
+            for f in missing:
+                fetches.append(
+                    _add(plan, Action("fetch", f.sha256, m, f, f.size, f.path, origin=where))
+                )
             last = [_add(plan, Action("assemble", key, m, size=sum(f.size for f in m.regular_files())),
                          fetches)]
         if needs_validation(m):
@@ -151,7 +156,8 @@ def render(plan: Plan) -> str:
     for a in plan.actions():
         if a.kind == "fetch":
             lines.append(f"  + fetch    {a.file.path if a.file else ''}  ({human(a.size)},"
-                         f" sha256:{a.target[:12]}) for {a.model.key if a.model else '?'}")
+                         f" sha256:{a.target[:12]}) for {a.model.key if a.model else '?'}"
+                         + (f" from {a.origin}" if a.origin else ""))
         elif a.kind == "assemble":
             lines.append(f"  + assemble {a.target}  ({human(a.size)})")
         elif a.kind == "validate":

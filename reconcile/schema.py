@@ -11,7 +11,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import AUTH_SPEC, MODEL_SPEC, NAME_RE, NETWORK_SPEC, SRI_RE, VALIDATOR_SPEC
+from .config import (
+    AUTH_SPEC,
+    CACHE_SPEC,
+    MODEL_SPEC,
+    NAME_RE,
+    NETWORK_SPEC,
+    SRI_RE,
+    VALIDATOR_SPEC,
+)
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 
@@ -82,6 +90,7 @@ def models_schema() -> dict[str, Any]:
             "sources": {"type": "object", "additionalProperties": False, "properties": shared},
             "validators": {"type": "object", "additionalProperties": {
                 **_type(VALIDATOR_SPEC), "required": ["command"]}},
+            "cache": {**_type(CACHE_SPEC), "required": ["url"]},
         },
     }
 

@@ -104,3 +104,8 @@ def peer_stores() -> list[Path]:
     objects are copied instead of downloaded; `--user` sets it to the system store."""
     value = _env("RECONCILE_PEER_STORES")
     return [_expand(p) for p in value.split(os.pathsep) if p] if value else []
+
+
+def cache_url() -> str | None:
+    """RECONCILE_CACHE: the team cache's URL, over models.toml's [cache] url ("off": none)."""
+    return _env("RECONCILE_CACHE")

@@ -17,7 +17,7 @@ from typing import Any
 
 from . import hfcache, settings
 from .config import Manifest, load_manifest
-from .errors import ConfigError, IntegrityError, LockError
+from .errors import ConfigError, IntegrityError, LockError, ReconcileError
 from .fsutil import atomic_write_text
 from .lockfile import Lock, LockedModel, lock_from_doc, parse_lock, read_lock, write_lock
 from .store import Store, remove_tree
@@ -85,6 +85,18 @@ class Workspace:
     @cached_property
     def manifest(self) -> Manifest:
         return load_manifest(self.manifest_path)
+
+    @cached_property
+    def remote(self) -> Any:
+        """The team cache (remote.py) models.toml or RECONCILE_CACHE names, else None."""
+        from .remote import configured, open_remote
+
+        cfg = configured(self.manifest.cache)
+        if cfg is None:
+            return None
+        from .resolve import SourceContext
+
+        return open_remote(cfg, self.manifest_path.parent, SourceContext(store=self.store))
 
     @property
     def project(self) -> str:
@@ -251,7 +263,18 @@ class Workspace:
         dirs = {k: models_dir(d.ollama.models_dir) for k, d in self.manifest.models.items()
                 if d.ollama.enable}
         return make_plan(lock, self.store, self.cache, project=self.project,
-                         needs_validation=runner.needs, prune=prune, ollama_dirs=dirs)
+                         needs_validation=runner.needs, prune=prune, ollama_dirs=dirs,
+                         origin=self._origin)
+
+    def _origin(self, m: LockedModel) -> str:
+        """Where apply will take a model's missing objects from (shown by `plan`)."""
+        remote = self.remote
+        if remote is None:
+            return ""
+        try:
+            return "team cache" if remote.has_model(m) else "source"
+        except ReconcileError:
+            return "source (team cache unreachable)"
 
     def apply(self, *, jobs: int = 4, offline: bool = False, prune: bool = False,
               locked: bool = False, revalidate: bool = False, progress: Any = None) -> Any:
@@ -277,6 +300,9 @@ class Workspace:
         runner = self.validation(revalidate)
 
         peers = settings.peer_stores()
+        remote = self.remote
+        if remote is not None and offline and remote.source.needs_network:
+            remote = None
 
         def fetch_object(action, advance) -> int:
             m = action.model
@@ -284,6 +310,9 @@ class Workspace:
                                                    action.file.executable):
                 # copied from another store on this machine: nothing downloaded
                 return FetchResult(action.file.sha256, action.file.size, 0, fetched=False)
+            if remote is not None and (got := remote.fetch(action.file, self.store, advance,
+                                                            jobs)) is not None:
+                return got
             decl = self.manifest.models[m.key]
             src = sources.get(m.key)
             if src is None:
@@ -306,8 +335,65 @@ class Workspace:
             for key, m in lock.models.items():  # this project needs what others linked, too
                 if m.hf is not None and f"link:{key}" not in plan.nodes:
                     hfcache.adopt(self.cache, m, self.store, self.project)
+        if remote is not None:
+            report.warnings.extend(remote.warnings)
+            report.cache_hits = remote.hits
         report.plan = plan
         return report
+
+    # --- the team cache -------------------------------------------------------------
+
+    def _cache_or_fail(self) -> Any:
+        from .remote import CacheError
+
+        if self.remote is None:
+            raise CacheError("no team cache is configured",
+                             hint='add [cache] url = "s3://bucket/prefix" (or oci://…, a'
+                             " directory) to models.toml, or pass --cache URL")
+        return self.remote
+
+    def _selected(self, keys: list[str] | None) -> list[LockedModel]:
+        lock = self.current_lock(locked=True)
+        unknown = sorted(set(keys or ()) - set(lock.models))
+        if unknown:
+            raise ConfigError(f"no model named {', '.join(unknown)} in {self.lock_path}")
+        return [m for k, m in lock.models.items() if not keys or k in keys]
+
+    def push(self, keys: list[str] | None = None, *, jobs: int = 4) -> Any:
+        """Upload the installed objects of the locked models (or ``keys``) the team cache
+        lacks, then each model's entry; nothing is sent twice."""
+        remote = self._cache_or_fail()
+        with self.store.session():
+            return remote.push(self._selected(keys), self.store, jobs=jobs)
+
+    def pull(self, keys: list[str] | None = None, *, jobs: int = 4) -> tuple[int, int]:
+        """Fill the store from the team cache only (no source is asked); returns (objects
+        taken, bytes). Missing or bad objects fail, naming them."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .remote import CacheError
+
+        remote = self._cache_or_fail()
+        todo: dict[str, tuple[str, Any]] = {}
+        for m in self._selected(keys):
+            for f in m.regular_files():
+                if not self.store.has_object(f.sha256, f.executable):
+                    todo.setdefault(f.sha256, (m.key, f))
+        self.store.ensure()
+        with self.store.session():
+            with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+                got = list(pool.map(lambda kf: remote.fetch(kf[1], self.store, jobs=1,
+                                                             stage=False), todo.values()))
+            self.store.commit_staged()
+        missing = [f"{k}: {f.path}" for (k, f), r in zip(todo.values(), got, strict=True)
+                   if r is None]
+        if missing:
+            why = remote.dead or "not in the cache, or corrupt there"
+            raise CacheError(f"{len(missing)} objects could not be taken from {remote.url}"
+                             f" ({why}): " + ", ".join(missing[:5])
+                             + (" …" if len(missing) > 5 else ""),
+                             hint="`reconcile push` them from a machine that has them")
+        return len(todo), sum(f.size for _, f in todo.values())
 
     # --- inspection ----------------------------------------------------------------
 
@@ -345,6 +431,8 @@ class Workspace:
                     entry["hf_revision"] = m.hf.commit
                     entry["hf_refs"] = list(m.hf.refs)
                     entry["snapshot_path"] = str(hfcache.snapshot_dir(self.cache, m))
+            if self.remote is not None:
+                entry["cache"] = self._origin(m) == "team cache"
             if link.conflicts:
                 entry["conflicts"] = link.conflicts
             if warnings:

@@ -170,21 +170,22 @@ class Registry:
     # --- requests ---------------------------------------------------------------------
 
     def get(self, url: str, headers: dict[str, str], method: str = "GET",
-            max_body: int = MANIFEST_MAX) -> Any:
-        """One small request, answering a 401 challenge once."""
+            max_body: int = MANIFEST_MAX, body: bytes | None = None) -> Any:
+        """One small request (``body``: an upload chunk), answering a 401 challenge once:
+        a push's first request brings the challenge for the push scope."""
         from ..http import call
         from ..transport import RetryPolicy
 
         policy = RetryPolicy.of(self.network)
         r = policy.run(lambda: call(method, url, {**headers, **self.headers()}, self.network,
-                                    max_body=max_body))
+                                    max_body=max_body, body=body))
         if r.status_code == 401 and r.headers.get("WWW-Authenticate"):
             challenge = parse_challenge(r.headers["WWW-Authenticate"])
             with self._lock:
                 self._challenge = challenge
                 self._auth = self._answer(challenge)
             r = policy.run(lambda: call(method, url, {**headers, **self.headers()},
-                                        self.network, max_body=max_body))
+                                        self.network, max_body=max_body, body=body))
         if r.status_code in (401, 403):
             raise self._denied(r.status_code, error_text(r.content) or "unauthorized")
         return r

