@@ -122,6 +122,18 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("import", help="verify an exported archive into the store")
     s.add_argument("file", metavar="FILE", help="the archive ('-' for stdin)")
 
+    s = sub.add_parser("sign", help="write a model_signing signature for a directory or"
+                       " a locked model")
+    s.add_argument("target", metavar="PATH|KEY",
+                   help="a model directory (its files hashed), or a locked model's key (the"
+                   " lock's sha256 used: nothing is read again)")
+    s.add_argument("--private-key", required=True, metavar="PEM",
+                   help="an EC private key (P-256, P-384 or P-521), PEM")
+    s.add_argument("--password-env", metavar="VAR",
+                   help="the environment variable holding the key's password")
+    s.add_argument("--output", "-o", default="model.sig", metavar="FILE",
+                   help="where to write the signature (default: model.sig)")
+
     s = sub.add_parser("status", help="show each model's state")
     s.add_argument("--json", action="store_true", help="one JSON array on stdout")
 
@@ -493,6 +505,47 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sign(args: argparse.Namespace) -> int:
+    from .fsutil import atomic_write_text
+    from .signing import sign
+
+    target = Path(args.target)
+    out = Path(args.output)
+    if target.is_dir():
+        from .treehash import scan_tree
+
+        entries = scan_tree(target)
+        if links := [e.path for e in entries if e.type == "l"]:
+            raise UsageError(f"{target}: symbolic links are not signed ({links[0]} …)",
+                             hint="sign a directory of regular files (a store tree, say)")
+        skip = {os.path.relpath(out.resolve(), target.resolve())}
+        files = {e.path: e.sha256 for e in entries if e.type == "f" and e.path not in skip}
+        name = target.resolve().name
+    else:
+        ws = _ws(args)
+        m = ws.model(args.target)
+        decl = ws.manifest.models.get(m.key)
+        own = decl.signature.file if decl and decl.signature else "model.sig"
+        files = {f.path: f.sha256 for f in m.regular_files() if f.path != own}
+        name = m.name
+    try:
+        key = Path(args.private_key).read_bytes()
+    except OSError as e:
+        raise UsageError(f"--private-key: cannot read {args.private_key}: {e.strerror}") from None
+    password = None
+    if args.password_env:
+        from . import settings
+
+        value = settings.env_value(args.password_env)
+        if value is None:
+            raise UsageError(f"--password-env: {args.password_env} is not set")
+        password = value.encode()
+    bundle = sign(files, private_key_pem=key, password=password, model_name=name)
+    atomic_write_text(out, bundle.decode())
+    print(f"signed {len(files)} files of {name} into {out}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     rows = _ws(args).status()
     if args.json:
@@ -626,6 +679,7 @@ COMMANDS = {
     "pull": cmd_pull,
     "export": cmd_export,
     "import": cmd_import,
+    "sign": cmd_sign,
     "status": cmd_status,
     "verify": cmd_verify,
     "gc": cmd_gc,

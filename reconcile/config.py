@@ -49,15 +49,21 @@ VALIDATION_SPEC: dict[str, Any] = {
     "onFailure": "enum:" + "|".join(ON_FAILURE),
     "timeout": "number",
     "preset": "enum:" + "|".join(PRESETS),
+    "requireSignature": "bool",
 }
 INTEGRATION_SPEC: dict[str, Any] = {
     "huggingface": {"enable": "bool", "org": "name", "model": "name", "refs": "reflist"},
     "ollama": {"enable": "bool", "modelsDir": "str"},
 }
+SIGNATURE_SPEC: dict[str, Any] = {
+    "file": "str", "publicKey": "str", "certificateChain": "strlist", "ignore": "strlist",
+    "identity": "str", "issuer": "str",  # Sigstore keyless: refused with the reason
+}
 MODEL_SPEC: dict[str, Any] = {
     "name": "name",
     "source": "source",
     "hash": "sri",
+    "signature": SIGNATURE_SPEC,
     "validation": VALIDATION_SPEC,
     "integration": INTEGRATION_SPEC,
     "network": NETWORK_SPEC,
@@ -139,6 +145,18 @@ class ValidationConfig:
     on_failure: str | None = None
     timeout: float | None = None
     preset: str | None = None
+    require_signature: bool = False
+
+
+@dataclass(frozen=True)
+class SignatureConfig:
+    """`signature = { file, publicKey | certificateChain, ignore }`: an OpenSSF
+    model-signing signature among the model's files, checked at lock and at apply."""
+
+    file: str = "model.sig"
+    public_key: str | None = None  # a PEM file, absolute (resolved from models.toml)
+    certificate_chain: tuple[str, ...] = ()  # trusted certificates, PEM files
+    ignore: tuple[str, ...] = ()  # globs left out of the comparison, both sides
 
 
 @dataclass(frozen=True)
@@ -156,6 +174,7 @@ class ModelDecl:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     meta: dict[str, Any] = field(default_factory=dict)
+    signature: SignatureConfig | None = None
 
     def fingerprint(self) -> str:
         """A digest of what decides the lock's content; comments and layout don't count.
@@ -176,6 +195,11 @@ class ModelDecl:
         }
         if self.ollama.enable:  # only then: every existing lock's fingerprints stay valid
             decl["ollama"] = True
+        if self.signature is not None:  # who must have signed decides what may be locked
+            sig = self.signature
+            decl["signature"] = {"file": sig.file, "publicKey": sig.public_key,
+                                 "certificateChain": list(sig.certificate_chain),
+                                 "ignore": list(sig.ignore)}
         blob = json.dumps(decl, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
 
@@ -584,6 +608,7 @@ class _Checker:
                             " models.toml", hint=own)
         hash_ = decl.get("hash")
         self.validator_refs(where, decl.get("validation", {}))
+        signature = self.signature(where, decl)
         self.auth_combination(where, {**auth_defaults, **decl.get("auth", {})})
         return ModelDecl(
             key=key,
@@ -599,7 +624,49 @@ class _Checker:
                              self.path.parent),
             auth=_auth({**auth_defaults, **decl.get("auth", {})}),
             meta=dict(decl.get("meta", {})),
+            signature=signature,
         )
+
+    def signature(self, where: str, decl: dict[str, Any]) -> SignatureConfig | None:
+        """The signature table, its paths relative to models.toml; and requireSignature
+        kept: a model that must be signed and declares no signature is refused here."""
+        from .paths import check_relpath
+
+        d = decl.get("signature")
+        if d is None:
+            if decl.get("validation", {}).get("requireSignature"):
+                raise self.fail(f"{where}.validation.requireSignature", "this model must be"
+                                " signed, and declares no signature",
+                                hint='add signature = { file = "model.sig", publicKey ='
+                                ' "keys/publisher.pem" }')
+            return None
+        at = f"{where}.signature"
+        if "identity" in d or "issuer" in d:
+            raise self.fail(f"{at}.{'identity' if 'identity' in d else 'issuer'}",
+                            "keyless (Sigstore) signatures are not verified by reconcile: they"
+                            " need the Rekor transparency log and a TUF trust root online",
+                            hint="ask the publisher for a key or certificate signature"
+                            " (publicKey or certificateChain), or run `model_signing verify"
+                            " sigstore` on the installed snapshot")
+        if ("publicKey" in d) == ("certificateChain" in d):
+            raise self.fail(at, "give publicKey (a PEM public key) or certificateChain (PEM"
+                            " certificates), exactly one")
+        try:
+            file = check_relpath(d.get("file", "model.sig"))
+        except ValueError as e:
+            raise self.fail(f"{at}.file", str(e)) from None
+
+        def local(p: str) -> str:
+            path = Path(p).expanduser()
+            return str(path if path.is_absolute() else self.path.parent / path)
+
+        chain = d.get("certificateChain", [])
+        if "certificateChain" in d and not chain:
+            raise self.fail(f"{at}.certificateChain", "name at least one trusted certificate")
+        return SignatureConfig(file=file,
+                               public_key=local(d["publicKey"]) if "publicKey" in d else None,
+                               certificate_chain=tuple(local(c) for c in chain),
+                               ignore=tuple(d.get("ignore", ())))
 
 
 def _kind(v: Any) -> str:
@@ -659,6 +726,7 @@ def _validation(d: dict[str, Any]) -> ValidationConfig:
         on_failure=d.get("onFailure"),
         timeout=d.get("timeout"),
         preset=d.get("preset"),
+        require_signature=d.get("requireSignature", False),
     )
 
 

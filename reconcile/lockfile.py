@@ -81,6 +81,8 @@ class LockedModel:
     hf: HFLink | None = None
     # where ollama finds it: <host>/<namespace>/<model>/<tag> under its manifests/
     ollama: str | None = None
+    # who signed it (models.toml's signature): "key:<hint>" or "certificate:<subject>"
+    signed_by: str | None = None
 
     @property
     def store_id(self) -> str:
@@ -210,6 +212,8 @@ def check_model(m: LockedModel) -> None:
         _check_hf(m.hf)
     if m.ollama is not None:
         _check_ollama(m.ollama, m.files)
+    if m.signed_by is not None and not _SIGNER.fullmatch(m.signed_by):
+        raise FieldError("signedBy", "expected key:<hint> or certificate:<subject>, printable")
     actual = treehash.tree_hash(f.entry() for f in m.files)
     if actual != m.hash:
         raise FieldError("hash", f"the files listed give {actual}, not {m.hash}: the file list"
@@ -283,6 +287,7 @@ def symlink_stays_inside(path: str, target: str | None) -> bool:
     return joined != ".." and not joined.startswith("../") and joined not in (".", "")
 
 
+_SIGNER = re.compile(r"(key|certificate):[\x20-\x7e]{1,1024}")
 _OLLAMA_HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,349}(:[0-9]{1,5})?")
 _OLLAMA_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}")
 
@@ -379,6 +384,7 @@ def _model(key: str, m: dict[str, Any]) -> LockedModel:
         files=tuple(files),
         hf=hf,
         ollama=_get(m, "ollama", str, "", None),
+        signed_by=_get(m, "signedBy", str, "", None),
     )
 
 
@@ -459,6 +465,8 @@ def dumps(lock: Lock) -> str:
             lines.append(f"hf = {_val(hf)}\n")
         if m.ollama:
             lines.append(f"ollama = {_str(m.ollama)}\n")
+        if m.signed_by:
+            lines.append(f"signedBy = {_str(m.signed_by)}\n")
         if not m.files:
             lines.append("files = []\n")
             continue

@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import treehash
 from .config import Manifest, ModelDecl
@@ -48,6 +49,29 @@ class LockReport:
     resolved: list[str] = field(default_factory=list)  # keys re-resolved this time
     kept: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+
+
+def check_signature(decl: ModelDecl, files: Iterable[LockedFile],
+                    fetch: Callable[[LockedFile], Any], store: Store) -> str:
+    """The model's signature file (fetched into the store like any small file, if it is
+    not there) verified against ``files``; returns the signer for the lock. Lock and
+    apply both call it: at apply, against the lock's list, which a pull request may have
+    edited."""
+    from .signing import SignatureError, check_model
+
+    sig = decl.signature
+    assert sig is not None
+    files = list(files)
+    entry = next((f for f in files if f.path == sig.file and f.type == "f"), None)
+    if entry is None:
+        raise SignatureError(f"models.{decl.key}: the signature file {sig.file} is not among"
+                             " the model's files",
+                             hint="check signature.file (and the source's files filter)")
+    if not store.has_object(entry.sha256):
+        fetch(entry)
+    with open(store.object_path(entry.sha256), "rb") as f:
+        bundle = f.read(16 << 20)
+    return check_model(sig, files, bundle, f"models.{decl.key}")
 
 
 def make_source(decl: ModelDecl, context: SourceContext) -> Source:
@@ -174,6 +198,11 @@ def resolve_model(
         ]
         with ThreadPoolExecutor(max_workers=max(1, context.jobs)) as pool:
             files = list(pool.map(complete, files))
+        signed_by = None
+        if decl.signature is not None:
+            context.store.commit_staged()  # the signature file, if lock just fetched it
+            signed_by = check_signature(decl, files, lambda f: fetch(
+                source, res.pin, f, context.store, decl.network), context.store)
     finally:
         context.store.commit_staged()  # what lock fetched is there for apply, by name
         source.close()
@@ -194,6 +223,7 @@ def resolve_model(
         files=tuple(files),
         hf=hf_link(decl, source, res, model_hash),
         ollama=res.ollama if decl.ollama.enable else None,
+        signed_by=signed_by,
     )
     try:  # what a server said becomes names on disk: the same checks as a lock on read
         check_model(locked)

@@ -125,6 +125,8 @@ def lock_schema() -> dict[str, Any]:
                                   "partial": {"type": "boolean"}}},
             "ollama": {"type": "string", "description": "<host>/<namespace>/<model>/<tag>:"
                        " where integration.ollama installs the model under manifests/"},
+            "signedBy": {"type": "string", "pattern": "^(key|certificate):[\\x20-\\x7e]{1,1024}$",
+                         "description": "who signed the model (models.toml's signature)"},
             "files": {"type": "array", "items": file},
         },
     }

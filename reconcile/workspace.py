@@ -19,7 +19,15 @@ from . import hfcache, settings
 from .config import Manifest, load_manifest
 from .errors import ConfigError, IntegrityError, LockError, ReconcileError
 from .fsutil import atomic_write_text
-from .lockfile import Lock, LockedModel, lock_from_doc, parse_lock, read_lock, write_lock
+from .lockfile import (
+    Lock,
+    LockedFile,
+    LockedModel,
+    lock_from_doc,
+    parse_lock,
+    read_lock,
+    write_lock,
+)
 from .store import Store, remove_tree
 
 
@@ -297,6 +305,7 @@ class Workspace:
         self.store.ensure()
         context = SourceContext(store=self.store, offline=offline, jobs=jobs)
         sources: dict[str, Any] = {}
+        self._check_signatures(lock, context, sources)
         runner = self.validation(revalidate)
 
         peers = settings.peer_stores()
@@ -340,6 +349,24 @@ class Workspace:
             report.cache_hits = remote.hits
         report.plan = plan
         return report
+
+    def _check_signatures(self, lock: Lock, context: Any, sources: dict[str, Any]) -> None:
+        """Every model models.toml wants signed is checked against the lock's file list
+        before anything is fetched or linked: the lock comes in pull requests, and a
+        sha256 edited there must not install bytes the publisher never signed."""
+        from .resolve import check_signature, make_source
+        from .transfer import fetch
+
+        for key, m in lock.models.items():
+            decl = self.manifest.models.get(key)
+            if decl is None or decl.signature is None:
+                continue
+
+            def get(f: LockedFile, decl: Any = decl, key: str = key, m: LockedModel = m) -> Any:
+                src = sources.get(key) or sources.setdefault(key, make_source(decl, context))
+                return fetch(src, m.pin, f, self.store, decl.network)
+
+            check_signature(decl, m.files, get, self.store)
 
     # --- the team cache -------------------------------------------------------------
 
