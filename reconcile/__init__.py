@@ -26,12 +26,16 @@ from .errors import ReconcileError
 __all__ = [
     "FetchedModel",
     "ReconcileError",
+    "edit",
     "errors",
     "fetch_model",
     "instantiate",
     "integration",
     "model_defs",
     "models",
+    "modes",
+    "remote",
+    "signing",
     "sources",
     "validation",
 ]
@@ -165,7 +169,7 @@ models = _Models()
 
 
 def __getattr__(name: str) -> Any:  # lazy submodules keep `import reconcile` fast
-    if name in ("sources", "validation", "integration"):
+    if name in ("sources", "validation", "integration", "edit", "signing", "remote", "modes"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)

@@ -138,15 +138,19 @@ class Remote(ABC):
                 self.misses += 1
             return None
         except (Transient, SourceError, OSError) as e:
-            with self._lock:
-                if self.dead is None:
-                    self.dead = str(e)
-                    self.warnings.append(f"team cache {self.url} did not answer ({e});"
-                                         " fetching from the models' sources")
+            self.give_up(e)
             return None
         with self._lock:
             self.hits += 1
         return got
+
+    def give_up(self, why: object) -> None:
+        """Not asked again this run (once warned): the models' sources take over."""
+        with self._lock:
+            if self.dead is None:
+                self.dead = str(why)
+                self.warnings.append(f"team cache {self.url} did not answer ({why});"
+                                     " fetching from the models' sources")
 
     def _warn(self, text: str) -> None:
         with self._lock:

@@ -253,19 +253,11 @@ def sign(
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name not in _CURVE_HASH:
         raise ConfigError("private key: model_signing signs with EC keys on P-256, P-384 "
                           "or P-521 only")
-    entries: list[tuple[str, str]] = []
-    for name, digest in files.items():
-        norm = _norm_path(name)
-        if norm is None:
-            raise ValueError(f"files: {name!r} is not a relative path inside the model")
-        if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
-            raise ValueError(f"files: {name!r}: {digest!r} is not a sha256 hex digest")
-        if ignore_git_paths and _under(norm, GIT_PATHS):
-            continue
-        entries.append((norm, digest.lower()))
-    entries.sort(key=lambda e: PurePosixPath(e[0]).parts)  # their Manifest's order
-    if len({n for n, _ in entries}) != len(entries):
+    model = _model_map(files)
+    if len(model) != len(files):
         raise ValueError("files: a path is listed twice (after normalisation)")
+    entries = [(n, d) for n, d in model.items() if not (ignore_git_paths and _under(n, GIT_PATHS))]
+    entries.sort(key=lambda e: PurePosixPath(e[0]).parts)  # their Manifest's order
     if not entries:
         raise ValueError("files: nothing to sign")
 

@@ -279,10 +279,12 @@ class Workspace:
         remote = self.remote
         if remote is None:
             return ""
-        try:
-            return "team cache" if remote.has_model(m) else "source"
-        except ReconcileError:
-            return "source (team cache unreachable)"
+        if remote.dead is None:
+            try:
+                return "team cache" if remote.has_model(m) else "source"
+            except ReconcileError as e:
+                remote.give_up(e)  # asked once: the next models do not wait for it too
+        return "source (team cache unreachable)"
 
     def apply(self, *, jobs: int = 4, offline: bool = False, prune: bool = False,
               locked: bool = False, revalidate: bool = False, progress: Any = None) -> Any:

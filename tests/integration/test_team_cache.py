@@ -282,6 +282,17 @@ def test_export_import_on_a_machine_without_network(project, hf_env, big_hub, mo
     assert r.returncode == 0, r.stderr
     assert (_snapshot(os.environ["HF_HUB_CACHE"], "acme/big") / "weights.bin").read_bytes() == BIG
 
+    # through a pipe (ssh, a USB stick's cat): the stream path, same checks
+    src_store = str(project.dir.parent / "store")
+    _switch(project, monkeypatch, "piped")
+    py = f"{sys.executable} -m reconcile -f {project.manifest}"
+    r = subprocess.run(f"RECONCILE_STORE={src_store} {py} export -o - | {py} import -",
+                       shell=True, capture_output=True, text=True, env=os.environ.copy())
+    assert r.returncode == 0, r.stderr
+    assert "imported 8 objects" in r.stdout, r.stdout
+    r = project.run("apply", "--offline")
+    assert r.code == 0, r.err
+
 
 def _can_unshare() -> bool:
     return subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode == 0
