@@ -17,6 +17,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 from .units import parse_size
@@ -452,13 +453,11 @@ class _Checker:
         return Manifest(self.path, models, validators, cache)
 
     def cache(self, d: dict[str, Any]) -> CacheConfig:
-        from .remote import check_url
-
         if "url" not in d:
             raise self.fail("cache.url", "the team cache needs a url",
                             hint='e.g. url = "s3://team-models/cache" or "oci://ghcr.io/org/models"')
         try:
-            url = check_url(d["url"])
+            url = check_cache_url(d["url"])
         except ValueError as e:
             raise self.fail("cache.url", str(e)) from None
         if "://" not in url and not Path(url).expanduser().is_absolute():
@@ -667,6 +666,23 @@ class _Checker:
                                public_key=local(d["publicKey"]) if "publicKey" in d else None,
                                certificate_chain=tuple(local(c) for c in chain),
                                ignore=tuple(d.get("ignore", ())))
+
+
+def check_cache_url(url: str) -> str:
+    """Refuse a cache URL reconcile cannot use; raise ValueError naming the forms."""
+    parts = urlsplit(url)
+    if parts.scheme == "s3":
+        if not parts.netloc:
+            raise ValueError(f"{url!r}: expected s3://bucket/prefix")
+    elif parts.scheme in ("oci", "oci+http"):
+        if not parts.netloc or not parts.path.strip("/"):
+            raise ValueError(f"{url!r}: expected oci://registry/repository")
+        if not re.fullmatch(r"[a-z0-9]+(?:[._/-][a-z0-9]+)*", parts.path.strip("/")):
+            raise ValueError(f"{url!r}: registry repository names are lowercase")
+    elif parts.scheme not in ("", "file"):
+        raise ValueError(f"{url!r}: expected s3://bucket/prefix, oci://registry/repository,"
+                         " file:///path or a directory")
+    return url
 
 
 def _kind(v: Any) -> str:

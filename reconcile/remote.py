@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from .config import CACHE_NETWORK, AuthConfig, CacheConfig, NetworkConfig
+from .config import CACHE_NETWORK, AuthConfig, CacheConfig, NetworkConfig, check_cache_url
 from .errors import IntegrityError, NotFound, ReconcileError, SourceError, Transient
 from .lockfile import Lock, LockedFile, LockedModel, dumps
 from .sources.base import Source
@@ -49,23 +49,6 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 class CacheError(ReconcileError):
     """The team cache refused or lacks what was asked of it."""
-
-
-def check_url(url: str) -> str:
-    """Refuse a cache URL reconcile cannot use; raise ValueError naming the forms."""
-    parts = urlsplit(url)
-    if parts.scheme == "s3":
-        if not parts.netloc:
-            raise ValueError(f"{url!r}: expected s3://bucket/prefix")
-    elif parts.scheme in ("oci", "oci+http"):
-        if not parts.netloc or not parts.path.strip("/"):
-            raise ValueError(f"{url!r}: expected oci://registry/repository")
-        if not re.fullmatch(r"[a-z0-9]+(?:[._/-][a-z0-9]+)*", parts.path.strip("/")):
-            raise ValueError(f"{url!r}: registry repository names are lowercase")
-    elif parts.scheme not in ("", "file"):
-        raise ValueError(f"{url!r}: expected s3://bucket/prefix, oci://registry/repository,"
-                         " file:///path or a directory")
-    return url
 
 
 def object_key(sha256: str) -> str:
@@ -540,7 +523,7 @@ def configured(manifest_cache: CacheConfig | None) -> CacheConfig | None:
     if override.lower() in ("off", "none"):
         return None
     try:
-        check_url(override)
+        check_cache_url(override)
     except ValueError as e:
         raise CacheError(f"RECONCILE_CACHE / --cache: {e}") from None
     if manifest_cache is None:

@@ -21,6 +21,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -112,7 +113,7 @@ class Store:
         except OSError as e:
             raise disk_error(e, self.root) from None
         os.chmod(tmp_file, 0o555 if executable else 0o444)
-        os.replace(tmp_file, dest)
+        _name_object(tmp_file, dest)
         return dest
 
     def take_from_peer(self, peers: list[Path], sha256: str, executable: bool = False) -> bool:
@@ -150,8 +151,9 @@ class Store:
     # lock per object (~2.3 ms here, more than a small file's bytes). A claim is a
     # one-byte OFD lock at an offset named by the sha256 in one shared file (no file
     # created per object; the kernel drops it if the process dies), held from the fetch
-    # until the group commit has named the object. A process about to wait for another
-    # one's claim first commits (and so releases) its own: nobody waits while holding.
+    # until the group commit has named the object. A process waiting for another one's
+    # claim polls, committing (and so releasing) what it staged on every round: nobody
+    # waits while holding.
 
     def claim_object(self, sha256: str) -> bool:
         """True: fetch and stage it, this process holds its claim. False: it is in the
@@ -162,9 +164,18 @@ class Store:
                 return False
             self._claimed.add(sha256)
         try:
-            if not _ofd_lock(self._lock_fd(), sha256, wait=False):
-                self.commit_staged()  # wait holding nothing of ours
-                _ofd_lock(self._lock_fd(), sha256, wait=True)
+            delay = 0.002
+            while not _ofd_lock(self._lock_fd(), sha256, wait=False):
+                # wait holding nothing of ours: commit what this process staged, again on
+                # every round, since its other threads may stage claims they were fetching
+                # (two processes each waiting on the other's staged objects never wake)
+                self.commit_staged()
+                if self.has_object(sha256):
+                    with self._staging:
+                        self._claimed.discard(sha256)
+                    return False
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
         except OSError:
             with self._staging:
                 self._claimed.discard(sha256)
@@ -227,7 +238,7 @@ class Store:
                 try:
                     for sha256, tmp in batch.items():
                         os.chmod(tmp, 0o444)
-                        os.replace(tmp, self.object_path(sha256))
+                        _name_object(tmp, self.object_path(sha256))
                 except OSError as e:
                     raise disk_error(e, self.root) from None
             finally:
@@ -421,6 +432,23 @@ def _syncfs(where: Path) -> None:
             raise OSError(err, os.strerror(err))
     finally:
         os.close(fd)
+
+
+def _name_object(tmp: Path, dest: Path) -> None:
+    """Give a finished object its name; the first one wins. Replacing the name instead
+    would drop the inode another process may be hard-linking into its model tree right
+    then (link() of an inode whose last name went fails with ENOENT); the bytes are the
+    same either way."""
+    try:
+        os.link(tmp, dest)
+    except FileExistsError:
+        pass
+    except OSError as e:  # a filesystem without hard links (some network and FUSE mounts)
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+            raise
+        os.replace(tmp, dest)
+        return
+    os.unlink(tmp)
 
 
 def link_or_copy(src: Path, dst: Path) -> None:

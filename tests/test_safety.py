@@ -197,14 +197,22 @@ def test_objects_reach_the_disk_before_their_names(project, monkeypatch):
             except FileNotFoundError:
                 pass
 
+    link = os.link
+
     def checking_replace(src, dst, *a, **kw):
         if "/objects/" in str(dst):
             published.append((str(dst), os.stat(src).st_ino in synced))
         return replace(src, dst, *a, **kw)
 
+    def checking_link(src, dst, *a, **kw):  # objects are named by a link (first one wins)
+        if "/objects/" in str(dst):
+            published.append((str(dst), os.stat(src).st_ino in synced))
+        return link(src, dst, *a, **kw)
+
     project.write(THROTTLED.replace('limit = "1M"', 'limit = "1G"'))
     monkeypatch.setattr(os, "fsync", recording_fsync)
     monkeypatch.setattr(os, "replace", checking_replace)
+    monkeypatch.setattr(os, "link", checking_link)
     monkeypatch.setattr(store_module, "_syncfs", recording_syncfs)
     assert project.run("apply").code == 0
     objects = list((project.store / "objects" / "sha256").iterdir())

@@ -523,7 +523,7 @@ def test_two_projects_share_one_partial_clone_per_url(project, forge, tmp_path):
         t.start()
     for t in threads:
         t.join()
-    assert results["a"].code == 0 and results["b"].code == 0, results
+    assert results["a"].code == 0 and results["b"].code == 0, results["a"].err + results["b"].err
     assert (installed(project) / "config.json").read_bytes() == V1["bert/config.json"]
     assert (installed(other) / "config.json").read_bytes() == V2_CONFIG
     assert len(list((project.store / "cache" / "git").iterdir())) == 1
