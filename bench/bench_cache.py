@@ -59,7 +59,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import bench_hf  # noqa: E402
 from alternate import alternate, first_line, run_info  # noqa: E402
-from bench_hf import BASE_ENV, GNU_TIME, cpu_times, measure, wipe  # noqa: E402
+from bench_hf import BASE_ENV, GNU_TIME, _ok, _runs, cpu_times, measure, med, wipe  # noqa: E402
 from bench_s3 import REGION, aws_env, s3_client, server_cpu  # noqa: E402
 from hfsite import _reconcile_cmd  # noqa: E402
 
@@ -258,16 +258,7 @@ class Bench:
 
 # --- the table ---------------------------------------------------------------------------
 
-def _ok(b: bool) -> str:
-    return "✓" if b else "✗"
 
-
-def med(rs: list[dict], key: str = "s") -> float:
-    return statistics.median(r[key] for r in rs)
-
-
-def _runs(rs: list[dict], key: str = "s") -> str:
-    return "/".join(f"{r[key]:.2f}" for r in rs)
 
 
 def make_table(res: dict) -> str:

@@ -43,7 +43,6 @@ import json
 import os
 import platform
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,7 +55,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import bench_hf  # noqa: E402
-from bench_hf import BASE_ENV, measure, wipe  # noqa: E402
+from bench_hf import BASE_ENV, _ok, _runs, measure, med, wipe  # noqa: E402
 from bench_tls import make_file  # noqa: E402
 from hfsite import _reconcile_cmd  # noqa: E402
 
@@ -454,16 +453,7 @@ def run_b(tmp: Path, url: str, env: dict[str, str], many: dict[str, tuple[int, s
 
 # --- reporting -----------------------------------------------------------------------------
 
-def _ok(b: bool) -> str:
-    return "✓" if b else "✗"
 
-
-def med(rows: list[dict], key: str = "s") -> float:
-    return statistics.median(r[key] for r in rows)
-
-
-def _runs(rs: list[dict], key: str = "s") -> str:
-    return "/".join(f"{r[key]:.2f}" for r in rs)
 
 
 def _rss(rs: list[dict]) -> float:
