@@ -362,10 +362,13 @@ def link(cache: Path, model: LockedModel, store: Store, project: str) -> None:
             snap.mkdir(parents=True, exist_ok=True)
             if not (cache / "CACHEDIR.TAG").exists():
                 _write_cachedir_tag(cache)
+            made = {snap}  # a mkdir per file costs a failing syscall per file
             for f in model.files:
                 rel = f"{folder}/snapshots/{commit}/{f.path}"
                 p = snap / f.path
-                p.parent.mkdir(parents=True, exist_ok=True)
+                if p.parent not in made:
+                    p.parent.mkdir(parents=True, exist_ok=True)
+                    made.add(p.parent)
                 if f.type == "d":
                     p.mkdir(exist_ok=True)
                     continue

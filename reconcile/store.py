@@ -285,9 +285,12 @@ class Store:
             return dest
         work = Path(tempfile.mkdtemp(dir=self.tmp, prefix=f"model-{model.name}-"))
         try:
+            made = {work}
             for f in sorted(model.files, key=lambda f: f.path):
                 target = work / f.path
-                target.parent.mkdir(parents=True, exist_ok=True)
+                if target.parent not in made:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    made.add(target.parent)
                 if f.type == "d":
                     target.mkdir(exist_ok=True)
                 elif f.type == "l":
