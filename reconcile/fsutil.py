@@ -38,14 +38,27 @@ def atomic_write_text(path: Path, text: str, *, skip_if_same: bool = True) -> bo
     return True
 
 
+_UMASK: int | None = None
+
+
 def umask() -> int:
-    """The process umask, read without changing it (os.umask sets while it reads, which
-    races with other threads creating files); 0o022 where /proc does not say."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
+    """The process umask, read once without changing it (os.umask sets while it reads,
+    which races with other threads creating files); 0o022 where /proc does not say.
+    ``set_umask`` changes it and keeps this in step."""
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = 0o022
+        try:
+            with open("/proc/self/status", encoding="ascii") as f:
+                for line in f:
+                    if line.startswith("Umask:"):
+                        _UMASK = int(line.split()[1], 8)
+        except (OSError, ValueError):
+            pass
+    return _UMASK
+
+
+def set_umask(mask: int) -> None:
+    global _UMASK
+    os.umask(mask)
+    _UMASK = mask

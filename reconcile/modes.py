@@ -96,7 +96,9 @@ def activate(mode: Mode, *, writes: bool) -> Path:
     if mode.peers:
         os.environ["RECONCILE_PEER_STORES"] = os.pathsep.join(map(str, mode.peers))
     if mode.name == "system":
-        os.umask(0o002)  # group members write; everyone else reads
+        from .fsutil import set_umask
+
+        set_umask(0o002)  # group members write; everyone else reads
         if writes:
             _prepare_system(mode)
     return mode.manifest

@@ -73,23 +73,22 @@ class Store:
     @contextmanager
     def lock(self, name: str, timeout: float = -1) -> Iterator[None]:
         """An inter-process (and inter-thread) lock; two applies on overlapping manifests
-        serialise here. flock(2) on a file per name that stays (creating it is the only
-        cost after the first time; filelock probed the directory on every acquire, ~2 ms
-        here). ``timeout`` 0: raise TimeoutError at once when someone holds it."""
-        import fcntl
-
+        serialise here. A one-byte OFD lock in one shared file, at an offset named by the
+        name's hash: nothing is created per name (a file per name cost an inode per model,
+        twice, on a cold apply of 1,000 models), and the kernel drops it with the process.
+        Each acquisition opens the file anew, so threads exclude each other too.
+        ``timeout`` 0: raise TimeoutError at once when someone holds it."""
+        key = hashlib.sha256(name.encode()).hexdigest()
         try:
-            fd = os.open(self.locks / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+            fd = os.open(self.locks / "names.locks", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
                          0o666)
         except FileNotFoundError:
             self.locks.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.locks / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+            fd = os.open(self.locks / "names.locks", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
                          0o666)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if timeout == 0 else 0))
-            except BlockingIOError:
-                raise TimeoutError(f"{name} is locked") from None
+            if not _ofd_lock(fd, key, wait=timeout != 0):
+                raise TimeoutError(f"{name} is locked")
             yield
         finally:
             os.close(fd)  # releases the lock

@@ -85,7 +85,9 @@ def machine(tmp_path, monkeypatch, hub):
         monkeypatch.chdir(base)
         yield {"base": base, "group": group, "member": member, "other": other}
     finally:
-        os.umask(0o022)  # --system set 0002 in this process
+        from reconcile.fsutil import set_umask
+
+        set_umask(0o022)  # --system set 0002 in this process
         for cmd in made:
             subprocess.run(cmd, capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
