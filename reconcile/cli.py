@@ -7,6 +7,7 @@ corruption, validation), 2 invalid input (usage, models.toml, models.lock).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -225,8 +226,9 @@ def main(argv: list[str] | None = None) -> int:
 
     install()
     try:
-        _enter_mode(args)
-        code = COMMANDS[args.command](args) or 0
+        with _scoped_environment():
+            _enter_mode(args)
+            code = COMMANDS[args.command](args) or 0
         sys.stdout.flush()  # a closed pipe shows here, where it is handled, not at exit
         return code
     except ReconcileError as e:
@@ -260,6 +262,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 WRITES = {"lock", "apply", "gc", "verify", "add", "remove", "pull", "import"}
+
+
+@contextlib.contextmanager
+def _scoped_environment() -> Any:
+    """--cache and the modes set variables (and --system the umask) for this command and
+    the validators it starts; put back afterwards, for callers of main() in-process."""
+    from .fsutil import set_umask, umask
+
+    names = ("RECONCILE_CACHE", "RECONCILE_STORE", "HF_HUB_CACHE", "RECONCILE_PEER_STORES")
+    saved, mask = {n: os.environ.get(n) for n in names}, umask()
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if umask() != mask:
+            set_umask(mask)
 
 
 def _enter_mode(args: argparse.Namespace) -> None:
@@ -485,7 +507,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .plan import human
 
     ws = _ws(args)
-    models = ws._selected(args.keys or None)
+    models = ws.selected_models(args.keys or None)
     n, size = export(models, ws.store, args.output)
     print(f"exported {len(models)} models, {n} objects ({human(size)}) to {args.output}",
           file=sys.stderr if args.output == "-" else sys.stdout)

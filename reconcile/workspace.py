@@ -315,7 +315,7 @@ class Workspace:
         if remote is not None and offline and remote.source.needs_network:
             remote = None
 
-        def fetch_object(action, advance) -> int:
+        def fetch_object(action, advance) -> Any:
             m = action.model
             if peers and self.store.take_from_peer(peers, action.file.sha256,
                                                    action.file.executable):
@@ -381,7 +381,8 @@ class Workspace:
                              " directory) to models.toml, or pass --cache URL")
         return self.remote
 
-    def _selected(self, keys: list[str] | None) -> list[LockedModel]:
+    def selected_models(self, keys: list[str] | None) -> list[LockedModel]:
+        """The locked models named (all when none), from an up-to-date lock."""
         lock = self.current_lock(locked=True)
         unknown = sorted(set(keys or ()) - set(lock.models))
         if unknown:
@@ -393,7 +394,7 @@ class Workspace:
         lacks, then each model's entry; nothing is sent twice."""
         remote = self._cache_or_fail()
         with self.store.session():
-            return remote.push(self._selected(keys), self.store, jobs=jobs)
+            return remote.push(self.selected_models(keys), self.store, jobs=jobs)
 
     def pull(self, keys: list[str] | None = None, *, jobs: int = 4) -> tuple[int, int]:
         """Fill the store from the team cache only (no source is asked); returns (objects
@@ -404,9 +405,9 @@ class Workspace:
 
         remote = self._cache_or_fail()
         todo: dict[str, tuple[str, Any]] = {}
-        for m in self._selected(keys):
+        for m in self.selected_models(keys):
             for f in m.regular_files():
-                if not self.store.has_object(f.sha256, f.executable):
+                if not self.store.has_object(f.sha256):  # exec variants come at assemble
                     todo.setdefault(f.sha256, (m.key, f))
         self.store.ensure()
         with self.store.session():
