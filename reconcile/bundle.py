@@ -57,13 +57,7 @@ class ImportReport:
 def export(models: list[LockedModel], store: Store, output: str) -> tuple[int, int]:
     """Write ``models``' objects, from the store, as one tar stream to ``output`` ('-':
     stdout). Returns (objects, bytes). Every object must be installed."""
-    objects: dict[str, int] = {}
-    for m in models:
-        for f in m.regular_files():
-            if not store.has_object(f.sha256):
-                raise ReconcileError(f"{m.key}: {f.path} is not in the store",
-                                     hint="run `reconcile apply` before exporting")
-            objects.setdefault(f.sha256, f.size)
+    objects = {sha: f.size for sha, f in store.objects_of(models, "exporting").items()}
     meta = json.dumps({"format": FORMAT, "models": {m.key: m.hash for m in models},
                        "objects": objects}, indent=1).encode()
     lock = dumps(Lock(models={m.key: m for m in models})).encode()

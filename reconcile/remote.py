@@ -40,6 +40,7 @@ from .config import CACHE_NETWORK, AuthConfig, CacheConfig, NetworkConfig, check
 from .errors import IntegrityError, NotFound, ReconcileError, SourceError, Transient
 from .lockfile import Lock, LockedFile, LockedModel, dumps
 from .sources.base import Source
+from .sources.distribution import Registry, RegistrySource
 
 PART = 16 << 20  # S3 multipart parts and registry upload chunks: bounded memory per upload
 MODEL_TYPE = "application/vnd.reconcile.model.v1"
@@ -166,13 +167,7 @@ class Remote(ABC):
             raise CacheError(f"team cache {self.url} is read-only here (push = false)",
                              hint="push from a machine whose models.toml allows it")
         report = PushReport()
-        objects: dict[str, LockedFile] = {}
-        for m in models:
-            for f in m.regular_files():
-                if not store.has_object(f.sha256):
-                    raise CacheError(f"{m.key}: {f.path} is not in the store",
-                                     hint="run `reconcile apply` before pushing")
-                objects.setdefault(f.sha256, f)
+        objects = store.objects_of(models, "pushing")
         lock = threading.Lock()
 
         def one(f: LockedFile) -> None:
@@ -380,51 +375,27 @@ class S3Remote(Remote):
 # --- an OCI registry -------------------------------------------------------------------
 
 
-class _RegistryReader(Source):
-    """Blobs of the cache's repository, through the same registry client as the sources."""
+class _RegistryReader(RegistrySource):
+    """Blobs of the cache's repository, read as the ollama and OCI sources read theirs
+    (the token renewed on a refusal, the blob's digest as its entity)."""
 
     type = "cache"
     OPTIONS: dict[str, Any] = {}
 
-    def __init__(self, remote: OciRemote, network: NetworkConfig) -> None:
+    def __init__(self, registry: Any, network: NetworkConfig) -> None:
         super().__init__(_Decl({}, network=network), None)
-        self.remote = remote
-        self._client: Any = None
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            from .http import make_client
-
-            self._client = make_client(self.decl.network)
-        return self._client
+        self.registry = registry
 
     def resolve(self) -> Any:  # pragma: no cover - never declared in models.toml
         raise NotImplementedError
 
-    def entity(self, pin, file=None) -> str | None:
-        return file.sha256 if file is not None else None
-
-    def refresh_credentials(self) -> bool:
-        self.remote.registry.forget()
-        return True
-
     def open(self, pin, file, start=0, end=None) -> Iterator[bytes]:
-        from .sources.distribution import blob_stream
-
-        digest = "sha256:" + file.path.rsplit("/", 1)[-1]
-        yield from blob_stream(self.remote.registry, lambda: self.client, digest, file,
-                               self.decl.network, start, end)
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
+        return self.blob(file, start, end)  # the object's name is its sha256
 
 
 class OciRemote(Remote):
     def __init__(self, url: str, cfg: CacheConfig) -> None:
         from .auth import Credentials
-        from .sources.distribution import Registry
 
         super().__init__(url, cfg.push)
         parts = urlsplit(url)
@@ -432,8 +403,7 @@ class OciRemote(Remote):
         self.base = f"{scheme}://{parts.netloc}"
         self.registry = Registry(self.base, parts.path.strip("/"), cfg.network,
                                  Credentials(cfg.auth))
-        self.network = cfg.network
-        self.source = _RegistryReader(self, cfg.network)
+        self.source = _RegistryReader(self.registry, cfg.network)
 
     def _request(self, method: str, url: str, body: bytes | None = None,
                  headers: dict[str, str] | None = None) -> Any:
@@ -504,9 +474,6 @@ class OciRemote(Remote):
         if r.status_code != 201:
             raise CacheError(f"{self.registry.name}:{model_tag(m)}: HTTP {r.status_code} when"
                              " writing the model's manifest")
-
-    def close(self) -> None:
-        self.source.close()
 
 
 # --- choosing one -----------------------------------------------------------------------

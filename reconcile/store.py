@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StoreError
-from .lockfile import LockedModel
+from .lockfile import LockedFile, LockedModel
 
 
 class Store:
@@ -270,6 +270,19 @@ class Store:
         self.publish_object(Path(tmp), sha256, executable)
 
     # --- model trees ---------------------------------------------------------------
+
+    def objects_of(self, models: list[LockedModel], purpose: str) -> dict[str, LockedFile]:
+        """Each object of ``models`` once (sha256 → a file that has it); all must be in
+        the store, else the error names the first missing file and ``purpose`` (what
+        needs them: pushing, exporting)."""
+        objects: dict[str, LockedFile] = {}
+        for m in models:
+            for f in m.regular_files():
+                if not self.has_object(f.sha256):
+                    raise StoreError(f"{m.key}: {f.path} is not in the store",
+                                     hint=f"run `reconcile apply` before {purpose}")
+                objects.setdefault(f.sha256, f)
+        return objects
 
     def model_path(self, model: LockedModel) -> Path:
         return self.models / model.store_id
