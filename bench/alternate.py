@@ -53,6 +53,19 @@ def run_info(args: object, reconcile_cmd: str, **extra: object) -> dict:
                                             text=True).stdout.strip(), **extra}
 
 
+def save_results(res: dict, stem: str, quick: bool = False, indent: int = 1) -> str:
+    """bench/results/<stem>.json (<stem>-quick.json for a --quick run; not committed);
+    returns the file's name."""
+    import json
+    from pathlib import Path
+
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    name = f"{stem}-quick.json" if quick else f"{stem}.json"
+    (out / name).write_text(json.dumps(res, indent=indent))
+    return name
+
+
 def first_line(cmd: list[str]) -> str:
     """A tool's version line, for the record."""
     import subprocess

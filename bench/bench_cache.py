@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
-import json
 import os
 import random
 import re
@@ -58,7 +57,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import bench_hf  # noqa: E402
-from alternate import alternate, first_line, run_info  # noqa: E402
+from alternate import alternate, first_line, run_info, save_results  # noqa: E402
 from bench_hf import BASE_ENV, GNU_TIME, _ok, _runs, cpu_times, measure, med, wipe  # noqa: E402
 from bench_s3 import REGION, aws_env, s3_client, server_cpu  # noqa: E402
 from hfsite import _reconcile_cmd  # noqa: E402
@@ -396,9 +395,7 @@ def main() -> None:
         wipe(tmp)
 
     res["table"] = make_table(res)
-    (HERE / "results").mkdir(exist_ok=True)
-    name = "cache-quick.json" if args.quick else "cache.json"
-    (HERE / "results" / name).write_text(json.dumps(res, indent=1))
+    save_results(res, "cache", args.quick)
     print()
     print(f"Team cache: {res['model_mib']} MiB model ({res['objects']} objects), SeaweedFS"
           f" on loopback, median of {args.reps}")

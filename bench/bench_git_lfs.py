@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import random
 import statistics
@@ -41,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from alternate import alternate, first_line, ratio_table, run_info  # noqa: E402
+from alternate import alternate, first_line, ratio_table, run_info, save_results  # noqa: E402
 from bench_hf import BASE_ENV, measure, wipe  # noqa: E402
 from bench_tls import make_file  # noqa: E402
 from hfsite import _reconcile_cmd  # noqa: E402
@@ -182,9 +181,7 @@ def main() -> None:
     res["runs"] = runs
     res["bytes"] = sum(s for s, _ in files.values())
     res["table"] = table(res, big)
-    (HERE / "results").mkdir(exist_ok=True)
-    name = "git_lfs-quick.json" if args.quick else "git_lfs.json"
-    (HERE / "results" / name).write_text(json.dumps(res, indent=1))
+    name = save_results(res, "git_lfs", args.quick)
     print()
     print(res["table"])
     print(f"\n(raw samples: bench/results/{name})")

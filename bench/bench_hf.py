@@ -40,6 +40,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from alternate import save_results  # noqa: E402
 from hfsite import CLIENT_ENV, RepoInfo, Site, _reconcile_cmd  # noqa: E402
 
 PY = sys.executable
@@ -334,11 +335,8 @@ def main() -> None:
     res["summary"] = {key: {tool: {"median_s": med(rs), "best_s": _best(rs),
                                    "max_rss_mb": _rss(rs)} for tool, rs in sec["runs"].items()}
                       for key, sec in res["sections"].items()}
-    (HERE / "results").mkdir(exist_ok=True)
     # only a full-size run of every section replaces hf.json and hf.md
-    name = f"hf-{''.join(sorted(only))}" if not full else "hf"
-    name += "-quick.json" if args.quick else ".json"
-    (HERE / "results" / name).write_text(json.dumps(res, indent=2))
+    save_results(res, f"hf-{''.join(sorted(only))}" if not full else "hf", args.quick, indent=2)
     if full and not args.quick:
         (HERE / "results" / "hf.md").write_text(readme(res, table))
     print()

@@ -21,7 +21,6 @@ sample shown. Writes bench/results/mlflow.json (--quick: mlflow-quick.json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import subprocess
@@ -33,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from alternate import alternate, ratio_table, run_info  # noqa: E402
+from alternate import alternate, ratio_table, run_info, save_results  # noqa: E402
 from bench_hf import BASE_ENV, measure, wipe  # noqa: E402
 from bench_tls import make_file  # noqa: E402
 from hfsite import _reconcile_cmd  # noqa: E402
@@ -142,9 +141,7 @@ def main() -> None:
     title = (f"2 × {big // MIB} MiB + 20 small artifacts, mlflow {res['mlflow']} server with"
              f" --serve-artifacts; median of {args.reps}")
     res["table"] = ratio_table(runs, "reconcile lock + apply", title)
-    (HERE / "results").mkdir(exist_ok=True)
-    name = "mlflow-quick.json" if args.quick else "mlflow.json"
-    (HERE / "results" / name).write_text(json.dumps(res, indent=1))
+    name = save_results(res, "mlflow", args.quick)
     print()
     print(res["table"])
     print(f"\n(raw samples: bench/results/{name})")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import os
 import subprocess
 import sys
@@ -34,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from alternate import alternate, first_line, ratio_table, run_info  # noqa: E402
+from alternate import alternate, first_line, ratio_table, run_info, save_results  # noqa: E402
 from bench_hf import BASE_ENV, measure, wipe  # noqa: E402
 from bench_tls import make_file  # noqa: E402
 from hfsite import _reconcile_cmd  # noqa: E402
@@ -135,9 +134,7 @@ def main() -> None:
     title = (f"{size // MIB} MiB GGUF blob (+ template, params, config) from docker-registry"
              f" 2.8; median of {args.reps}")
     res["table"] = ratio_table(runs, "reconcile apply (verified)", title)
-    (HERE / "results").mkdir(exist_ok=True)
-    name = "oci-quick.json" if args.quick else "oci.json"
-    (HERE / "results" / name).write_text(json.dumps(res, indent=1))
+    name = save_results(res, "oci", args.quick)
     print()
     print(res["table"])
     print(f"\n(raw samples: bench/results/{name})")

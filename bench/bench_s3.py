@@ -39,7 +39,6 @@ import argparse
 import concurrent.futures
 import datetime
 import hashlib
-import json
 import os
 import platform
 import random
@@ -55,6 +54,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import bench_hf  # noqa: E402
+from alternate import save_results  # noqa: E402
 from bench_hf import BASE_ENV, _ok, _runs, measure, med, wipe  # noqa: E402
 from bench_tls import make_file  # noqa: E402
 from hfsite import _reconcile_cmd  # noqa: E402
@@ -389,11 +389,8 @@ def main() -> None:
 
     table = make_table(res)
     res["table"] = table
-    (HERE / "results").mkdir(exist_ok=True)
     # only a run of every section replaces s3.json (as bench_hf.py does)
-    name = "s3" if only >= {"A", "B"} else f"s3-{''.join(sorted(only))}"
-    name += "-quick.json" if args.quick else ".json"
-    (HERE / "results" / name).write_text(json.dumps(res, indent=1))
+    name = save_results(res, "s3" if only >= {"A", "B"} else f"s3-{''.join(sorted(only))}", args.quick)
     print()
     print(table)
     print(f"\n(raw samples: bench/results/{name})")

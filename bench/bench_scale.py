@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -34,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+from alternate import save_results  # noqa: E402
 from bench_hf import BASE_ENV, HF_CODE, measure, wipe  # noqa: E402
 from hfsite import Site, _reconcile_cmd  # noqa: E402
 
@@ -160,9 +160,7 @@ def main() -> None:
     finally:
         wipe(tmp)
     res["table"] = table(res)
-    (HERE / "results").mkdir(exist_ok=True)
-    name = "scale-quick.json" if args.quick else "scale.json"
-    (HERE / "results" / name).write_text(json.dumps(res, indent=1))
+    save_results(res, "scale", args.quick)
     print()
     print(res["table"])
 

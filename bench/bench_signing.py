@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from alternate import alternate, run_info  # noqa: E402
+from alternate import alternate, run_info, save_results  # noqa: E402
 from bench_hf import BASE_ENV, measure, wipe  # noqa: E402
 from bench_tls import make_file  # noqa: E402
 
@@ -143,9 +143,7 @@ def main() -> None:
              f"({res['files']} files, signature {res['bundle_bytes']} bytes); "
              f"median of {args.reps}")
     res["table"] = table(runs, "reconcile (in-process)", title)
-    (HERE / "results").mkdir(exist_ok=True)
-    name = "signing-quick.json" if args.quick else "signing.json"
-    (HERE / "results" / name).write_text(json.dumps(res, indent=1))
+    name = save_results(res, "signing", args.quick)
     print()
     print(res["table"])
     ms = statistics.median(r["s"] for r in runs["reconcile (in-process)"])

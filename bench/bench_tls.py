@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import statistics
 import sys
@@ -24,6 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+from alternate import save_results  # noqa: E402
 from bench_hf import measure, wipe  # noqa: E402
 
 from tests.servers import make_ca, nginx  # noqa: E402
@@ -82,8 +82,7 @@ def main() -> None:
                "ratio_vs_curl": med["curl --cacert"] / med["reconcile apply"],
                "ratio_vs_curl_sha256sum": med["curl --cacert && sha256sum -c"]
                / med["reconcile apply"], "runs": rows}
-        (HERE / "results").mkdir(exist_ok=True)
-        (HERE / "results" / "tls.json").write_text(json.dumps(res, indent=1))
+        save_results(res, "tls")
         gib = size / (1 << 30)
         print(f"| {gib:g} GiB file over TLS (private CA via network.caBundle) |"
               f" {med['reconcile apply']:.2f} s | `curl --cacert` {med['curl --cacert']:.2f} s"
