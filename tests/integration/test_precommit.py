@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,11 @@ import pytest
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# the one installed beside this interpreter (the test extras' venv, whose bin/ need not be on
+# PATH: README runs `.venv/bin/python -m pytest`), else one on PATH
+_BESIDE = Path(sys.executable).with_name("pre-commit")
+PRE_COMMIT = str(_BESIDE) if _BESIDE.exists() else shutil.which("pre-commit")
 
 MANIFEST = """\
 # models this project needs
@@ -33,7 +39,7 @@ def _git(cwd: Path, *args: str) -> str:
 def hook_repo(tmp_path_factory) -> tuple[Path, str]:
     """This checkout as a hook repository at one commit: its tracked and new files (the
     working tree as it is now, so uncommitted changes are what gets tested)."""
-    if shutil.which("pre-commit") is None:
+    if PRE_COMMIT is None:
         pytest.skip("pre-commit is not installed (pip install pre-commit)")
     dest = tmp_path_factory.mktemp("hookrepo")
     listed = _git(REPO, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
@@ -86,7 +92,7 @@ def _reconcile(cwd: Path, *args: str) -> None:
 
 
 def _pre_commit(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["pre-commit", "run", "--color", "never", *args], cwd=cwd,
+    return subprocess.run([PRE_COMMIT, "run", "--color", "never", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=600,
                           env={**os.environ, "RECONCILE_OFFLINE": "1"})
 
