@@ -21,6 +21,7 @@ overwrites a ref it did not write unless models.toml names that ref.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -184,7 +185,13 @@ def _atomic_symlink(target: str, path: Path, fresh: bool = False) -> None:
 
 
 def _ownership_dir(store: Store, cache: Path, kind: str = "hfcache") -> Path:
-    return store.state / kind / hashlib.sha256(os.fsencode(cache.resolve())).hexdigest()[:24]
+    return store.state / kind / _cache_key(str(cache))
+
+
+@functools.lru_cache(maxsize=64)
+def _cache_key(cache: str) -> str:
+    """Records are per cache as it resolves (one resolve() per process, not per model)."""
+    return hashlib.sha256(os.fsencode(Path(cache).resolve())).hexdigest()[:24]
 
 
 class Ownership:
@@ -202,11 +209,14 @@ class Ownership:
     def __init__(self, store: Store, cache: Path, folder: str, kind: str = "hfcache") -> None:
         self.path = _ownership_dir(store, cache, kind) / f"{folder}.json"
         self.cache = cache
+        self.existed = True
         try:
             doc = json.loads(self.path.read_text())
             self.data: dict[str, list[str]] = doc["owned"]
             self.written: dict[str, str] = doc.get("written", {})
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
+        except FileNotFoundError:
+            self.data, self.written, self.existed = {}, {}, False
+        except (ValueError, KeyError, TypeError):
             self.data, self.written = {}, {}
         self.changed = False
 
@@ -258,9 +268,12 @@ class Ownership:
     def save(self) -> None:
         if not self.changed:
             return
-        atomic_write_text(self.path, json.dumps(
-            {"cache": str(self.cache), "owned": self.data, "written": self.written}, indent=1))
+        text = json.dumps({"cache": str(self.cache), "owned": self.data,
+                           "written": self.written}, separators=(",", ":"))
+        # compact: indent= takes json's pure-Python encoder, 10x slower
+        atomic_write_text(self.path, text, fresh=not self.existed)
         self.changed = False
+        self.existed = True
 
 
 def records(store: Store) -> list[tuple[Path, str]]:
@@ -358,8 +371,7 @@ def link(cache: Path, model: LockedModel, store: Store, project: str) -> None:
     with store.lock("hfcache-" + folder):
         own = Ownership(store, cache, folder)
         try:
-            (rdir / "blobs").mkdir(parents=True, exist_ok=True)
-            snap.mkdir(parents=True, exist_ok=True)
+            _make_repo_dirs(rdir, commit, trees=not model.hf.partial)
             if not (cache / "CACHEDIR.TAG").exists():
                 _write_cachedir_tag(cache)
             made = {snap}  # a mkdir per file costs a failing syscall per file
@@ -395,6 +407,23 @@ def link(cache: Path, model: LockedModel, store: Store, project: str) -> None:
             ) from None
         finally:
             own.save()
+
+
+def _make_repo_dirs(rdir: Path, commit: str, trees: bool) -> None:
+    """blobs/, refs/, trees/ and snapshots/<commit>/, each with one mkdir: a new repo
+    folder (1,000 models: 6,000 directories) never pays a failing call first."""
+    try:
+        os.mkdir(rdir)
+    except FileNotFoundError:
+        rdir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        pass
+    for d in ("blobs", "refs", *(["trees"] if trees else []), "snapshots",
+              f"snapshots/{commit}"):
+        try:
+            os.mkdir(rdir / d)
+        except FileExistsError:
+            pass
 
 
 def _write_cachedir_tag(cache: Path) -> None:
@@ -472,7 +501,7 @@ def _ensure_tree(path: Path, text: str, own: Ownership, rel: str, owner: str) ->
     if current is not None and not own.holds(rel, current):
         own.forget(rel)  # huggingface_hub's listing of the same commit: it stays theirs
         return
-    atomic_write_text(path, text)
+    atomic_write_text(path, text, fresh=current is None)
     own.create(rel, owner, _value(path) or "")
 
 
@@ -494,8 +523,7 @@ def _ensure_ref(path: Path, model: LockedModel, own: Ownership, rel: str, owner:
         if not own.holds(rel, current or ""):
             own.forget(rel)
         return  # a conflict: plan and status show it
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, commit)
+    atomic_write_text(path, commit, fresh=current is None)
     own.create(rel, owner, commit, replace=True)
 
 

@@ -115,17 +115,18 @@ def read_lock(path: Path) -> Lock | None:
 
 
 def parse_lock(raw: bytes, path: Path = Path(LOCK_NAME)) -> Lock:
-    def bad(msg: str) -> LockFileInvalid:
-        return LockFileInvalid(
-            f"{path}: {msg}",
-            hint="regenerate it with `reconcile lock` (or `git checkout` it if you edited it)",
-        )
+    return lock_from_doc(lock_doc(raw, path), path)
 
+
+def lock_doc(raw: bytes, path: Path = Path(LOCK_NAME)) -> dict[str, Any]:
+    """The lock's TOML parsed, not yet checked (``lock_from_doc`` checks it)."""
     try:
-        doc = tomllib.loads(raw.decode("utf-8"))
+        return tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise bad(f"not a valid lock file ({e})") from None
-    return lock_from_doc(doc, path)
+        raise LockFileInvalid(
+            f"{path}: not a valid lock file ({e})",
+            hint="regenerate it with `reconcile lock` (or `git checkout` it if you edited it)",
+        ) from None
 
 
 def lock_from_doc(doc: dict[str, Any], path: Path = Path(LOCK_NAME), *,

@@ -74,11 +74,13 @@ class Plan:
         return not self.nodes
 
     def fetch_bytes(self) -> int:
-        return sum(a.size for a in self.actions() if a.kind == "fetch")
+        return sum(a.size for a in self.nodes.values() if a.kind == "fetch")
 
     def counts(self) -> dict[str, int]:
+        """Actions of each kind (no order needed: sorting 6,000 nodes through networkx,
+        import included, cost a cold apply 0.12 s twice, for its first progress line)."""
         out: dict[str, int] = {}
-        for a in self.actions():
+        for a in self.nodes.values():
             out[a.kind] = out.get(a.kind, 0) + 1
         return out
 

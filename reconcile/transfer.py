@@ -193,7 +193,7 @@ def _fetch_small(source: Source, pin: dict[str, Any], file: LockedFile, store: S
     checked, then staged for the next group commit. The object's claim (``Store.
     claim_object``) makes one thread of one process fetch it: the others find it."""
     expected = file.sha256 or None
-    if expected and (store.has_object(expected) or not store.claim_object(expected)):
+    if expected and not store.claim_object(expected):  # it looks for the object itself
         return FetchResult(expected, file.size, 0, fetched=False)
     try:
         data = _read_small(source, pin, file, network)

@@ -23,8 +23,8 @@ from .lockfile import (
     Lock,
     LockedFile,
     LockedModel,
+    lock_doc,
     lock_from_doc,
-    parse_lock,
     read_lock,
     write_lock,
 )
@@ -127,18 +127,14 @@ class Workspace:
             lock = lock_from_doc(json.loads(cache.read_text("utf-8")), self.lock_path,
                                  checked=True)
         except (OSError, ValueError, LockError):
-            lock = parse_lock(raw, self.lock_path)
-            self._cache_doc(cache, raw)
+            doc = lock_doc(raw, self.lock_path)
+            lock = lock_from_doc(doc, self.lock_path)
+            try:
+                atomic_write_text(cache, json.dumps(doc, separators=(",", ":")))
+            except OSError:
+                pass  # a read-only store only makes the next read slower
         self._lock_memo = (key, lock)
         return lock
-
-    def _cache_doc(self, cache: Path, raw: bytes) -> None:
-        import tomllib
-
-        try:
-            atomic_write_text(cache, json.dumps(tomllib.loads(raw.decode("utf-8"))))
-        except OSError:
-            pass  # a read-only store only makes the next read slower
 
     # --- lock ----------------------------------------------------------------------
 
