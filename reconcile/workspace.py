@@ -297,7 +297,7 @@ class Workspace:
         """Plan and execute a given lock (the step `apply` and `fetch_model` share)."""
         from .apply import Executor, ProgressSink
         from .resolve import SourceContext, make_source
-        from .transfer import FetchResult, fetch
+        from .transfer import SMALL_MAX, FetchResult, fetch
 
         plan = self.plan(lock, prune=prune, revalidate=revalidate)
         self.store.ensure()
@@ -311,6 +311,12 @@ class Workspace:
         if remote is not None and offline and remote.source.needs_network:
             remote = None
 
+        def source_of(m: LockedModel) -> Any:
+            src = sources.get(m.key)
+            if src is None:
+                src = sources.setdefault(m.key, make_source(self.manifest.models[m.key], context))
+            return src
+
         def fetch_object(action, advance) -> Any:
             m = action.model
             if peers and self.store.take_from_peer(peers, action.file.sha256,
@@ -321,18 +327,26 @@ class Workspace:
                                                             jobs)) is not None:
                 return got
             decl = self.manifest.models[m.key]
-            src = sources.get(m.key)
-            if src is None:
-                src = sources.setdefault(m.key, make_source(decl, context))
+            src = source_of(m)
             if offline and src.needs_network:
                 raise LockError(f"{action.file.path} is not in the store and --offline forbids"
                                 " fetching it", hint="run apply once with network access")
             return fetch(src, m.pin, action.file, self.store, decl.network, advance, jobs=jobs,
                          stage=True)
 
+        def waits_on_nothing(action: Any) -> bool:
+            """A small file from a source on this machine: no thread has anything to wait
+            for, so it is fetched on apply's own thread (see Executor.execute)."""
+            if action.kind != "fetch" or action.size > SMALL_MAX or remote or peers:
+                return False
+            try:
+                return not source_of(action.model).needs_network
+            except ReconcileError:
+                return False  # fetch_object meets it again and reports it for this file
+
         executor = Executor(self.store, self.cache, self.project, fetch_object,
                             lambda a: runner.run(a.model), jobs=jobs,
-                            progress=progress or ProgressSink())
+                            progress=progress or ProgressSink(), inline=waits_on_nothing)
         with self.store.session():
             try:
                 report = executor.execute(plan)
