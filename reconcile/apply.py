@@ -19,7 +19,8 @@ from .errors import ReconcileError
 from .plan import Action, Plan
 from .store import Store
 
-GROUP_MIN = 16  # a model with more small files than this shows them as one task
+GROUP_MIN = 16  # a model with more small files than this shows them as one task …
+GROUP_ALL = 200  # … and every model does, in a plan fetching more small files than this
 LOCAL_KINDS = frozenset({"assemble", "link", "unlink"})  # filesystem work: run in order
 
 
@@ -84,7 +85,8 @@ class Executor:
 
     def _small_files_task(self, plan: Plan) -> None:
         """One progress task per model for its small files: thousands of files give a
-        bar (or a line) per model, not one per file."""
+        bar (or a line) per model, not one per file, whether in one model or in 1,000
+        models of 3 files; a small plan still names each file."""
         from .transfer import SMALL_MAX
 
         counts: dict[str, list[int]] = {}
@@ -93,9 +95,11 @@ class Executor:
                 c = counts.setdefault(a.model.key, [0, 0])
                 c[0] += 1
                 c[1] += a.size
+        everyone = sum(n for n, _ in counts.values()) > GROUP_ALL
         for key, (n, total) in counts.items():
-            if n > GROUP_MIN:
-                self._groups[key] = _Group(f"{key}: {n} small files", n, total)
+            if n > GROUP_MIN or everyone:
+                label = f"{key}: {n} small file{'s' if n > 1 else ''}"
+                self._groups[key] = _Group(label, n, total)
 
     def _advance_for(self, action: Action) -> tuple[Callable[[int], None], str | None]:
         """The progress callback for a fetch, and the label to finish after it (None:

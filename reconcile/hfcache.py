@@ -160,12 +160,13 @@ def may_write_ref(own: Ownership, rel: str, current: str | None, model: LockedMo
     return all(o.startswith(project + ":") for o in own.data.get(rel, ()))
 
 
-def _tmp_name(path: Path) -> Path:
+def _tmp_name(path: str | Path) -> str:
     """A sibling name unique per process and thread, so concurrent writers never collide."""
-    return path.with_name(f"{_PREFIX}{path.name}.{os.getpid()}.{threading.get_ident()}")
+    head, name = os.path.split(path)
+    return f"{head}/{_PREFIX}{name}.{os.getpid()}.{threading.get_ident()}"
 
 
-def _atomic_symlink(target: str, path: Path, fresh: bool = False) -> None:
+def _atomic_symlink(target: str, path: str | Path, fresh: bool = False) -> None:
     """``path`` → ``target``, replaced in one step. ``fresh`` (nothing is there): symlink()
     creating a name is atomic already, and saves the temp name's create and rename (a
     third of a snapshot's directory operations for a model of small files)."""
@@ -303,7 +304,7 @@ def owners_of_project(store: Store, cache: Path, project: str) -> set[str]:
     return out
 
 
-def _value(path: Path, *, ref: bool = False) -> str | None:
+def _value(path: str | Path, *, ref: bool = False) -> str | None:
     """What is at a cache path now, in the form Ownership.written keeps it: a ref's
     commit, a symlink's target, else the file's identity (dev:inode)."""
     try:
@@ -371,26 +372,31 @@ def link(cache: Path, model: LockedModel, store: Store, project: str) -> None:
     with store.lock("hfcache-" + folder):
         own = Ownership(store, cache, folder)
         try:
-            _make_repo_dirs(rdir, commit, trees=not model.hf.partial)
+            new = _make_repo_dirs(rdir, commit, trees=not model.hf.partial)
             if not (cache / "CACHEDIR.TAG").exists():
                 _write_cachedir_tag(cache)
-            made = {snap}  # a mkdir per file costs a failing syscall per file
-            for f in model.files:
+            # in a directory made just now nothing is there yet: no lookup per file
+            fresh_snap, fresh_blobs = f"snapshots/{commit}" in new, "blobs" in new
+            made = {str(snap)}  # a mkdir per file costs a failing syscall per file
+            for f in model.files:  # str paths: pathlib costs more than the syscalls here
                 rel = f"{folder}/snapshots/{commit}/{f.path}"
-                p = snap / f.path
-                if p.parent not in made:
-                    p.parent.mkdir(parents=True, exist_ok=True)
-                    made.add(p.parent)
+                p = f"{snap}/{f.path}"
+                parent = os.path.dirname(p)
+                if parent not in made:
+                    os.makedirs(parent, exist_ok=True)
+                    made.add(parent)
                 if f.type == "d":
-                    p.mkdir(exist_ok=True)
+                    os.makedirs(p, exist_ok=True)
+                    made.add(p)
                     continue
                 if f.type == "l":
-                    _ensure_link(p, f.target or "", own, rel, owner, 0)
+                    _ensure_link(p, f.target or "", own, rel, owner, 0, fresh=fresh_snap)
                     continue
-                blob = rdir / "blobs" / f.blob_name
-                _ensure_blob(blob, store.object_path(f.sha256, f.executable), f.size, own,
-                             f"{folder}/blobs/{f.blob_name}", owner)
-                _ensure_link(p, _blob_target(f.path, f.blob_name), own, rel, owner, f.size)
+                _ensure_blob(f"{rdir}/blobs/{f.blob_name}",
+                             store.object_file(f.sha256, f.executable), f.size, own,
+                             f"{folder}/blobs/{f.blob_name}", owner, fresh=fresh_blobs)
+                _ensure_link(p, _blob_target(f.path, f.blob_name), own, rel, owner, f.size,
+                             fresh=fresh_snap)
             if not model.hf.partial:  # huggingface_hub takes it for the whole repo's listing
                 _ensure_tree(rdir / "trees" / f"{commit}.json", tree_json(model), own,
                              f"{folder}/trees/{commit}.json", owner)
@@ -409,21 +415,24 @@ def link(cache: Path, model: LockedModel, store: Store, project: str) -> None:
             own.save()
 
 
-def _make_repo_dirs(rdir: Path, commit: str, trees: bool) -> None:
-    """blobs/, refs/, trees/ and snapshots/<commit>/, each with one mkdir: a new repo
-    folder (1,000 models: 6,000 directories) never pays a failing call first."""
+def _make_repo_dirs(rdir: Path, commit: str, trees: bool) -> set[str]:
+    """blobs/, refs/, trees/ and snapshots/<commit>/, each with one mkdir (a new repo
+    folder never pays a failing call first); returns those this call made."""
     try:
         os.mkdir(rdir)
     except FileNotFoundError:
         rdir.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
         pass
+    made = set()
     for d in ("blobs", "refs", *(["trees"] if trees else []), "snapshots",
               f"snapshots/{commit}"):
         try:
-            os.mkdir(rdir / d)
+            os.mkdir(f"{rdir}/{d}")
+            made.add(d)
         except FileExistsError:
             pass
+    return made
 
 
 def _write_cachedir_tag(cache: Path) -> None:
@@ -436,10 +445,11 @@ def _write_cachedir_tag(cache: Path) -> None:
     )
 
 
-def _ensure_link(path: Path, target: str, own: Ownership, rel: str, owner: str,
-                 size: int) -> None:
+def _ensure_link(path: str, target: str, own: Ownership, rel: str, owner: str,
+                 size: int, *, fresh: bool = False) -> None:
+    """``fresh``: the snapshot directory was made by this apply, nothing is in it."""
     value = "link:" + target
-    current = _value(path)
+    current = None if fresh else _value(path)
     if current == value:
         if own.holds(rel, value):
             own.add(rel, owner)  # reconcile made it (maybe for another project): share it
@@ -456,8 +466,10 @@ def _ensure_link(path: Path, target: str, own: Ownership, rel: str, owner: str,
     own.create(rel, owner, value)
 
 
-def _ensure_blob(blob: Path, obj: Path, size: int, own: Ownership, rel: str, owner: str) -> None:
-    current = _value(blob)
+def _ensure_blob(blob: str, obj: str, size: int, own: Ownership, rel: str, owner: str, *,
+                 fresh: bool = False) -> None:
+    """``fresh``: blobs/ was made by this apply (a blob there is this model's, if any)."""
+    current = None if fresh else _value(blob)
     if current is not None and not own.holds(rel, current):
         own.forget(rel)
         have = os.path.getsize(blob) if os.path.exists(blob) else None
@@ -477,7 +489,9 @@ def _ensure_blob(blob: Path, obj: Path, size: int, own: Ownership, rel: str, own
             own.create(rel, owner, _value(blob) or "")
             return
         except FileExistsError:
-            pass  # made meanwhile: through a temp name, as a replacement
+            if fresh:  # another file of this model has the same content
+                return _ensure_blob(blob, obj, size, own, rel, owner)
+            # made meanwhile: through a temp name, as a replacement
         except OSError as e:
             if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
                 raise

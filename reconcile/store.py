@@ -67,8 +67,13 @@ class Store:
     def object_path(self, sha256: str, executable: bool = False) -> Path:
         return self.objects / ("sha256-x" if executable else "sha256") / sha256
 
+    def object_file(self, sha256: str, executable: bool = False) -> str:
+        """``object_path`` as a str, for loops over thousands of files (pathlib's joins
+        cost more than the syscall they feed)."""
+        return f"{self.objects}/{'sha256-x' if executable else 'sha256'}/{sha256}"
+
     def has_object(self, sha256: str, executable: bool = False) -> bool:
-        return os.path.exists(self.object_path(sha256, executable))
+        return os.path.exists(self.object_file(sha256, executable))
 
     def partial_path(self, key: str) -> Path:
         return self.tmp / f"{key}.part"
@@ -253,7 +258,7 @@ class Store:
                     raise disk_error(e, self.root) from None
                 try:
                     for sha256, tmp in batch.items():
-                        _name_object(tmp, self.object_path(sha256))
+                        _name_object(tmp, self.object_file(sha256))
                 except OSError as e:
                     raise disk_error(e, self.root) from None
             finally:
@@ -313,21 +318,25 @@ class Store:
             return dest
         work = Path(tempfile.mkdtemp(dir=self.tmp, prefix=f"model-{model.name}-"))
         try:
-            made = {work}
+            top = str(work)
+            made = {top}  # str paths: pathlib costs more than the links it feeds
             for f in sorted(model.files, key=lambda f: f.path):
-                target = work / f.path
-                if target.parent not in made:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    made.add(target.parent)
+                target = f"{top}/{f.path}"
+                parent = os.path.dirname(target)
+                if parent not in made:
+                    os.makedirs(parent, exist_ok=True)
+                    made.update(_parents(parent, top))
                 if f.type == "d":
-                    target.mkdir(exist_ok=True)
+                    os.makedirs(target, exist_ok=True)
+                    made.add(target)
                 elif f.type == "l":
                     os.symlink(f.target or "", target)
                 else:
                     if f.executable:
                         self.ensure_exec_variant(f.sha256)
-                    link_or_copy(self.object_path(f.sha256, f.executable), target)
-            _make_readonly_dirs(work, top=False)
+                    link_or_copy(self.object_file(f.sha256, f.executable), target)
+            for d in made - {top}:  # the top: after the rename
+                os.chmod(d, 0o555)
             try:
                 # moving a directory to another parent rewrites its "..": a user who is not
                 # root needs write permission on it, so the top is made read-only after
@@ -465,7 +474,7 @@ def _syncfs(where: Path) -> None:
         os.close(fd)
 
 
-def _name_object(tmp: Path, dest: Path) -> None:
+def _name_object(tmp: Path, dest: str | Path) -> None:
     """Give a finished object its name; the first one wins. Replacing the name instead
     would drop the inode another process may be hard-linking into its model tree right
     then (link() of an inode whose last name went fails with ENOENT); the bytes are the
@@ -482,7 +491,7 @@ def _name_object(tmp: Path, dest: Path) -> None:
     os.unlink(tmp)
 
 
-def link_or_copy(src: Path, dst: Path) -> None:
+def link_or_copy(src: str | Path, dst: str | Path) -> None:
     """Hard link; reflink or copy where hard links cannot cross (other filesystem, limits)."""
     try:
         os.link(src, dst)
@@ -496,10 +505,13 @@ def link_or_copy(src: Path, dst: Path) -> None:
         raise disk_error(e, dst) from None
 
 
-def _make_readonly_dirs(root: Path, top: bool = True) -> None:
-    for dirpath, _dirs, _files in os.walk(root, topdown=False):
-        if top or dirpath != str(root):
-            os.chmod(dirpath, 0o555)
+def _parents(d: str, top: str) -> list[str]:
+    """``d`` and its parents below ``top``."""
+    out = []
+    while d != top and d.startswith(top):
+        out.append(d)
+        d = os.path.dirname(d)
+    return out
 
 
 def remove_tree(path: Path) -> None:

@@ -420,7 +420,18 @@ def test_thousands_of_small_files_are_one_line_per_model(project):
     r = project.sh("apply")
     assert r.code == 0, r.err
     assert "fetched many: 300 small files" in r.err and "f0001.bin" not in r.err
-    assert "fetched config.json" in r.err  # a model of a few files still names each
+    # in a plan this big, a model of a few files is one line too
+    assert "fetched tiny: 3 small files" in r.err and "fetched config.json" not in r.err
+
+
+def test_hundreds_of_models_of_few_files_are_one_line_per_model(project):
+    project.write("".join(f'[models.m{i:03d}]\nsource.mock = {{ model = "m{i:03d}", files ='
+                          ' ["config.json", "a.bin", "b.bin"] }\n' for i in range(80)))
+    r = project.sh("apply")
+    assert r.code == 0, r.err
+    lines = [ln for ln in r.err.splitlines() if ln.startswith("fetched ")]
+    assert len(lines) == 80 and "fetched m007: 3 small files" in r.err, lines[:5]
+    assert "fetched config.json" not in r.err
 
 
 def test_bash_completion_knows_commands_options_and_model_keys(project):

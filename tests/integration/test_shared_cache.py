@@ -163,3 +163,25 @@ def test_a_filtered_model_does_not_hide_the_rest_of_the_repo_from_the_official_c
     snap = Path(official(hub, hf_env.cache, "acme/tiny"))
     assert sorted(str(p.relative_to(snap)) for p in snap.rglob("*") if p.is_file()) == sorted(FILES)
     assert hf_env.run("status").code == 0
+
+
+def test_files_with_the_same_content_share_one_blob_as_huggingface_hub_lays_them_out(hf_env, hub):
+    """Two paths with one content have one blob name (git oid or sha256): a fresh blobs/
+    directory links it once, and both snapshot paths point at it; the official client
+    lays out the same repo identically."""
+    repo = hub.repo("acme/twins")
+    weights = b"\x07" * 200_000  # LFS: blob named by sha256
+    repo.commit({"a.safetensors": weights, "copy/a.safetensors": weights,
+                 "x.json": b'{"same": 1}', "copy/x.json": b'{"same": 1}'})
+    hf_env.write('[models.t]\nsource.huggingface = { repo = "acme/twins" }\n')
+    r = hf_env.run("apply")
+    assert r.code == 0, r.err
+    ours = {k: v for k, v in cache_listing(hf_env.cache).items() if "twins" in k}
+    blobs = [k for k in ours if "/blobs/" in k]
+    assert len(blobs) == 2, ours
+    assert hf_env.run("status").code == 0
+    other = hf_env.cache.parent / "official"
+    official(hub, other, "acme/twins")
+    theirs = {k: v for k, v in cache_listing(other).items() if "twins" in k}
+    assert ours == theirs
+    assert official(hub, hf_env.cache, "acme/twins", offline=True)
