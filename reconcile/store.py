@@ -78,6 +78,11 @@ class Store:
     def partial_path(self, key: str) -> Path:
         return self.tmp / f"{key}.part"
 
+    def lock_files(self) -> set[str]:
+        """The files in locks/ this version uses (gc drops those of earlier versions)."""
+        return {"store.lock", "names.locks",
+                *(f"objects.claims.{shard:x}" for shard in range(CLAIM_SHARDS))}
+
     @contextmanager
     def lock(self, name: str, timeout: float = -1) -> Iterator[None]:
         """An inter-process (and inter-thread) lock; two applies on overlapping manifests

@@ -648,6 +648,10 @@ class Workspace:
         for p in (self.store.state / "lockcache").glob("*.json"):
             if not dry_run:
                 p.unlink(missing_ok=True)  # parse caches: rebuilt on the next read
+        current = self.store.lock_files()
+        for p in self.store.locks.iterdir() if not dry_run else ():
+            if p.name not in current:  # an earlier version's lock files: empty, unused
+                p.unlink(missing_ok=True)
         for p in sorted(self.store.tmp.iterdir()):
             if self._in_use(p):
                 continue  # another apply is writing it right now

@@ -159,6 +159,20 @@ def test_gc_keeps_what_registered_locks_need(project):
     assert project.run("apply").out.startswith("Nothing to do")
 
 
+def test_gc_drops_the_lock_files_of_earlier_versions_only(project):
+    project.write(MINIMAL)
+    assert project.run("apply").code == 0
+    locks = project.store / "locks"
+    for old in ("obj-1234.lock", "model-tiny.lock", "objects.claims"):  # a file per name
+        (locks / old).touch()
+    kept = {p.name for p in locks.iterdir()} - {"obj-1234.lock", "model-tiny.lock",
+                                                  "objects.claims"}
+    assert project.run("gc", "--dry-run").code == 0 and (locks / "obj-1234.lock").exists()
+    assert project.run("gc").code == 0
+    assert {p.name for p in locks.iterdir()} == kept and "names.locks" in kept
+    assert project.run("apply").out.startswith("Nothing to do")
+
+
 def test_prune_unlinks_only_what_this_project_linked(project):
     project.write(MINIMAL + '\n[models.extra]\nsource.mock = { model = "x", files = ["x.bin"] }\n')
     project.run("apply")
