@@ -91,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("apply", help="converge the store and HF cache to models.lock")
     s.add_argument("--jobs", "-j", type=_jobs, default=8,
-                   help="downloads and other actions at once (1-256, default 8)")
+                   help="downloads and validations at once (1-256, default 8; writing"
+                   " the store and HF cache runs in order)")
     s.add_argument("--offline", action="store_true",
                    help="never touch the network: fail if an object is not in the store")
     s.add_argument("--prune", action="store_true",

@@ -166,16 +166,18 @@ def _tmp_name(path: str | Path) -> str:
     return f"{head}/{_PREFIX}{name}.{os.getpid()}.{threading.get_ident()}"
 
 
-def _atomic_symlink(target: str, path: str | Path, fresh: bool = False) -> None:
-    """``path`` → ``target``, replaced in one step. ``fresh`` (nothing is there): symlink()
+def _atomic_symlink(target: str, path: str | Path, fresh: bool = False) -> bool:
+    """``path`` → ``target``, replaced in one step. ``fresh`` (nothing was there): symlink()
     creating a name is atomic already, and saves the temp name's create and rename (a
-    third of a snapshot's directory operations for a model of small files)."""
+    third of a snapshot's directory operations for a model of small files); False when
+    something was made there meanwhile (huggingface_hub, another store's apply): the
+    caller judges it as it is now instead of replacing it."""
     if fresh:
         try:
             os.symlink(target, path)
-            return
+            return True
         except FileExistsError:
-            pass  # made meanwhile (another project, huggingface_hub): replace as usual
+            return False
     tmp = _tmp_name(path)
     try:
         os.unlink(tmp)
@@ -183,6 +185,7 @@ def _atomic_symlink(target: str, path: str | Path, fresh: bool = False) -> None:
         pass
     os.symlink(target, tmp)
     os.replace(tmp, path)
+    return True
 
 
 def _ownership_dir(store: Store, cache: Path, kind: str = "hfcache") -> Path:
@@ -462,7 +465,8 @@ def _ensure_link(path: str, target: str, own: Ownership, rel: str, owner: str,
                 " and will not overwrite it",
                 hint="remove that snapshot (e.g. `hf cache delete`) and run apply again")
         return
-    _atomic_symlink(target, path, fresh=current is None)
+    if not _atomic_symlink(target, path, fresh=current is None):
+        return _ensure_link(path, target, own, rel, owner, size)  # made meanwhile
     own.create(rel, owner, value)
 
 
@@ -488,10 +492,8 @@ def _ensure_blob(blob: str, obj: str, size: int, own: Ownership, rel: str, owner
             os.link(obj, blob)
             own.create(rel, owner, _value(blob) or "")
             return
-        except FileExistsError:
-            if fresh:  # another file of this model has the same content
-                return _ensure_blob(blob, obj, size, own, rel, owner)
-            # made meanwhile: through a temp name, as a replacement
+        except FileExistsError:  # another file of this model with the same content, or
+            return _ensure_blob(blob, obj, size, own, rel, owner)  # another tool: as found
         except OSError as e:
             if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
                 raise

@@ -238,3 +238,37 @@ def test_bad_validation_config_stops_before_anything_is_fetched(project, validat
         assert key in r.err
     assert not (project.store / "objects").exists() or not any(
         (project.store / "objects" / "sha256").iterdir())
+
+
+def test_what_another_tool_writes_into_a_snapshot_apply_just_made_stays_theirs(project,
+                                                                               monkeypatch):
+    """apply makes snapshots/<commit>/ and then fills it without looking first; if
+    huggingface_hub downloads into it meanwhile, the paths it wrote are judged as found
+    (left alone, not recorded as reconcile's), never replaced."""
+    import json
+
+    from reconcile import hfcache
+    from reconcile.lockfile import read_lock
+
+    project.write(TINY)
+    assert project.run("lock").code == 0
+    model = read_lock(project.lock).models["tiny"]
+    blob = next(f.blob_name for f in model.files if f.path == "config.json")
+    made, theirs = hfcache._make_repo_dirs, {}
+
+    def raced(rdir, commit, trees):
+        new = made(rdir, commit, trees)
+        link = rdir / "snapshots" / commit / "config.json"
+        os.symlink(f"../../blobs/{blob}", link)  # what huggingface_hub writes there
+        theirs["ino"] = os.lstat(link).st_ino
+        return new
+
+    monkeypatch.setattr(hfcache, "_make_repo_dirs", raced)
+    assert project.run("apply").code == 0
+    snap = project.cache / "models--acme--tiny" / "snapshots" / model.hf.commit
+    assert os.lstat(snap / "config.json").st_ino == theirs["ino"]
+    record = next((project.store / "state" / "hfcache").glob("*/models--acme--tiny.json"))
+    owned = json.loads(record.read_text())["owned"]
+    assert f"models--acme--tiny/snapshots/{model.hf.commit}/config.json" not in owned
+    assert f"models--acme--tiny/snapshots/{model.hf.commit}/sub/notes.txt" in owned
+    assert loads_offline(project.cache).joinpath("config.json").read_bytes()
