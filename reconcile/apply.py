@@ -82,6 +82,7 @@ class Executor:
     def __post_init__(self) -> None:
         self._groups: dict[str, _Group] = {}  # model key -> its small files' progress
         self._groups_lock = threading.Lock()
+        self._shared_paths: set[str] = set()  # fetched for two models: labelled with the key
 
     def _small_files_task(self, plan: Plan) -> None:
         """One progress task per model for its small files: thousands of files give a
@@ -90,7 +91,12 @@ class Executor:
         from .transfer import SMALL_MAX
 
         counts: dict[str, list[int]] = {}
+        seen: set[str] = set()
         for a in plan.nodes.values():
+            if a.kind == "fetch" and a.file is not None:
+                if a.file.path in seen:  # two progress tasks must not share a label
+                    self._shared_paths.add(a.file.path)
+                seen.add(a.file.path)
             if a.kind == "fetch" and a.size <= SMALL_MAX and a.model is not None:
                 c = counts.setdefault(a.model.key, [0, 0])
                 c[0] += 1
@@ -113,6 +119,8 @@ class Executor:
                     group.advance = self.progress.task(group.label, group.total)
             return group.advance, None
         label = action.file.path if action.file else action.target[:12]
+        if label in self._shared_paths and action.model:
+            label = f"{action.model.key}: {label}"
         return self.progress.task(label, action.size), label
 
     def _small_done(self, action: Action) -> None:

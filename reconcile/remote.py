@@ -110,19 +110,28 @@ class Remote(ABC):
         if self.dead:
             return None
         cached = replace(file, path=object_key(file.sha256), pin=None)
+        counted = 0
+
+        def counting(n: int) -> None:
+            nonlocal counted
+            counted += n
+            progress(n)
+
         try:
-            got = fetch(self.source, {}, cached, store, self.source.decl.network, progress,
-                        jobs=jobs, stage=stage)
-        except IntegrityError as e:
-            self._warn(f"team cache {self.url}: {object_key(file.sha256)} ({file.path}) is"
-                       f" corrupt ({e.message}); skipped, fetched from the model's source")
-            return None
-        except NotFound:
-            with self._lock:
-                self.misses += 1
-            return None
-        except (Transient, SourceError, OSError) as e:
-            self.give_up(e)
+            got = fetch(self.source, {}, cached, store, self.source.decl.network,
+                        counting if progress else None, jobs=jobs, stage=stage)
+        except (IntegrityError, NotFound, Transient, SourceError, OSError) as e:
+            if counted:
+                progress(-counted)  # the source's bytes are counted next, once
+            if isinstance(e, IntegrityError):
+                self._warn(f"team cache {self.url}: {object_key(file.sha256)} ({file.path})"
+                           f" is corrupt ({e.message}); skipped, fetched from the model's"
+                           " source")
+            elif isinstance(e, NotFound):
+                with self._lock:
+                    self.misses += 1
+            else:
+                self.give_up(e)
             return None
         with self._lock:
             self.hits += 1

@@ -171,9 +171,14 @@ def test_push_then_apply_with_the_source_down(project, hf_env, big_hub, backend,
     backend.corrupt(weights.sha256)
     _switch(project, monkeypatch, "c")
     before = len(hub.log)
-    r = project.run("apply")
+    r = project.run("apply", "--progress", "json")
     assert r.code == 0, r.err
     assert r.err.count("corrupt") == 1 and "model.safetensors" in r.err
+    events = [json.loads(line) for line in r.err.splitlines() if line.startswith("{")]
+    done = {e["file"]: e["bytes"] for e in events if e["event"] == "done"}
+    # the refused copy's bytes are taken back: the file counts its size once
+    assert done["model.safetensors"] == weights.size, done
+    assert all(e["done"] <= e["total"] for e in events if e["event"] == "bytes")
     asked = [e for e in hub.log[before:] if "model.safetensors" in e[2]]
     assert asked and all("weights.bin" not in e[2] for e in hub.log[before:])
     assert (_snapshot(os.environ["HF_HUB_CACHE"], "acme/tiny") / "model.safetensors"
@@ -198,6 +203,28 @@ def test_pull_then_apply_offline(project, hf_env, big_hub, backend, monkeypatch)
     r = project.run("apply", "--offline", "--cache", "off")
     assert r.code == 0, r.err
     assert "0 fetched" in r.out
+
+
+def test_a_corrupt_large_cache_object_counts_its_bytes_once(project, hf_env, big_hub,
+                                                            backend, monkeypatch):
+    """A streamed object refused at its end (sha256) comes again from the source: the
+    progress takes the refused bytes back, so the file counts its size once."""
+    project.write(MANIFEST.format(cache=backend.table))
+    assert project.run("apply").code == 0
+    assert project.run("push").code == 0
+    weights = next(f for f in _lock(project).models["big"].files if f.path == "weights.bin")
+    backend.corrupt(weights.sha256)
+    _switch(project, monkeypatch, "f")
+    r = project.run("apply", "--progress", "json")
+    assert r.code == 0, r.err
+    warned = [line for line in r.err.splitlines() if "is corrupt" in line]
+    assert len(warned) == 1 and "weights.bin" in warned[0], r.err
+    events = [json.loads(line) for line in r.err.splitlines() if line.startswith("{")]
+    done = {e["file"]: e["bytes"] for e in events if e["event"] == "done"}
+    assert done["weights.bin"] == weights.size == len(BIG), done
+    # both models have a config.json: two tasks, each with its own label and bytes
+    assert done["tiny: config.json"] > 0 and done["big: config.json"] > 0, done
+    assert all(e["done"] <= e["total"] for e in events if e["event"] == "bytes")
 
 
 def _lock(project):
