@@ -107,12 +107,12 @@ def instantiate(defs: dict[str, dict[str, Any]], *, store: Any = None, cache: Pa
             cfg["validation"] = {**cfg["validation"], "validators": names}
         doc["models"][key] = cfg
     manifest = manifest_from_dict(doc)
-    ws = Workspace(Path("<python>"), manifest=manifest, store=store, cache=cache)
-    ws.store.ensure()
-    with ws.store.session():  # like apply: gc waits, and the models get a root of their own
-        lock = lock_models(manifest, None, ws.store, jobs=jobs).lock
-        ws.store.add_api_root(dumps(lock))
-        report = ws.apply_lock(lock, jobs=jobs)
+    with Workspace(Path("<python>"), manifest=manifest, store=store, cache=cache) as ws:
+        ws.store.ensure()
+        with ws.store.session():  # like apply: gc waits, and the models get a root of their own
+            lock = lock_models(manifest, None, ws.store, jobs=jobs).lock
+            ws.store.add_api_root(dumps(lock))
+            report = ws.apply_lock(lock, jobs=jobs)
     if not report.ok:
         raise ReconcileError(failure_message(report))
     out = {}

@@ -229,7 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _scoped_environment():
             _enter_mode(args)
-            code = COMMANDS[args.command](args) or 0
+            try:
+                code = COMMANDS[args.command](args) or 0
+            finally:
+                _close_workspaces()
         sys.stdout.flush()  # a closed pipe shows here, where it is handled, not at exit
         return code
     except ReconcileError as e:
@@ -318,10 +321,23 @@ def _kept_partials() -> str:
     return f"; {n} partial download{'s' if n > 1 else ''} kept, resumed by the next run"
 
 
+_OPENED: list[Any] = []  # the command's workspaces: closed when it ends
+
+
+def _close_workspaces() -> None:
+    while _OPENED:
+        try:
+            _OPENED.pop().close()
+        except Exception:  # closing must not hide how the command ended
+            pass
+
+
 def _ws(args: argparse.Namespace) -> Any:
     from .workspace import Workspace
 
-    return Workspace(manifest_path(args))
+    ws = Workspace(manifest_path(args))
+    _OPENED.append(ws)
+    return ws
 
 
 def manifest_path(args: argparse.Namespace) -> Path:

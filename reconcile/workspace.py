@@ -106,6 +106,19 @@ class Workspace:
 
         return open_remote(cfg, self.manifest_path.parent, SourceContext(store=self.store))
 
+    def close(self) -> None:
+        """Close the team cache's connections if it was opened (the CLI when a command
+        ends, the Python API after each call: a long-lived process keeps no sockets)."""
+        remote = self.__dict__.pop("remote", None)
+        if remote is not None:
+            remote.close()
+
+    def __enter__(self) -> Workspace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @property
     def project(self) -> str:
         """Stable id of this project (its lockfile's absolute path)."""

@@ -236,6 +236,25 @@ def _lock(project):
 # --- the cache is optional, read-only where asked, and never in the way ----------------
 
 
+def test_the_team_cache_is_closed_when_a_command_or_an_api_call_ends(project, tmp_path,
+                                                                     monkeypatch):
+    """A long-lived process (the Python API, main() called in-process) keeps no
+    connections of a team cache open after the call that used it."""
+    import reconcile
+    from reconcile import remote
+
+    closed: list[str] = []
+    monkeypatch.setattr(remote.DirRemote, "close",
+                        lambda self: closed.append(str(self.url)), raising=False)
+    cache = tmp_path / "team"
+    project.write(f'[cache]\nurl = "{cache}"\n[models.m]\nsource.mock = {{ files = ["a.bin"] }}\n')
+    assert project.run("apply").code == 0 and project.run("push").code == 0
+    assert len(closed) == 2
+    monkeypatch.setenv("RECONCILE_CACHE", str(cache))
+    reconcile.fetch_model({"name": "m", "source": {"mock": {"files": ["a.bin"]}}})
+    assert len(closed) == 3
+
+
 def test_dead_cache_falls_back_to_the_source_once(project, hf_env, big_hub):
     port = free_port()  # nothing listens there
     project.write(MANIFEST.format(cache=f'[cache]\nurl = "oci+http://127.0.0.1:{port}/x/y"\n'))
