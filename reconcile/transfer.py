@@ -241,11 +241,18 @@ def _read_small(source: Source, pin: dict[str, Any], file: LockedFile,
                 raise
             attempt -= 1
         except Transient as e:
-            if attempt >= network.max_attempts:
-                raise SourceError(f"{file.path}: giving up after {attempt} attempts:"
-                                  f" {e.message}") from None
-            _sleep(backoff_delay(attempt, network, e.retry_after))
+            _wait_or_give_up(e, attempt, network, file)
     return b"".join(chunks)
+
+
+def _wait_or_give_up(e: Transient, attempt: int, network: NetworkConfig, file: LockedFile,
+                     hint: str | None = None) -> None:
+    """After a transient failure: wait the backoff (a Retry-After honoured) before the
+    next attempt, or give up once ``network.max_attempts`` were made."""
+    if attempt >= network.max_attempts:
+        raise SourceError(f"{file.path}: giving up after {attempt} attempts: {e.message}",
+                          hint=hint) from None
+    _sleep(backoff_delay(attempt, network, e.retry_after))
 
 
 def parallel_min() -> int:
@@ -479,19 +486,16 @@ def _fetch_stream(source, pin, file, part, network, progress, probe: bool = Fals
                 except Transient as e:
                     if isinstance(e, Restart) or not resumable:
                         have = restart(have)
-                    if not isinstance(e, Restart) and attempt >= network.max_attempts:
-                        raise SourceError(
-                            f"{file.path}: giving up after {attempt} attempts: {e.message}",
-                            hint="the partial download is kept and resumes on the next run"
-                            if resumable else "nothing is kept: the server names no ETag or"
-                            " Last-Modified that a resume could be checked against",
-                        ) from None
                     if isinstance(e, Restart):
                         if attempt > network.max_attempts:
                             raise SourceError(f"{file.path}: the server keeps answering"
                                               " resumes with the whole file") from None
                         continue
-                    _sleep(backoff_delay(attempt, network, e.retry_after))
+                    _wait_or_give_up(
+                        e, attempt, network, file,
+                        hint="the partial download is kept and resumes on the next run"
+                        if resumable else "nothing is kept: the server names no ETag or"
+                        " Last-Modified that a resume could be checked against")
         finally:
             out.close()
     finally:
