@@ -110,11 +110,10 @@ class Remote(ABC):
         if self.dead:
             return None
         cached = replace(file, path=object_key(file.sha256), pin=None)
-        counted = 0
+        counted: list[int] = []  # append is atomic: parallel ranges report from threads
 
         def counting(n: int) -> None:
-            nonlocal counted
-            counted += n
+            counted.append(n)
             progress(n)
 
         try:
@@ -122,7 +121,7 @@ class Remote(ABC):
                         counting if progress else None, jobs=jobs, stage=stage)
         except (IntegrityError, NotFound, Transient, SourceError, OSError) as e:
             if counted:
-                progress(-counted)  # the source's bytes are counted next, once
+                progress(-sum(counted))  # the source's bytes are counted next, once
             if isinstance(e, IntegrityError):
                 self._warn(f"team cache {self.url}: {object_key(file.sha256)} ({file.path})"
                            f" is corrupt ({e.message}); skipped, fetched from the model's"
