@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import IntegrityError, ReconcileError
+from .fsutil import write_all
 from .lockfile import Lock, LockedModel, dumps
 from .store import Store
 
@@ -88,11 +89,11 @@ def _write_tar(fd: int, meta: bytes, lock: bytes, objects: dict[str, int],
     def header(name: str, size: int) -> None:
         info = tarfile.TarInfo(name)
         info.size, info.mode, info.mtime = size, 0o444, 0
-        _write_all(fd, info.tobuf(tarfile.PAX_FORMAT))
+        write_all(fd, info.tobuf(tarfile.PAX_FORMAT))
 
     for name, data in ((MANIFEST, meta), (LOCK, lock)):
         header(name, len(data))
-        _write_all(fd, data + _pad(len(data)))
+        write_all(fd, data + _pad(len(data)))
     for sha256, size in objects.items():
         header(f"objects/sha256/{sha256}", size)
         src = os.open(store.object_path(sha256), os.O_RDONLY)
@@ -106,18 +107,12 @@ def _write_tar(fd: int, meta: bytes, lock: bytes, objects: dict[str, int],
                 sent += n
         finally:
             os.close(src)
-        _write_all(fd, _pad(size))
-    _write_all(fd, bytes(2 * tarfile.BLOCKSIZE))
+        write_all(fd, _pad(size))
+    write_all(fd, bytes(2 * tarfile.BLOCKSIZE))
 
 
 def _pad(size: int) -> bytes:
     return bytes(-size % tarfile.BLOCKSIZE)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def import_archive(source: str, store: Store) -> ImportReport:

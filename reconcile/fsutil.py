@@ -39,9 +39,7 @@ def atomic_write_text(path: Path, text: str, *, skip_if_same: bool = True,
     try:
         if mode is not None:
             os.fchmod(fd, mode)
-        data = memoryview(text.encode("utf-8"))
-        while data:
-            data = data[os.write(fd, data):]
+        write_all(fd, text.encode("utf-8"))
         os.close(fd)
         fd = -1
         os.replace(tmp, path)
@@ -54,6 +52,13 @@ def atomic_write_text(path: Path, text: str, *, skip_if_same: bool = True,
             pass
         raise
     return True
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (one call may take only part of them)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 _names = itertools.count()

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StoreError
-from .fsutil import create_temp, umask
+from .fsutil import create_temp, umask, write_all
 from .lockfile import LockedFile, LockedModel
 
 CLAIM_SHARDS = 16
@@ -230,9 +230,7 @@ class Store:
             try:
                 if umask() & 0o444:
                     os.fchmod(fd, 0o444)  # objects are readable by all, whatever the umask
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
+                write_all(fd, data)
             finally:
                 os.close(fd)
         except OSError as e:
