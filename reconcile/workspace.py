@@ -315,20 +315,21 @@ class Workspace:
         plan = self.plan(lock, prune=prune, revalidate=revalidate)
         self.store.ensure()
         context = SourceContext(store=self.store, offline=offline, jobs=jobs)
-        sources: dict[str, Any] = {}
-        self._check_signatures(lock, context, sources)
-        runner = self.validation(revalidate)
-
-        peers = settings.peer_stores()
-        remote = self.remote
-        if remote is not None and offline and remote.source.needs_network:
-            remote = None
+        sources: dict[str, Any] = {}  # one per model, made when first needed
 
         def source_of(m: LockedModel) -> Any:
             src = sources.get(m.key)
             if src is None:
                 src = sources.setdefault(m.key, make_source(self.manifest.models[m.key], context))
             return src
+
+        self._check_signatures(lock, source_of)
+        runner = self.validation(revalidate)
+
+        peers = settings.peer_stores()
+        remote = self.remote
+        if remote is not None and offline and remote.source.needs_network:
+            remote = None
 
         def fetch_object(action, advance) -> Any:
             m = action.model
@@ -375,11 +376,12 @@ class Workspace:
         report.plan = plan
         return report
 
-    def _check_signatures(self, lock: Lock, context: Any, sources: dict[str, Any]) -> None:
+    def _check_signatures(self, lock: Lock, source_of: Any) -> None:
         """Every model models.toml wants signed is checked against the lock's file list
         before anything is fetched or linked: the lock comes in pull requests, and a
-        sha256 edited there must not install bytes the publisher never signed."""
-        from .resolve import check_signature, make_source
+        sha256 edited there must not install bytes the publisher never signed.
+        ``source_of(model)``: apply's source for the model (made once, used again)."""
+        from .resolve import check_signature
         from .transfer import fetch
 
         for key, m in lock.models.items():
@@ -387,9 +389,8 @@ class Workspace:
             if decl is None or decl.signature is None:
                 continue
 
-            def get(f: LockedFile, decl: Any = decl, key: str = key, m: LockedModel = m) -> Any:
-                src = sources.get(key) or sources.setdefault(key, make_source(decl, context))
-                return fetch(src, m.pin, f, self.store, decl.network)
+            def get(f: LockedFile, decl: Any = decl, m: LockedModel = m) -> Any:
+                return fetch(source_of(m), m.pin, f, self.store, decl.network)
 
             check_signature(decl, m.files, get, self.store)
 
