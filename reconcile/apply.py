@@ -84,10 +84,11 @@ class Executor:
         self._groups_lock = threading.Lock()
         self._shared_paths: set[str] = set()  # fetched for two models: labelled with the key
 
-    def _small_files_task(self, plan: Plan) -> None:
+    def _progress_labels(self, plan: Plan) -> None:
         """One progress task per model for its small files: thousands of files give a
         bar (or a line) per model, not one per file, whether in one model or in 1,000
-        models of 3 files; a small plan still names each file."""
+        models of 3 files; a small plan still names each file. A path fetched for two
+        models is labelled with each model's key (tasks are found by their label)."""
         from .transfer import SMALL_MAX
 
         counts: dict[str, list[int]] = {}
@@ -193,7 +194,7 @@ class Executor:
         if plan.empty:
             return report
         self.store.ensure()
-        self._small_files_task(plan)
+        self._progress_labels(plan)
         self.progress.begin(plan)
         succ: dict[str, list[str]] = {n: [] for n in plan.nodes}
         waiting = dict.fromkeys(plan.nodes, 0)
