@@ -59,9 +59,9 @@ def retire(path: Path) -> None:
 
     This disk is ext4 without a journal, and there a new inode skips every inode freed
     in the last 60 s (360 s while its inode-table block is dirty, and creating inodes
-    beside them dirties it): creating files
-    right after deleting tens of thousands costs 0.3-0.7 ms each instead of ~0.03 ms, in
-    the kernel (``recently_deleted`` in ext4's ialloc.c), whoever creates them. A cold
+    beside them dirties it): creating files right after deleting tens of thousands
+    costs 0.3-0.7 ms each instead of ~0.03 ms, in the kernel (``recently_deleted`` in
+    ext4's ialloc.c), whoever creates them. A cold
     apply measured just after deleting the previous store timed that scan, not the tool;
     a user's first apply on a machine meets no such scan.
     """
