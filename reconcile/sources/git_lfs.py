@@ -42,6 +42,7 @@ SHA1 = re.compile(r"^[0-9a-f]{40}$")
 # a branch, tag or ref name as git allows it, never an option (no leading '-')
 REV = re.compile(r"^(?!-)(?!.*\.\.)(?!.*@\{)[A-Za-z0-9._/+-]{1,255}$")
 POINTER_MAX = 1024  # git-lfs: a pointer is always smaller (notes: verified at the boundary)
+LINK_MAX = 4096  # PATH_MAX: the longest symlink target a checkout can make
 LFS_MEDIA = "application/vnd.git-lfs+json"
 BATCH = 100  # objects per batch request, git-lfs's default
 SMALL_READ = 4 << 20  # regular files up to this size are read whole through one process
@@ -303,11 +304,16 @@ class GitLfsSource(HttpSource):
                 raise NotFound(f"{self.url}: no directory {self.subdir!r} at commit {commit}",
                                hint="check subdir in models.toml")
             blobs = {oid for _m, kind, oid in entries.values() if kind == "blob"}
-            # the model's blobs the clone lacks: its regular files of 1 KiB or more
+            # The blobs the clone lacks are not only files of 1 KiB or more: git fetches a
+            # commit lazily (commit and trees, no blob) when a command first asks for it,
+            # so a revision another lock reached that way lacks its pointers too. All are
+            # fetched before any is judged: a lock must not depend on what the clone holds.
             missing = {ln[1:] for ln in self._git("rev-list", "--objects", "--missing=print",
                                                    commit).decode().split("\n")
                        if ln.startswith("?")} & blobs
-            small = self._read_small(sorted(blobs - missing))
+            self._fetch_blobs(missing)
+            links = {oid for mode, _k, oid in entries.values() if mode == "120000"}
+            small = self._read_small(sorted(blobs), links)
             pointers: dict[str, Pointer | MalformedPointer] = {}
             for path, (_m, _kind, oid) in entries.items():
                 try:
@@ -316,17 +322,19 @@ class GitLfsSource(HttpSource):
                     ptr = e
                 if ptr is not None:
                     pointers[path] = ptr
-            self._tree = {"commit": commit, "entries": entries, "missing": missing,
-                          "small": small, "pointers": pointers}
+            self._tree = {"commit": commit, "entries": entries, "small": small,
+                          "pointers": pointers}
             return self._tree
 
-    def _read_small(self, oids: list[str]) -> dict[str, bytes]:
-        """The bytes of every present blob under the pointer size (one git process)."""
+    def _read_small(self, oids: list[str], links: set[str] = frozenset()) -> dict[str, bytes]:
+        """The bytes of every blob under the pointer size, and of every symlink (a target
+        may be as long as a path: PATH_MAX), in one git process."""
         if not oids:
             return {}
         checks = self._git("cat-file", "--batch-check", input="\n".join(oids).encode() + b"\n")
         small = [ln.split()[0] for ln in checks.decode().splitlines()
-                 if len(ln.split()) == 3 and int(ln.split()[2]) < POINTER_MAX]
+                 if len(ln.split()) == 3 and int(ln.split()[2]) < (
+                     LINK_MAX if ln.split()[0] in links else POINTER_MAX)]
         if not small:
             return {}
         out = self._git("cat-file", "--batch", input="\n".join(small).encode() + b"\n")
@@ -339,20 +347,18 @@ class GitLfsSource(HttpSource):
             i = start + int(size) + 1
         return blobs
 
-    def fetch_missing(self, tree: dict[str, Any]) -> None:
-        """The model's regular files the partial clone lacks, in one request (not one per
-        blob, as git's lazy fetch would)."""
-        with self._lock:
-            oids = sorted(tree["missing"])
-            if not oids:
-                return
-            with self._store_lock():
-                self._retrying(lambda: self._git(
-                    "-c", "fetch.negotiationAlgorithm=noop", "fetch", "-q", "--no-tags",
-                    "--no-write-fetch-head", "--recurse-submodules=no", "--filter=blob:none",
-                    "--stdin", self.url, input="\n".join(oids).encode() + b"\n",
-                    what="the repository's files"))
-            tree["missing"] = set()
+    def _fetch_blobs(self, missing: set[str]) -> None:
+        """The model's blobs the partial clone lacks, in one request (not one per blob, as
+        git's lazy fetch would)."""
+        oids = sorted(missing)
+        if not oids:
+            return
+        with self._store_lock():
+            self._retrying(lambda: self._git(
+                "-c", "fetch.negotiationAlgorithm=noop", "fetch", "-q", "--no-tags",
+                "--no-write-fetch-head", "--recurse-submodules=no", "--filter=blob:none",
+                "--stdin", self.url, input="\n".join(oids).encode() + b"\n",
+                what="the repository's files"))
 
     # --- the tree ---------------------------------------------------------------------
 
@@ -378,7 +384,8 @@ class GitLfsSource(HttpSource):
             if mode == "120000":
                 target = tree["small"].get(oid)
                 if target is None:
-                    raise SourceError(f"{self.url}: {full}: a symlink target over 1 KiB")
+                    raise SourceError(f"{self.url}: {full}: a symlink target over"
+                                      f" {LINK_MAX} bytes")
                 files.append(RemoteFile(path, type="l", target=target.decode("utf-8",
                                                                               "surrogateescape"),
                                         git_oid=oid))
@@ -402,7 +409,6 @@ class GitLfsSource(HttpSource):
                 files.append(RemoteFile(path, None, None, executable, blob=oid, git_oid=oid))
         if not files:
             raise NotFound(f"{self.url}: no files at {rev} ({commit[:12]})")
-        self.fetch_missing(tree)
         if lfs:
             self._batch(lfs, commit)  # the server has them, over a transfer we speak
         pin = {"url": self.url, "rev": rev, "commit": commit}
@@ -606,9 +612,7 @@ class GitLfsSource(HttpSource):
 
     def _open_git(self, pin, file, start, end) -> Iterator[bytes]:
         """A regular file from the partial clone (fetched with the others it lacks)."""
-        tree = self.listing(pin["commit"])
-        if file.git_oid in tree["missing"]:
-            self.fetch_missing(tree)
+        self.listing(pin["commit"])  # the clone holds every blob of the model after it
         if file.size <= SMALL_READ:  # one git process serves them all
             data = self._reader().read(file.git_oid)
             yield data[start:end]

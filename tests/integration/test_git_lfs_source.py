@@ -527,3 +527,58 @@ def test_two_projects_share_one_partial_clone_per_url(project, forge, tmp_path):
     assert (installed(project) / "config.json").read_bytes() == V1["bert/config.json"]
     assert (installed(other) / "config.json").read_bytes() == V2_CONFIG
     assert len(list((project.store / "cache" / "git").iterdir())) == 1
+
+
+# --- #31 case 1: a lock's result does not depend on what the shared clone holds --------
+
+
+def test_a_second_revision_locks_its_new_lfs_files_as_lfs_whatever_the_clone_holds(
+        project, forge, tmp_path):
+    """Project A locks v1 (the shared partial clone now holds v1); the repo moves on with
+    a new LFS `.bin`, a new in-tree symlink and a new regular file over 1 KiB; project B
+    on the same store locks main. Every file B installs equals `git clone` + `git lfs
+    pull` at that commit, and B's lock equals one made from a fresh store."""
+    from tests.conftest import Project
+
+    home = tmp_path / "pusher"
+    home.mkdir()
+    shas = push_repo(forge, "moving", home)
+    env, src = git_env(home), Path(shas["src"])
+    url = forge.url("org/moving")
+    declare(project, url, "v1.0")
+    assert project.run("apply").code == 0
+    (src / "bert/extra.bin").write_bytes(os.urandom(50_000))  # LFS (*.bin is tracked)
+    os.symlink("extra.bin", src / "bert/alias.bin")
+    (src / "bert/notes.txt").write_bytes(b"n" * 3000)  # a plain git file over 1 KiB
+    _git(env, "add", "-A", cwd=src)
+    _git(env, "commit", "-qm", "v3", cwd=src)
+    v3 = _git(env, "rev-parse", "HEAD", cwd=src)
+    _git(env, "push", "-q", url, "main", cwd=src)
+
+    other = Project(tmp_path / "b", project.store, project.cache, project.capsys)
+    other.dir.mkdir()
+    declare(other, url, "main")
+    r = other.run("apply")
+    assert r.code == 0, r.err
+    lock_b = read_lock(other.lock).models["bert"]
+    assert lock_b.pin["commit"] == v3
+    extra = next(f for f in lock_b.files if f.path == "extra.bin")
+    assert extra.lfs and extra.size == 50_000
+    git = official_checkout(forge, "moving", v3, tmp_path / "h2", tmp_path / "co")
+    want = {k.removeprefix("bert/"): v for k, v in tree_of(git).items() if k.startswith("bert/")}
+    assert tree_of(installed(other)) == want
+
+    fresh = Project(tmp_path / "c", tmp_path / "store2", tmp_path / "cache2", project.capsys)
+    fresh.dir.mkdir()
+    declare(fresh, url, v3)
+    assert fresh.run("lock").code == 0, "a fresh store locks it too"
+    assert read_lock(fresh.lock).models["bert"].hash == lock_b.hash
+
+    # the next revision names an LFS object the server never received: the lock says so
+    (src / "bert/ghost.dat").write_bytes(b"version https://git-lfs.github.com/spec/v1\noid"
+                                         b" sha256:" + b"cd" * 32 + b"\nsize 12\n")
+    _git(env, "add", "-A", cwd=src)
+    _git(env, "commit", "-qm", "v4", cwd=src)
+    _git(env, "-c", "core.hooksPath=/dev/null", "push", "-q", url, "main", cwd=src)
+    r = other.run("lock", "--upgrade")
+    assert r.code == 1 and "ghost.dat" in r.err and "missing on the server" in r.err, r.err
