@@ -12,6 +12,11 @@ import re
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_COMPONENT = 255  # bytes; the limit of every common file system
+# Directories whose contents tools execute when a shell prompt, an IDE or `git status`
+# merely looks at the folder: git's config (core.fsmonitor, hooks), Mercurial's hgrc
+# ([extensions], [hooks]). Compared without case and trailing dots or spaces, as
+# case-insensitive and Windows file systems would name them; GIT~1 is .git's 8.3 name.
+_EXECUTED_FROM = frozenset({".git", ".hg", "git~1"})
 
 
 def check_relpath(p: str) -> str:
@@ -22,9 +27,10 @@ def check_relpath(p: str) -> str:
     ``os.path.join(dest, "/etc/x")`` discards ``dest``. So it must be relative
     with ``/`` separators and no ``.``/``..`` component; backslashes, drive
     letters (``C:``), NUL and control characters are refused because they mean
-    a different path on another OS or to another tool. Empty components are
-    dropped (``a//b/`` → ``a/b``), which is the only normalisation: the result
-    joined to any base stays strictly inside that base.
+    a different path on another OS or to another tool, and ``.git``/``.hg``
+    components because a model tree holding one would be a live repository.
+    Empty components are dropped (``a//b/`` → ``a/b``), which is the only
+    normalisation: the result joined to any base stays strictly inside that base.
 
     Raises ``ValueError`` whose message names the path and the reason.
     """
@@ -48,6 +54,10 @@ def check_relpath(p: str) -> str:
     for c in parts:
         if c in (".", ".."):
             raise ValueError(f"{p!r}: '.' and '..' components are not allowed")
+        if c.lower().rstrip(". ") in _EXECUTED_FROM:
+            raise ValueError(f"{p!r}: a {c!r} component is not allowed (git and Mercurial run"
+                             " commands from such a directory when a prompt or IDE looks at"
+                             " the folder)")
         try:
             size = len(os.fsencode(c))
         except UnicodeError:

@@ -396,7 +396,9 @@ def test_check_relpath_never_returns_an_escaping_path(s: str) -> None:
 @pytest.mark.parametrize(
     "bad",
     ["", "/", "/etc/passwd", "..", "../x", "a/../b", "a/./b", ".", "./a", "a\\b", "C:x", "c:/x",
-     "a\0b", "a\nb", "x" * 256, "a/" + "\udc80" * 300],
+     "a\0b", "a\nb", "x" * 256, "a/" + "\udc80" * 300,
+     ".git/config", "a/.GIT/HEAD", "x/.git", ".Git./hooks/post-checkout", "m/.git /config",
+     ".hg/hgrc", "GIT~1/config"],
 )  # fmt: skip
 def test_check_relpath_rejects(bad: str) -> None:
     with pytest.raises(ValueError):
@@ -408,6 +410,20 @@ def test_check_relpath_rejects(bad: str) -> None:
 )  # fmt: skip
 def test_check_relpath_accepts_and_normalises(good: str, norm: str) -> None:
     assert check_relpath(good) == norm
+
+
+@settings(max_examples=200)
+@given(st.lists(st.sampled_from(["a", "sub", ".gitattributes", "git", "x.git"]), max_size=3),
+       st.sampled_from([".git", ".GIT", ".Git", ".git.", ".git ", ".hg", ".HG"]),
+       st.lists(st.sampled_from(["HEAD", "config", "objects", "hooks"]), max_size=3))
+def test_no_accepted_path_holds_a_repository_directory(before, repo_dir, after) -> None:
+    """Whatever surrounds it, a path through .git (any case, any depth) or .hg is refused,
+    by name: a model tree holding one is a repository a prompt's `git status` runs."""
+    path = "/".join([*before, repo_dir, *after])
+    with pytest.raises(ValueError, match="component is not allowed"):
+        check_relpath(path)
+    neighbours = "/".join([*before, repo_dir.strip(". ") + "x", *after]) or "x"
+    check_relpath(neighbours)  # .gitx, gitattributes… are ordinary names
 
 
 _LINK_NAMES = ["a", "b", "c", "s/a", "s/b", "s/t/a"]

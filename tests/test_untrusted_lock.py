@@ -60,7 +60,7 @@ def raw_replace(text: str, old: str, new: str) -> str:
 
 
 @pytest.mark.parametrize("evil", ["../../../../evil.json", "/tmp/evil.json", "sub/../../x",
-                                  "a\\b", "./x"])
+                                  "a\\b", "./x", ".git/config", "sub/.GIT/hooks/pre-commit"])
 def test_a_path_outside_the_model_is_refused_and_nothing_is_written(project, tmp_path, evil):
     text = locked(project)
     text = raw_replace(text, 'path = "config.json"', f'path = "{evil}"'.replace("\\", "\\\\"))

@@ -87,6 +87,15 @@ def registry(tmp_path_factory):
         push(p, "models/evil", "v1", (MP + "config.v1+json", b"{}"),
              [(MP + "doc.v1.tar", tar_of({"../../escape.txt": b"x"}), {fp: "docs"})],
              artifact=MP + "manifest.v1+json")
+        git = b'[core]\n\tfsmonitor = "touch /tmp/reconcile-pwned-oci"\n'
+        push(p, "models/repo", "v1", (MP + "config.v1+json", b"{}"),
+             [(MP + "weight.v1.raw", WEIGHTS, {fp: "model.safetensors"}),
+              (MP + "weight.config.v1.raw", b"ref: refs/heads/main\n", {fp: ".git/HEAD"}),
+              (MP + "weight.config.v1.raw", git, {fp: ".git/config"})],
+             artifact=MP + "manifest.v1+json")
+        push(p, "models/repo-tar", "v1", (MP + "config.v1+json", b"{}"),
+             [(MP + "doc.v1.tar", tar_of({"docs/.Git/config": git}), {fp: "docs"})],
+             artifact=MP + "manifest.v1+json")
         yield url
 
 
@@ -189,3 +198,14 @@ def test_a_digest_reference_and_a_hand_edited_lock(project, registry):
     project.lock.write_text(text.replace(digest, "sha256:" + "0" * 64))
     r = project.run("apply", "--locked")
     assert r.code != 0 and "models.lock" in r.err, r.err
+
+
+@pytest.mark.parametrize("repo", ["models/repo", "models/repo-tar"])
+def test_a_model_cannot_plant_a_git_repository(project, registry, tmp_path, repo):
+    """Raw layers named .git/HEAD and .git/config, or a tar layer with a .Git/ member:
+    the lock is refused naming the path; nothing is installed (#31 case 4)."""
+    declare(project, f"{registry}/{repo}:v1")
+    r = project.run("apply")
+    assert r.code != 0 and ".git" in r.err.lower() and "not allowed" in r.err, r.err
+    assert "Traceback" not in r.err and not project.lock.exists()
+    assert not list(project.store.glob("models/*")), "no model tree was made"

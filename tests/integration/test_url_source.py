@@ -177,6 +177,18 @@ def test_extract_refuses_path_escape(project, site):
     assert not (project.dir.parent / "escape.txt").exists()
 
 
+def test_extract_refuses_a_git_directory(project, site):
+    """A tar whose members would make the model a live repository (#31 case 4)."""
+    url, root, *_ = site
+    (root / "repo.tar.gz").write_bytes(_tar([
+        ("config.json", b"{}", 0o644), (".git/HEAD", b"ref: refs/heads/main\n", 0o644),
+        (".git/config", b'[core]\n\tfsmonitor = "touch /tmp/pwned"\n', 0o644)]))
+    project.write(f'[models.m]\nsource.url = {{ url = "{url}/repo.tar.gz", extract = true }}\n')
+    r = project.sh("lock")
+    assert r.code == 1 and ".git/HEAD" in r.err and "not allowed" in r.err, r.err
+    assert not project.lock.exists() and not list(project.store.glob("models/*"))
+
+
 def test_extract_zip(project, site):
     url, root, *_ = site
     buf = io.BytesIO()
