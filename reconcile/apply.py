@@ -83,6 +83,7 @@ class Executor:
         self._groups: dict[str, _Group] = {}  # model key -> its small files' progress
         self._groups_lock = threading.Lock()
         self._shared_paths: set[str] = set()  # fetched for two models: labelled with the key
+        self._validated: set[str] = set()  # models whose tree is named only once they pass
 
     def _progress_labels(self, plan: Plan) -> None:
         """One progress task per model for its small files: thousands of files give a
@@ -150,9 +151,15 @@ class Executor:
             # its small objects, and whatever else is staged by then: one sync for many
             self.store.commit_staged(f.sha256 for f in action.model.regular_files())
             with self.store.lock(f"model-{action.model.store_id}"):
-                self.store.assemble(action.model)
+                self.store.assemble(action.model,
+                                    publish=action.model.key not in self._validated)
         elif action.kind == "validate":
-            warnings = self.validate_model(action)
+            assert action.model
+            # held while validating: another apply publishing (moving) the pending tree
+            # under this one's scan would fail it; it waits, then finds the tree named
+            with self.store.lock(f"model-{action.model.store_id}"):
+                warnings = self.validate_model(action)
+                self.store.publish(action.model)
             with report._lock:
                 report.warnings.extend(warnings)
         elif action.kind == "link" and action.where:
@@ -187,6 +194,7 @@ class Executor:
         and importing networkx would add 0.15 s to every run. Ctrl-C stops transfers
         within a chunk and starts nothing new.
         """
+        self._validated = {a.target for a in plan.nodes.values() if a.kind == "validate"}
         import queue
         from collections import deque
 
@@ -291,7 +299,8 @@ def failure_message(report: ApplyReport) -> str:
         what = f"{action.kind} {action.file.path}" if action.file else action.kind
         msg = str(err) if isinstance(err, ReconcileError) else f"{type(err).__name__}: {err}"
         lines.append(f"{who}: {what} failed: {msg}")
-    if report.skipped:
-        keys = sorted({a.model.key for a in report.skipped if a.model})
-        lines.append(f"not installed because of the above: {', '.join(keys)}")
+    failed = sorted({a.model.key for a, _ in report.failures if a.model}
+                    | {a.model.key for a in report.skipped if a.model})
+    if failed:
+        lines.append(f"not installed: {', '.join(failed)}")
     return "\n".join(lines)

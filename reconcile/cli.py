@@ -593,6 +593,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         for r in rows:
             where = r.get("hf_repo_id", "")
             print(f"{r['state']:<9} {r['key']:<24} {r.get('hash') or '-':<52} {where}")
+            if r.get("validation"):
+                print(f"          failed validation: {r['validation']}")
             for c in r.get("conflicts", []):
                 print(f"          conflict: {c} (left alone)")
             for w in r.get("warnings", []):

@@ -45,6 +45,8 @@ class Store:
         self._claim_fds: list[int | None] = [None] * CLAIM_SHARDS
         self.objects = self.root / "objects"
         self.models = self.root / "models"
+        # trees built but not yet validated: reachable by no model name until they pass
+        self.pending = self.root / "pending"
         self.tmp = self.root / "tmp"
         self.locks = self.root / "locks"
         self.roots = self.root / "roots"
@@ -314,11 +316,26 @@ class Store:
     def has_model(self, model: LockedModel) -> bool:
         return os.path.isdir(self.model_path(model))
 
-    def assemble(self, model: LockedModel) -> Path:
-        """Build the tree in tmp/ from objects, then publish it with one rename."""
+    def pending_path(self, model: LockedModel) -> Path:
+        return self.pending / model.store_id
+
+    def tree_path(self, model: LockedModel) -> Path:
+        """Where the model's tree is: published, else waiting for its validation."""
+        dest = self.model_path(model)
+        return dest if dest.is_dir() else self.pending_path(model)
+
+    def assemble(self, model: LockedModel, *, publish: bool = True) -> Path:
+        """Build the tree in tmp/ from objects, then put it in place with one rename:
+        under models/ (its name), or under pending/ when validation must pass first
+        (``publish`` False; :meth:`publish` names it then)."""
         dest = self.model_path(model)
         if dest.is_dir():
             return dest
+        if not publish:
+            dest = self.pending_path(model)
+            if dest.is_dir():
+                return dest  # built before; validation failed or was cut short
+            dest.parent.mkdir(exist_ok=True)
         work = Path(tempfile.mkdtemp(dir=self.tmp, prefix=f"model-{model.name}-"))
         try:
             top = str(work)
@@ -355,6 +372,22 @@ class Store:
             if work.exists():
                 remove_tree(work)
             raise
+        return dest
+
+    def publish(self, model: LockedModel) -> Path:
+        """Name a pending tree once its validation passed (one rename)."""
+        dest, pending = self.model_path(model), self.pending_path(model)
+        if not pending.is_dir():
+            return dest
+        os.chmod(pending, 0o755)  # a rename to another parent rewrites ".." (see assemble)
+        try:
+            os.rename(pending, dest)
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                os.chmod(pending, 0o555)
+                raise
+            remove_tree(pending)  # published meanwhile by another apply: same content
+        os.chmod(dest, 0o555)
         return dest
 
     # --- roots and gc --------------------------------------------------------------

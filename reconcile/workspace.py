@@ -17,7 +17,7 @@ from typing import Any
 
 from . import hfcache, settings
 from .config import Manifest, load_manifest
-from .errors import ConfigError, IntegrityError, LockError, ReconcileError
+from .errors import ConfigError, IntegrityError, LockError, ReconcileError, ValidationFailed
 from .fsutil import atomic_write_text
 from .lockfile import (
     Lock,
@@ -469,8 +469,16 @@ class Workspace:
             link = hfcache.link_state(self.cache, m, self.store, self.project)
             linked = link.linked
             warnings = runner.recorded_warnings(m) if installed else []
-            if not installed:
+            verdict, why = runner.verdict(m)
+            if verdict == "invalid":
+                state = "invalid"
+                entry["validation"] = why
+                installed = False  # not handed out: no store_path
+            elif not installed:
                 state = "missing"
+            elif verdict == "unvalidated":
+                state = "unvalidated"
+                installed = False
             elif not linked:
                 state = "unlinked"
             else:
@@ -542,11 +550,25 @@ class Workspace:
     def path(self, key: str) -> Path:
         """The seed's getModelPath: the HF snapshot dir, or the store tree when not linked."""
         m = self.model(key)
+        self._check_passed(m)
         if not self.store.has_model(m):
             raise LockError(f"model '{key}' is not installed", hint="run `reconcile apply`")
         if m.hf is not None and hfcache.is_linked(self.cache, m, self.store):
             return hfcache.snapshot_dir(self.cache, m)
         return self.store.model_path(m)
+
+    def _check_passed(self, m: LockedModel) -> None:
+        """A model that failed its validation (or has not passed it yet under this
+        project's validators) is never handed out: the scanner blocked it for a reason."""
+        verdict, why = self.validation().verdict(m)
+        if verdict == "invalid":
+            raise ValidationFailed(f"model '{m.key}' failed validation: {why}; it is not"
+                                   " handed out", hint=f"`reconcile validate {m.key}` shows the"
+                                   " findings; fix the source, or change models.toml's"
+                                   " validation, then `reconcile apply`")
+        if verdict == "unvalidated" and self.store.has_model(m):
+            raise ValidationFailed(f"model '{m.key}' has not passed this project's validators"
+                                   " yet", hint="run `reconcile apply`")
 
     def verify(self, keys: list[str] | None = None, *, repair: bool = False) -> dict[str, list[str]]:
         """Re-hash installed models; returns key -> corrupt paths (repaired when asked)."""
@@ -647,7 +669,8 @@ class Workspace:
 
     def _collect(self, report: GcReport, keep_models: set[str], keep_objects: set[str],
                  dry_run: bool) -> None:
-        for d in sorted(self.store.models.iterdir()):
+        pending = sorted(self.store.pending.iterdir()) if self.store.pending.is_dir() else []
+        for d in sorted(self.store.models.iterdir()) + pending:
             if d.name not in keep_models:
                 report.models.append(d)
                 if not dry_run:

@@ -74,7 +74,50 @@ def test_abort_is_not_linked_and_apply_exits_1_naming_model_validator_and_file(p
     assert r.code == 1
     assert "'m' failed validation" in r.err and "noPythonCode" in r.err and "x.py" in r.err
     assert not (project.cache / "models--acme--m" / "refs" / "main").exists()
-    assert json.loads(project.sh("status", "--json").out)[0]["state"] == "unlinked"
+    assert json.loads(project.sh("status", "--json").out)[0]["state"] == "invalid"
+
+
+@pytest.mark.parametrize("hf", [True, False])
+def test_a_model_that_failed_validation_is_never_handed_out(project, hf):
+    """#31 case 5: `path` exits 1 naming why, `status` says invalid with the validator
+    (exit 1), the summary names the model, no tree is reachable under its name; once the
+    validators let it through, it is published and handed out."""
+    extra = "" if hf else "integration.huggingface = { enable = false }\n"
+    project.write(model('"config.json", "x.py"', only('"noPythonCode"')) + extra)
+    r = project.run("apply")
+    assert r.code == 1 and "not installed: m" in r.err, r.err
+    r = project.run("path", "m")
+    assert r.code == 1 and not r.out and "failed validation: noPythonCode" in r.err, r.err
+    assert "x.py" in r.err and "Traceback" not in r.err
+    r = project.run("status", "--json")
+    row = json.loads(r.out)[0]
+    assert r.code == 1 and row["state"] == "invalid" and "noPythonCode" in row["validation"]
+    assert row["store_path"] is None
+    assert "failed validation: noPythonCode" in project.run("status").out
+    assert not any((project.store / "models").iterdir()), "no tree under a model name"
+    assert project.run("apply").code == 1, "a second apply blocks it again"
+    assert not any((project.store / "models").iterdir())
+
+    project.write(model('"config.json", "x.py"', only('"noPythonCode"', on_failure="warn"))
+                  + extra)
+    assert project.run("apply").code == 0
+    r = project.run("path", "m")
+    assert r.code == 0 and (Path(r.out.strip()) / "x.py").is_file()
+    assert json.loads(project.run("status", "--json").out)[0]["state"] == "ok"
+    assert not any((project.store / "pending").iterdir())
+
+
+def test_the_python_api_raises_for_a_blocked_model(project, tmp_path):
+    import reconcile
+    from reconcile.errors import ReconcileError
+    from reconcile.store import Store
+
+    with pytest.raises(ReconcileError, match="failed validation"):
+        reconcile.fetch_model({"name": "m", "source": {"mock": {
+            "org": "acme", "model": "m", "files": ["config.json", "x.py"]}},
+            "validation": {"skipDefaults": True, "validators": ["noPythonCode"]}},
+            store=Store(tmp_path / "s"), cache=tmp_path / "c")
+    assert not any((tmp_path / "s" / "models").iterdir())
 
 
 def test_warn_links_and_the_warning_is_kept_in_status(project):

@@ -211,10 +211,23 @@ class Runner:
         digest = model.store_id.split("-", 1)[0]
         return self.store.state / "validation" / digest / f"{fp.hexdigest()[:32]}.json"
 
+    def _failed_path(self, model: LockedModel) -> Path:
+        return self._record_path(model).with_suffix(".failed.json")
+
     def needs(self, model: LockedModel) -> bool:
         if not self.validators(model):
             return False
         return self.revalidate or not self._record_path(model).exists()
+
+    def verdict(self, model: LockedModel) -> tuple[str, str]:
+        """("ok", ""), ("invalid", what failed) or ("unvalidated", ""), for this model
+        under this project's validators: what `path` and `status` hand out depends on it."""
+        if not self.validators(model) or self._record_path(model).exists():
+            return "ok", ""
+        try:
+            return "invalid", json.loads(self._failed_path(model).read_text())["summary"]
+        except (OSError, ValueError, KeyError):
+            return "unvalidated", ""
 
     def recorded(self, model: LockedModel) -> list[Outcome]:
         try:
@@ -239,16 +252,23 @@ class Runner:
         return [run_validator(v, root, hidden) for v in self.validators(model)]
 
     def run(self, model: LockedModel) -> list[str]:
-        """Validate the store tree; raise ValidationFailed on abort, return warnings."""
-        outcomes = self.check_tree(model, self.store.model_path(model))
+        """Validate the store tree (published or pending); raise ValidationFailed on abort
+        (remembered, so `path` and `status` can say why), return warnings."""
+        outcomes = self.check_tree(model, self.store.tree_path(model))
         aborts = [o for o in outcomes if o.status != "pass" and o.on_failure == "abort"]
         if aborts:
+            summary = ", ".join(f"{o.validator} ({o.status}: {o.findings[0]})" if o.findings
+                                else f"{o.validator} ({o.status})" for o in aborts)
+            atomic_write_text(self._failed_path(model), json.dumps(
+                {"model": model.key, "hash": model.hash, "summary": summary,
+                 "outcomes": [asdict(o) for o in aborts]}, indent=1))
             raise ValidationFailed(report(model.key, aborts),
                                    hint="the model was not linked; fix the source, change"
                                    " validation.onFailure, or pick another preset")
         atomic_write_text(self._record_path(model), json.dumps(
             {"model": model.key, "hash": model.hash, "outcomes": [asdict(o) for o in outcomes]},
             indent=1))
+        self._failed_path(model).unlink(missing_ok=True)
         return [f"{model.key}: {o.validator}: {f}" for o in outcomes
                 if o.status != "pass" and o.on_failure == "warn" for f in o.findings]
 
