@@ -32,6 +32,7 @@ from .sources.base import Resolution, Source
 from .store import Store
 
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+GIT_BLOB_CHECK_MAX = 16 << 20  # small git files are re-read to compare blob ids
 
 
 @dataclass
@@ -174,22 +175,30 @@ def lock_models(
 
 
 def resolve_model(
-    decl: ModelDecl, context: SourceContext, on_model: Callable[[str], None] | None = None
+    decl: ModelDecl, context: SourceContext, on_model: Callable[[str], None] | None = None,
+    *, at: LockedModel | None = None, borrow: Callable[[LockedFile], bool] | None = None,
 ) -> LockedModel:
+    """Resolve a declaration from its source: as it is now, or, with ``at`` (a lock's
+    entry), again at that entry's pin, to see whether the source vouches for it.
+    ``borrow(file)`` may put a claimed small file's object into the store from
+    elsewhere (a team cache): its git blob id is checked against the source's listing."""
     from .transfer import fetch
 
     source = make_source(decl, context)
+    claimed = {f.path: f for f in at.files} if at else {}
 
     def complete(lf: LockedFile) -> LockedFile:
         """Download a file the source gave no sha256 for, straight into the store."""
         if lf.type != "f" or lf.sha256:
             return lf
+        if (sha := _same_git_blob(lf, claimed.get(lf.path), context.store, borrow)) is not None:
+            return LockedFile(**{**lf.__dict__, "sha256": sha, "size": lf.size})
         got = fetch(source, res.pin, lf, context.store, decl.network, jobs=context.jobs,
                     stage=True)
         return LockedFile(**{**lf.__dict__, "sha256": got.sha256, "size": got.size})
 
     try:
-        res = source.resolve()
+        res = source.resolve_pinned(at.pin) if at else source.resolve()
         files = [
             LockedFile(path=rf.path, size=rf.size or 0, sha256=rf.sha256 or "",
                        executable=rf.executable, blob=rf.blob, lfs=rf.lfs, git_oid=rf.git_oid,
@@ -232,9 +241,32 @@ def resolve_model(
                           f" {e.field}: {e.message}",
                           hint="nothing was locked or installed; report it to the server's"
                           " owner if it persists") from None
+    if at is None:
+        from . import provenance
+
+        provenance.record(context.store, locked)  # the source's own word, at this pin
     if on_model:
         on_model(decl.key)
     return locked
+
+
+def _same_git_blob(listed: LockedFile, claimed: LockedFile | None, store: Store,
+                   borrow: Callable[[LockedFile], bool] | None = None) -> str | None:
+    """The claimed sha256 of a small git file, when the store's object of that sha256 is
+    the very blob the source lists (same git blob id): no need to download it again."""
+    if claimed is None or not listed.git_oid or claimed.git_oid != listed.git_oid \
+            or not claimed.sha256 or claimed.size > GIT_BLOB_CHECK_MAX:
+        return None
+    if not store.has_object(claimed.sha256) and not (borrow and borrow(claimed)):
+        return None
+    try:
+        data = store.object_path(claimed.sha256).read_bytes()
+    except OSError:
+        return None
+    oid = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    if oid != listed.git_oid or hashlib.sha256(data).hexdigest() != claimed.sha256:
+        return None
+    return claimed.sha256
 
 
 def hf_link(decl: ModelDecl, source: Source, res: Resolution, model_hash: str) -> HFLink | None:

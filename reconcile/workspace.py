@@ -312,7 +312,6 @@ class Workspace:
         from .resolve import SourceContext, make_source
         from .transfer import SMALL_MAX, FetchResult, fetch
 
-        plan = self.plan(lock, prune=prune, revalidate=revalidate)
         self.store.ensure()
         context = SourceContext(store=self.store, offline=offline, jobs=jobs)
         sources: dict[str, Any] = {}  # one per model, made when first needed
@@ -323,7 +322,10 @@ class Workspace:
                 src = sources.setdefault(m.key, make_source(self.manifest.models[m.key], context))
             return src
 
+        check_pins(lock, self.manifest, self.lock_path)  # before any pin reaches a source
         self._check_signatures(lock, source_of)
+        self._vouch(lock, context, offline)
+        plan = self.plan(lock, prune=prune, revalidate=revalidate)
         runner = self.validation(revalidate)
 
         peers = settings.peer_stores()
@@ -375,6 +377,30 @@ class Workspace:
             report.cache_hits = remote.hits
         report.plan = plan
         return report
+
+    def _vouch(self, lock: Lock, context: Any, offline: bool) -> None:
+        """Every entry of the lock is the source's word before a byte of it is taken from
+        the store, a peer store or the team cache (see provenance)."""
+        from . import provenance
+        from .resolve import resolve_model
+        from .sources import registry
+
+        models = [m for k, m in lock.models.items() if k in self.manifest.models]
+        peers = settings.peer_stores()
+        remote = self.remote if not offline else None
+
+        def borrow(f: LockedFile) -> bool:
+            """A small git file's claimed object from a peer store or the team cache:
+            the source's listing gives its git blob id, which the bytes must then match,
+            so they need not come from the source."""
+            if peers and self.store.take_from_peer(peers, f.sha256, f.executable):
+                return True
+            return remote is not None and remote.fetch(f, self.store, stage=False) is not None
+
+        provenance.vouch(
+            self.store, self.manifest, models, offline=offline, peers=peers,
+            resolve_at_pin=lambda decl, m: resolve_model(decl, context, at=m, borrow=borrow),
+            needs_network=lambda decl: registry.get(decl.source_type).needs_network)
 
     def _check_signatures(self, lock: Lock, source_of: Any) -> None:
         """Every model models.toml wants signed is checked against the lock's file list

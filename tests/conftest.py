@@ -29,6 +29,9 @@ class Project:
     store: Path
     cache: Path
     capsys: pytest.CaptureFixture[str]
+    # True: run() uses this project's store and HF cache, not the environment's (another
+    # machine, in the same test)
+    own_store: bool = False
 
     @property
     def manifest(self) -> Path:
@@ -45,7 +48,17 @@ class Project:
     def run(self, *args: str) -> Result:
         """The CLI in-process (fast); output captured."""
         self.capsys.readouterr()
-        code = main(["-f", str(self.manifest), *args])
+        saved = {k: os.environ.get(k) for k in ("RECONCILE_STORE", "HF_HUB_CACHE")}
+        if self.own_store:
+            os.environ.update(RECONCILE_STORE=str(self.store), HF_HUB_CACHE=str(self.cache))
+        try:
+            code = main(["-f", str(self.manifest), *args])
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         cap = self.capsys.readouterr()
         return Result(code, cap.out, cap.err)
 

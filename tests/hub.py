@@ -186,6 +186,9 @@ class _Handler(BaseHTTPRequestHandler):
         if path.startswith("/cdn/"):
             return self._cdn(path[5:])
         if m := _API.match(url.path):
+            fault = self.hub.take_fault(url.path)  # "*" takes the whole Hub down
+            if fault and fault["kind"] == "status":
+                return self._error(fault.get("code", 500), None, "injected fault")
             rtype, repo_id, what, rest = m.group(1)[:-1], unquote(m.group(2)), m.group(3), m.group(4)
             repo = self._find(rtype, repo_id)
             if repo is None:

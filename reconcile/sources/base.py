@@ -160,6 +160,22 @@ class Source(ABC):
     def resolve(self) -> Resolution:
         """Pin the declaration and list its files (network allowed)."""
 
+    def resolve_pinned(self, pin: dict[str, Any]) -> Resolution:
+        """The declaration resolved again at a lock's ``pin``, not at what its branch or
+        tag names now: the source's own word on a locked tree (see provenance). Sources
+        whose revisions move override it; for the rest, resolving again is that question."""
+        return self.resolve()
+
+    def _resolve_with(self, **options: Any) -> Resolution:
+        """resolve() with some options replaced (a pinned revision), the declaration's
+        own left as they are."""
+        saved = self.options
+        self.options = {k: v for k, v in {**saved, **options}.items() if v is not None}
+        try:
+            return self.resolve()
+        finally:
+            self.options = saved
+
     @abstractmethod
     def open(self, pin: dict[str, Any], file: LockedFile, start: int = 0,
              end: int | None = None) -> Iterator[bytes]:

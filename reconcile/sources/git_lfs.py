@@ -416,6 +416,9 @@ class GitLfsSource(HttpSource):
             pin["subdir"] = self.subdir
         return Resolution(pin=pin, files=files)
 
+    def resolve_pinned(self, pin: dict[str, Any]) -> Resolution:
+        return self._resolve_with(rev=pin["commit"])
+
     def default_hf_name(self) -> tuple[str, str]:
         parts = [p for p in urlsplit(self.url).path.split("/") if p]
         name = parts[-1].removesuffix(".git") if parts else self.decl.name

@@ -163,6 +163,9 @@ class HuggingFaceSource(HttpSource):
                           complete=len(selected) == len(files)),
         )
 
+    def resolve_pinned(self, pin: dict[str, Any]) -> Resolution:
+        return self._resolve_with(revision=pin["commit"])
+
     def _list_tree(self, commit: str) -> list[dict[str, Any]]:
         url: str | None = f"{self.api}/tree/{commit}?recursive=true&expand=false"
         out: list[dict[str, Any]] = []

@@ -197,6 +197,9 @@ class MlflowSource(HttpSource):
                            f" {location}")
         return Resolution(pin=pin, files=files)
 
+    def resolve_pinned(self, pin: dict[str, Any]) -> Resolution:
+        return self._resolve_with(version=pin["version"], alias=None, stage=None)
+
     def version(self) -> dict[str, Any]:
         """The model version the declaration names now."""
         name = self.options["modelName"]

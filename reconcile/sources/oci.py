@@ -121,6 +121,14 @@ class OciSource(RegistrySource):
         return Resolution(pin={"ref": self.options["ref"], "digest": manifest.digest,
                                "format": kind}, files=files)
 
+    def resolve_pinned(self, pin: dict[str, Any]) -> Resolution:
+        saved = self.ref
+        self.ref = {**saved, "reference": pin["digest"]}
+        try:
+            return self.resolve()
+        finally:
+            self.ref = saved
+
     def _single(self, manifest: Manifest) -> Manifest:
         """An index with one manifest is that manifest; several are a choice for the user."""
         doc = manifest.json()

@@ -140,12 +140,17 @@ class OllamaSource(RegistrySource):
                f":{self.options['tag']}"
 
     def resolve(self) -> Resolution:
-        manifest = self.registry.manifest(self.options["tag"])
+        return self._resolution(self.registry.manifest(self.options["tag"]))
+
+    def _resolution(self, manifest: Any) -> Resolution:
         files = self.files_of(manifest)
         self._keep(manifest)  # apply needs no request for it
         pin = {"registry": self.options["registry"], "model": self.options["model"],
                "tag": self.options["tag"], "digest": manifest.digest}
         return Resolution(pin=pin, files=files, ollama=self.ollama_name(pin))
+
+    def resolve_pinned(self, pin: dict[str, Any]) -> Resolution:
+        return self._resolution(self.registry.manifest(pin["digest"]))  # served by digest
 
     @staticmethod
     def ollama_name(pin: dict[str, Any]) -> str:

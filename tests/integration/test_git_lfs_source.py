@@ -568,7 +568,8 @@ def test_a_second_revision_locks_its_new_lfs_files_as_lfs_whatever_the_clone_hol
     want = {k.removeprefix("bert/"): v for k, v in tree_of(git).items() if k.startswith("bert/")}
     assert tree_of(installed(other)) == want
 
-    fresh = Project(tmp_path / "c", tmp_path / "store2", tmp_path / "cache2", project.capsys)
+    fresh = Project(tmp_path / "c", tmp_path / "store2", tmp_path / "cache2", project.capsys,
+                    own_store=True)
     fresh.dir.mkdir()
     declare(fresh, url, v3)
     assert fresh.run("lock").code == 0, "a fresh store locks it too"

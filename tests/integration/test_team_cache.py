@@ -148,7 +148,8 @@ def test_push_then_apply_with_the_source_down(project, hf_env, big_hub, backend,
     r = project.run("push")  # the second push sends no object byte
     assert r.code == 0 and "0 objects uploaded (0 B)" in r.out and "0 model entries" in r.out
 
-    # a fresh machine, the Hub down: everything from the cache, the Hub never asked
+    # a fresh machine, the Hub down: the team cache's bytes are only a claim (anyone with
+    # push rights writes any bytes there), so nothing vouches for this lock: refused
     _switch(project, monkeypatch, "b")
     hub.fault("*", "status", code=503, count=100_000)
     before = len(hub.log)
@@ -157,9 +158,21 @@ def test_push_then_apply_with_the_source_down(project, hf_env, big_hub, backend,
     r = project.run("plan")
     assert r.out.count("from team cache") == len(objects)
     r = project.run("apply")
+    assert r.code == 1 and "could not be checked with its source" in r.err, r.err
+    assert "hash =" in r.err and not Path(os.environ["HF_HUB_CACHE"]).exists()
+
+    # the Hub's listings answer, its files do not: every byte from the cache, the small
+    # git files checked by the blob ids the listing gives
+    hub.faults.clear()
+    hub.fault("/acme/*", "status", code=503, count=100_000)  # files, not the API
+    before = len(hub.log)
+    r = project.run("apply")
     assert r.code == 0, r.err
     assert f"{len(objects)} from the team cache" in r.out
-    assert len(hub.log) == before
+    asked = [e[2] for e in hub.log[before:]]
+    assert asked and all("/api/" in p and "/tree/" in p for p in asked), asked
+    before = len(hub.log)
+    assert project.run("apply").code == 0 and len(hub.log) == before  # vouched once
     snap = _snapshot(os.environ["HF_HUB_CACHE"], "acme/big")
     assert (snap / "weights.bin").read_bytes() == BIG
     assert (_snapshot(os.environ["HF_HUB_CACHE"], "acme/tiny") / "config.json").read_bytes() \
@@ -200,7 +213,13 @@ def test_pull_then_apply_offline(project, hf_env, big_hub, backend, monkeypatch)
     big_hub.fault("*", "status", code=503, count=100_000)
     r = project.run("pull")
     assert r.code == 0, r.err
+    # offline, only what models.toml pins (or a signature, or this store's own lock)
+    # vouches for a lock made elsewhere
     r = project.run("apply", "--offline", "--cache", "off")
+    assert r.code == 1 and "--offline: nothing vouches" in r.err, r.err
+    big_hub.faults.clear()
+    big_hub.fault("/acme/*", "status", code=503, count=100_000)
+    r = project.run("apply", "--cache", "off")  # the listings vouch; the bytes are here
     assert r.code == 0, r.err
     assert "0 fetched" in r.out
 
@@ -222,8 +241,8 @@ def test_a_corrupt_large_cache_object_counts_its_bytes_once(project, hf_env, big
     events = [json.loads(line) for line in r.err.splitlines() if line.startswith("{")]
     done = {e["file"]: e["bytes"] for e in events if e["event"] == "done"}
     assert done["weights.bin"] == weights.size == len(BIG), done
-    # both models have a config.json: two tasks, each with its own label and bytes
-    assert done["tiny: config.json"] > 0 and done["big: config.json"] > 0, done
+    # (the small git files came while the lock was vouched for: by blob id, not fetched here)
+    assert "config.json" not in done and "tiny: config.json" not in done, done
     assert all(e["done"] <= e["total"] for e in events if e["event"] == "bytes")
 
 
@@ -306,7 +325,16 @@ def test_concurrent_pushes_of_the_same_objects(project, hf_env, big_hub, backend
 
 def test_export_import_on_a_machine_without_network(project, hf_env, big_hub, monkeypatch,
                                                     tmp_path):
+    """An air-gapped machine has no source to vouch for the lock: models.toml pins each
+    model's hash (README: what --offline can vouch for)."""
+    from reconcile.lockfile import read_lock
+
     project.write(MANIFEST.format(cache=""))
+    assert project.run("lock").code == 0
+    hashes = {k: m.hash for k, m in read_lock(project.lock).models.items()}
+    project.write(MANIFEST.format(cache="").replace(
+        '"acme/tiny" }', f'"acme/tiny" }}\nhash = "{hashes["tiny"]}"').replace(
+        '"acme/big" }', f'"acme/big" }}\nhash = "{hashes["big"]}"'))
     assert project.run("apply").code == 0
     archive = tmp_path / "models.tar"
     r = project.run("export", "-o", str(archive))
