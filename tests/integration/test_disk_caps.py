@@ -1,0 +1,262 @@
+"""A hostile cache or server cannot fill the disk (issue #31, part 3).
+
+Every byte path stops as soon as more bytes than the lock's size arrive: a team-cache
+object far bigger than the locked file (a directory, moto's S3), a server whose body
+never ends. Where the size is not known at lock time, a limit the user can raise
+(RECONCILE_MAX_UNKNOWN_SIZE) and the disk's free space stop it. Each test counts what
+was written to the store and checks the error is one line naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from reconcile.config import CacheConfig, NetworkConfig
+from reconcile.lockfile import LockedFile
+from reconcile.store import Store
+from tests.servers import moto_s3
+
+pytestmark = pytest.mark.integration
+
+MiB = 1 << 20
+LOCKED = os.urandom(4 * MiB + 123)  # over SMALL_MAX: streamed to a partial file
+LOCKED_SHA = hashlib.sha256(LOCKED).hexdigest()
+
+
+class Written:
+    """The bytes a fetch reported writing (its progress callback), net of take-backs,
+    and the most it ever held at once."""
+
+    def __init__(self) -> None:
+        self.total = self.peak = 0
+
+    def __call__(self, n: int) -> None:
+        self.total += n
+        self.peak = max(self.peak, self.total)
+
+
+def _store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "store").ensure()
+
+
+def _tmp_bytes(store: Store) -> int:
+    return sum(p.stat().st_size for p in store.tmp.rglob("*") if p.is_file())
+
+
+# --- the team cache ------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def aws_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
+    from reconcile.sources import s3
+
+    s3._signers.clear()
+    yield
+    s3._signers.clear()
+
+
+@contextmanager
+def oversized_cache(kind: str, tmp_path: Path, size: int) -> Iterator[CacheConfig]:
+    """A team cache whose object named by LOCKED's sha256 holds ``size`` bytes."""
+    if kind == "dir":
+        root = tmp_path / "team-cache"
+        obj = root / "objects" / "sha256" / LOCKED_SHA
+        obj.parent.mkdir(parents=True)
+        with open(obj, "wb") as f:  # `truncate -s`: sparse, costs the test no disk
+            f.truncate(size)
+        yield CacheConfig(url=str(root))
+        return
+    import boto3
+
+    with moto_s3() as endpoint:
+        bucket = f"cache-{uuid.uuid4().hex[:12]}"
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        s3.create_bucket(Bucket=bucket)
+        s3.put_object(Bucket=bucket, Key=f"objects/sha256/{LOCKED_SHA}", Body=bytes(size))
+        yield CacheConfig(url=f"s3://{bucket}", s3={"endpoint": endpoint})
+
+
+@pytest.mark.parametrize("kind", ["dir", "moto"])
+def test_an_oversized_team_cache_object_is_cut_off_at_the_locked_size(kind, tmp_path):
+    """Before: the whole object (64 MiB here, 2 GiB in the issue) was written to tmp/
+    and only then refused by its sha256."""
+    from reconcile.remote import open_remote
+
+    store = _store(tmp_path)
+    with oversized_cache(kind, tmp_path, 64 * MiB) as cfg:
+        remote = open_remote(cfg, tmp_path)
+        written = Written()
+        try:
+            got = remote.fetch(
+                LockedFile("weights.bin", len(LOCKED), LOCKED_SHA), store, written, stage=False
+            )
+        finally:
+            remote.close()
+    assert got is None  # refused: the model's source is asked next
+    assert written.peak <= len(LOCKED) + MiB, written.peak
+    assert written.total == 0  # the refused bytes are taken back from the progress
+    assert _tmp_bytes(store) == 0
+    (warning,) = remote.warnings
+    assert "\n" not in warning and "weights.bin" in warning and LOCKED_SHA in warning
+    assert f"more than the {len(LOCKED)} bytes" in warning, warning
+    assert not store.has_object(LOCKED_SHA)
+
+
+# --- a server whose body does not end --------------------------------------------------------
+
+
+class Endless:
+    """A tiny HTTP server whose GET answers with a chunked body of zeros that runs on
+    (up to ``ceiling`` bytes, then ends properly, so code without a cap finishes and
+    fails its assertions instead of hanging). HEAD states no size. ``sent`` counts what
+    the server managed to hand to its socket."""
+
+    def __init__(self, ceiling: int = 96 * MiB) -> None:
+        self.ceiling, self.sent = ceiling, 0
+
+    def __enter__(self) -> str:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                self.send_response(200)
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+
+            def do_GET(self) -> None:
+                self.do_HEAD()
+                piece = bytes(64 << 10)
+                try:
+                    while outer.sent < outer.ceiling:
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                        outer.sent += len(piece)
+                    self.wfile.write(b"0\r\n\r\n")
+                except OSError:  # the client hung up: what it should do
+                    self.close_connection = True
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(params=["httpx", "direct"])
+def transport(request, monkeypatch):
+    """Bytes through httpx, and again through the http.client fast path."""
+    monkeypatch.setenv("RECONCILE_DIRECT_MIN", "0" if request.param == "direct" else str(1 << 62))
+    return request.param
+
+
+def _url_source(store: Store, url: str, sha: str | None = None):
+    from reconcile.config import parse_manifest
+    from reconcile.resolve import SourceContext, make_source
+
+    extra = f', sha256 = "{sha}"' if sha else ""
+    m = parse_manifest(f'[models.m]\nsource.url = {{ url = "{url}"{extra} }}\n'.encode())
+    return make_source(m.models["m"], SourceContext(store))
+
+
+def test_a_body_longer_than_the_locked_size_is_cut_off(transport, tmp_path):
+    """Before: the whole body (96 MiB here; without end, the disk) was written, then
+    refused by its sha256."""
+    from reconcile import transfer
+    from reconcile.errors import IntegrityError
+
+    store = _store(tmp_path)
+    written = Written()
+    with Endless() as url:
+        src = _url_source(store, f"{url}/weights.bin", LOCKED_SHA)
+        with pytest.raises(IntegrityError) as err:
+            transfer.fetch(
+                src,
+                {"url": f"{url}/weights.bin"},
+                LockedFile("weights.bin", len(LOCKED), LOCKED_SHA),
+                store,
+                NetworkConfig(),
+                written,
+            )
+    assert written.peak <= len(LOCKED) + MiB, written.peak
+    assert _tmp_bytes(store) == 0
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("weights.bin: ")
+    assert f"more than the {len(LOCKED)} bytes" in message and "lock --upgrade" in message
+
+
+def test_a_body_of_unknown_size_stops_at_the_limit_the_user_can_raise(project, monkeypatch):
+    """Lock downloads a bare URL whose server states no size: RECONCILE_MAX_UNKNOWN_SIZE
+    stops it (before: the whole body was locked, however long it ran)."""
+    monkeypatch.setenv("RECONCILE_MAX_UNKNOWN_SIZE", "8M")
+    server = Endless()
+    with server as url:
+        project.write(f'[models.m]\nsource.url = {{ url = "{url}/endless.bin" }}\n')
+        r = project.run("lock")
+        monkeypatch.setenv("RECONCILE_MAX_UNKNOWN_SIZE", "lots")
+        typo = project.run("lock")
+    assert r.code == 1, r.out + r.err
+    assert server.sent <= (8 + 8) * MiB, server.sent  # the cap, plus what sockets buffer
+    (line,) = [x for x in r.err.splitlines() if "endless.bin" in x]
+    assert "stated no size" in line and "RECONCILE_MAX_UNKNOWN_SIZE=" in line, r.err
+    assert "Traceback" not in r.err
+    assert _tmp_bytes(Store(project.store)) == 0
+    assert typo.code == 2 and "RECONCILE_MAX_UNKNOWN_SIZE: expected a size" in typo.err, typo.err
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A filesystem with 24 MiB of room past the 1 GiB reconcile keeps free (a tmpfs:
+    its size is a limit, not memory taken); skipped where mounting is not allowed."""
+    import subprocess
+
+    where = tmp_path / "small-disk"
+    where.mkdir()
+    size = (1 << 30) + 24 * MiB
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True
+        ).returncode
+        != 0
+    ):
+        pytest.skip("needs permission to mount a tmpfs (root)")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_body_of_unknown_size_stops_before_the_disk_is_full(project, small_disk, monkeypatch):
+    """With a generous limit, the disk's free space (less 1 GiB kept free) stops it."""
+    monkeypatch.setenv("RECONCILE_STORE", str(small_disk / "store"))
+    monkeypatch.setenv("RECONCILE_MAX_UNKNOWN_SIZE", "1T")
+    server = Endless()
+    with server as url:
+        project.write(f'[models.m]\nsource.url = {{ url = "{url}/endless.bin" }}\n')
+        r = project.run("lock")
+    assert r.code == 1, r.out + r.err
+    assert server.sent <= (24 + 8) * MiB, server.sent
+    (line,) = [x for x in r.err.splitlines() if "endless.bin" in x]
+    assert "1 GiB stays free" in line and "RECONCILE_STORE" in line, r.err
+    assert _tmp_bytes(Store(small_disk / "store")) == 0
