@@ -260,3 +260,68 @@ def test_a_body_of_unknown_size_stops_before_the_disk_is_full(project, small_dis
     (line,) = [x for x in r.err.splitlines() if "endless.bin" in x]
     assert "1 GiB stays free" in line and "RECONCILE_STORE" in line, r.err
     assert _tmp_bytes(Store(small_disk / "store")) == 0
+
+
+# --- archives (extract = true; OCI tar layers unpack the same way) ------------------------
+
+
+class Zeros:
+    """``size`` zero bytes as a file to read, never held in memory at once."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        self.left -= n
+        return bytes(n)
+
+
+def _bomb(where: Path, kind: str, size: int) -> Path:
+    """An archive of a few hundred KiB holding one member of ``size`` zero bytes."""
+    import tarfile
+    import zipfile
+
+    if kind == "tar.gz":
+        path = where / "model.tar.gz"
+        with tarfile.open(path, "w:gz", compresslevel=1) as tf:
+            info = tarfile.TarInfo("weights.bin")
+            info.size = size
+            tf.addfile(info, Zeros(size))
+        return path
+    path = where / "model.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf, zf.open("weights.bin", "w") as f:
+        src = Zeros(size)
+        while chunk := src.read(MiB):
+            f.write(chunk)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["tar.gz", "zip"])
+def test_an_archive_that_unpacks_past_the_disks_room_is_refused_before_writing(
+    project, small_disk, monkeypatch, tmp_path, kind
+):
+    """Before: the cap was 1 TiB whatever the disk held; the member's declared size
+    (96 MiB against 24 MiB of room here) now refuses it before its first byte."""
+    monkeypatch.setenv("RECONCILE_STORE", str(small_disk / "store"))
+    archive = _bomb(tmp_path, kind, 96 * MiB)
+    project.write(f'[models.m]\nsource.url = {{ url = "file://{archive}", extract = true }}\n')
+    r = project.run("lock")
+    assert r.code == 1, r.out + r.err
+    first = r.err.splitlines()[0]
+    assert archive.name in first and "'weights.bin'" in first, r.err
+    assert "1 GiB stays free" in first and "free some space" in first, r.err
+    assert "Traceback" not in r.err
+    unpacked = [p for p in (small_disk / "store" / "tmp").rglob("*") if p.is_file()]
+    assert unpacked == [], unpacked
+
+
+def test_the_archive_cap_follows_the_users_limit(project, monkeypatch, tmp_path):
+    monkeypatch.setenv("RECONCILE_MAX_UNKNOWN_SIZE", "8M")
+    archive = _bomb(tmp_path, "tar.gz", 16 * MiB)
+    project.write(f'[models.m]\nsource.url = {{ url = "file://{archive}", extract = true }}\n')
+    r = project.run("lock")
+    assert r.code == 1 and "RECONCILE_MAX_UNKNOWN_SIZE raises it" in r.err, r.err
+    monkeypatch.setenv("RECONCILE_MAX_UNKNOWN_SIZE", "32M")
+    r = project.run("lock")
+    assert r.code == 0, r.err
