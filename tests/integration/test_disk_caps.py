@@ -325,3 +325,46 @@ def test_the_archive_cap_follows_the_users_limit(project, monkeypatch, tmp_path)
     monkeypatch.setenv("RECONCILE_MAX_UNKNOWN_SIZE", "32M")
     r = project.run("lock")
     assert r.code == 0, r.err
+
+
+# --- import ---------------------------------------------------------------------------------
+
+
+def _export_of_zeros(path: Path, size: int) -> str:
+    """A well-formed `reconcile export` archive of one object of ``size`` zero bytes."""
+    import io
+    import json
+    import tarfile
+
+    h = hashlib.sha256()
+    src = Zeros(size)
+    while chunk := src.read(MiB):
+        h.update(chunk)
+    sha = h.hexdigest()
+    meta = json.dumps({"format": 1, "models": {"m": "sha256-x"}, "objects": {sha: size}})
+    with tarfile.open(path, "w") as tar:
+        for name, data in (("reconcile-export.json", meta.encode()), ("models.lock", b"")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        info = tarfile.TarInfo(f"objects/sha256/{sha}")
+        info.size = size
+        tar.addfile(info, Zeros(size))
+    return sha
+
+
+def test_an_import_the_disk_cannot_take_is_refused_before_the_first_byte(
+    project, small_disk, monkeypatch, tmp_path
+):
+    """Before: every object was copied in until the disk was full (an archive may declare
+    a terabyte); now the manifest's sizes are weighed against the disk's room first."""
+    monkeypatch.setenv("RECONCILE_STORE", str(small_disk / "store"))
+    archive = tmp_path / "models.tar"
+    sha = _export_of_zeros(archive, 40 * MiB)
+    project.write("")
+    r = project.run("import", str(archive))
+    assert r.code == 1, r.out + r.err
+    (line,) = r.err.splitlines()
+    assert str(archive) in line and "1 GiB stays free" in line and "RECONCILE_STORE" in line
+    assert _tmp_bytes(Store(small_disk / "store")) == 0
+    assert not Store(small_disk / "store").has_object(sha)
