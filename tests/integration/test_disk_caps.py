@@ -368,3 +368,100 @@ def test_an_import_the_disk_cannot_take_is_refused_before_the_first_byte(
     assert str(archive) in line and "1 GiB stays free" in line and "RECONCILE_STORE" in line
     assert _tmp_bytes(Store(small_disk / "store")) == 0
     assert not Store(small_disk / "store").has_object(sha)
+
+
+# --- listings that do not end -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("caps", "words"),
+    [
+        ({"PAGE_KEYS": 2, "MAX_KEYS": 4}, "more than 4 objects under this prefix"),
+        ({"PAGE_KEYS": 2, "MAX_PAGES": 2}, "the listing did not end after 2 pages"),
+    ],
+)
+def test_an_s3_listing_past_its_caps_is_refused_by_name(project, monkeypatch, caps, words):
+    """Before: pages were followed, and keys taken, for as long as the server went on
+    (moto asked for pages of 2 keys, the caps lowered to match 5 objects)."""
+    import boto3
+
+    from reconcile.sources import s3
+
+    for name, value in caps.items():
+        monkeypatch.setattr(s3, name, value)
+    with moto_s3() as endpoint:
+        bucket = f"models-{uuid.uuid4().hex[:12]}"
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        client.create_bucket(Bucket=bucket)
+        for i in range(5):
+            client.put_object(Bucket=bucket, Key=f"bert/shard-{i}.bin", Body=b"%d" % i)
+        project.write(
+            f'[models.bert]\nsource.s3 = {{ bucket = "{bucket}", prefix = "bert/",'
+            f' endpoint = "{endpoint}" }}\n'
+        )
+        r = project.run("lock")
+        monkeypatch.setattr(s3, "MAX_KEYS", 5)
+        monkeypatch.setattr(s3, "MAX_PAGES", 3)
+        fits = project.run("lock")
+    assert r.code == 1, r.out + r.err
+    (line,) = r.err.splitlines()
+    assert f"s3://{bucket}/bert/" in line or bucket in line, line
+    assert words in line and "narrow prefix in models.toml" in line, line
+    assert fits.code == 0, fits.err  # exactly at the caps: locked
+
+
+@pytest.fixture(scope="module")
+def mlflow_url(tmp_path_factory):
+    from tests.servers import mlflow_cli, mlflow_server
+
+    if mlflow_cli() is None:
+        pytest.skip("needs mlflow (pip install 'mlflow[auth]')")
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as url:
+        yield url
+
+
+@pytest.mark.parametrize(
+    ("caps", "words"),
+    [
+        ({"MAX_DEPTH": 3}, "more than 3 directory levels"),
+        ({"MAX_ENTRIES": 4}, "more than 4 entries"),
+    ],
+)
+def test_an_mlflow_listing_past_its_caps_is_refused_by_name(
+    project, mlflow_url, tmp_path, monkeypatch, caps, words
+):
+    """Before: the walk went as deep and as wide as the server's directories went (the
+    caps lowered here to fit a real model of 5 entries, 4 levels deep)."""
+    from mlflow import MlflowClient
+
+    from reconcile.sources import mlflow
+
+    client = MlflowClient(tracking_uri=mlflow_url)
+    name = f"deep-{uuid.uuid4().hex[:8]}"
+    exp = client.get_experiment_by_name("caps") or None
+    exp_id = exp.experiment_id if exp else client.create_experiment("caps")
+    src = tmp_path / "model"
+    (src / "a" / "b" / "c").mkdir(parents=True)
+    (src / "config.json").write_bytes(b"{}")
+    (src / "a" / "b" / "c" / "weights.bin").write_bytes(b"w" * 100)
+    run = client.create_run(exp_id)
+    client.log_artifacts(run.info.run_id, str(src), artifact_path="model")
+    client.set_terminated(run.info.run_id)
+    client.create_registered_model(name)
+    client.create_model_version(
+        name, source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id
+    )
+    project.write(
+        f'[models.clf]\nsource.mlflow = {{ trackingUri = "{mlflow_url}", modelName = "{name}",'
+        ' version = "1" }\nvalidation.enable = false\n'
+    )
+    for cap, value in caps.items():
+        monkeypatch.setattr(mlflow, cap, value)
+    r = project.run("lock")
+    assert r.code == 1, r.out + r.err
+    (line,) = r.err.splitlines()
+    assert words in line and "refused, nothing was locked" in line, line
+    monkeypatch.setattr(mlflow, "MAX_DEPTH", 4)
+    monkeypatch.setattr(mlflow, "MAX_ENTRIES", 5)
+    r = project.run("lock")
+    assert r.code == 0, r.err  # exactly at the caps: locked
