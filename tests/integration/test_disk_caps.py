@@ -81,6 +81,19 @@ def oversized_cache(kind: str, tmp_path: Path, size: int) -> Iterator[CacheConfi
             f.truncate(size)
         yield CacheConfig(url=str(root))
         return
+    if kind == "registry":
+        from tests.servers import Pusher, docker_registry, registry_binary
+
+        if registry_binary() is None:
+            pytest.skip("needs docker-registry (apt-get install docker-registry)")
+        work = tmp_path / "registry"
+        with docker_registry(work) as url:
+            Pusher(url).blob("team/models", LOCKED)
+            (data,) = (work / "data").rglob(f"blobs/sha256/{LOCKED_SHA[:2]}/{LOCKED_SHA}/data")
+            with open(data, "r+b") as f:  # the registry's own file for the blob, grown
+                f.truncate(size)
+            yield CacheConfig(url=f"oci+http://{url.removeprefix('http://')}/team/models")
+        return
     import boto3
 
     with moto_s3() as endpoint:
@@ -91,7 +104,7 @@ def oversized_cache(kind: str, tmp_path: Path, size: int) -> Iterator[CacheConfi
         yield CacheConfig(url=f"s3://{bucket}", s3={"endpoint": endpoint})
 
 
-@pytest.mark.parametrize("kind", ["dir", "moto"])
+@pytest.mark.parametrize("kind", ["dir", "moto", "registry"])
 def test_an_oversized_team_cache_object_is_cut_off_at_the_locked_size(kind, tmp_path):
     """Before: the whole object (64 MiB here, 2 GiB in the issue) was written to tmp/
     and only then refused by its sha256."""
