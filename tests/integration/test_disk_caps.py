@@ -478,3 +478,113 @@ def test_an_mlflow_listing_past_its_caps_is_refused_by_name(
     monkeypatch.setattr(mlflow, "MAX_ENTRIES", 5)
     r = project.run("lock")
     assert r.code == 0, r.err  # exactly at the caps: locked
+
+
+class Endpoint:
+    """A tiny HTTP server that answers the n-th GET with ``answer(path, query, n)``:
+    (content type, body). It stands for a server whose listing never ends, which no real
+    server can be made to be (the answers end after a ceiling, so code without caps
+    fails its assertions instead of hanging); ``gets`` counts what it was asked."""
+
+    def __init__(self, answer) -> None:
+        self.answer, self.gets = answer, 0
+
+    def __enter__(self) -> str:
+        from urllib.parse import parse_qs, urlsplit
+
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                outer.gets += 1
+                parts = urlsplit(self.path)
+                query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+                kind, body = outer.answer(parts.path, query, outer.gets)
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _s3_page(keys: list[str], token: str, more: bool = True) -> tuple[str, bytes]:
+    contents = "".join(f"<Contents><Key>{k}</Key><Size>1</Size></Contents>" for k in keys)
+    return "application/xml", (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+        f"<Name>b</Name><Prefix>m/</Prefix><IsTruncated>{str(more).lower()}</IsTruncated>"
+        f"{contents}"
+        f"<NextContinuationToken>{token}</NextContinuationToken></ListBucketResult>"
+    ).encode()
+
+
+def _keys_forever(path, query, n):
+    page = int(query.get("continuation-token", "0"))
+    return _s3_page([f"m/{page}-{i}.bin" for i in range(1000)], str(page + 1), n < 150)
+
+
+@pytest.mark.parametrize(
+    ("answer", "words", "gets"),
+    [
+        (
+            lambda path, query, n: _s3_page([], "again", n < 50),
+            "the same continuation token twice",
+            2,
+        ),
+        (_keys_forever, "more than 100000 objects under this prefix", 101),
+    ],
+    ids=["repeated-token", "keys-forever"],
+)
+def test_an_s3_listing_that_never_ends_stops_at_the_default_caps(project, answer, words, gets):
+    """Before: both were followed for as long as the server went on (for ever)."""
+    server = Endpoint(answer)
+    with server as url:
+        project.write(
+            f'[models.m]\nsource.s3 = {{ bucket = "models", prefix = "m/", endpoint = "{url}" }}\n'
+        )
+        r = project.run("lock")
+    assert r.code == 1, r.out + r.err
+    (line,) = r.err.splitlines()
+    assert words in line and "narrow prefix in models.toml" in line, line
+    assert server.gets == gets
+
+
+def _mlflow_forever(path, query, n):
+    """A model version whose artifact listing has a directory inside every directory."""
+    import json
+
+    if path.endswith("/model-versions/get"):
+        doc = {"model_version": {"version": "1", "status": "READY", "run_id": "r"}}
+    elif path.endswith("/get-download-uri"):
+        doc = {"artifact_uri": "mlflow-artifacts:/0/r/artifacts/model"}
+    else:
+        doc = {"files": [{"path": "deeper", "is_dir": True}] if n < 200 else []}
+    return "application/json", json.dumps(doc).encode()
+
+
+def test_an_mlflow_listing_that_never_ends_stops_at_the_default_depth(project):
+    server = Endpoint(_mlflow_forever)
+    with server as url:
+        project.write(
+            f'[models.m]\nsource.mlflow = {{ trackingUri = "{url}", modelName = "m",'
+            ' version = "1" }\n'
+        )
+        r = project.run("lock")
+    assert r.code == 1, r.out + r.err
+    (line,) = r.err.splitlines()
+    assert "more than 64 directory levels" in line and "nothing was locked" in line, line
+    assert server.gets == 2 + 64
