@@ -106,6 +106,9 @@ class _Throttle:
             time.sleep(ahead)
 
 
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
 @dataclass(frozen=True)
 class Cap:
     """The most bytes one file may bring, and why: its listed size (the lock's, or the
@@ -121,8 +124,11 @@ class Cap:
 
     @classmethod
     def of(cls, file: LockedFile, where: Path, have: int = 0) -> Cap:
-        """``file``'s cap; ``have`` bytes of it are already on disk under ``where``."""
-        if file.size:
+        """``file``'s cap; ``have`` bytes of it are already on disk under ``where``.
+
+        A size of 0 is a size only with the empty file's sha256: lock time leaves 0 where
+        nobody stated one (a declared sha256 and no Content-Length)."""
+        if file.size or file.sha256 == EMPTY_SHA256:
             return cls(file.size, "listed")
         from .fsutil import room
         from .settings import max_unknown_size

@@ -219,6 +219,22 @@ def test_a_body_longer_than_the_locked_size_is_cut_off(transport, tmp_path):
     assert f"more than the {len(LOCKED)} bytes" in message and "lock --upgrade" in message
 
 
+def test_a_locked_empty_file_takes_no_byte(tmp_path):
+    """Size 0 with the empty file's sha256 is a size, not "unknown" (before: the whole
+    body was written, then refused by its sha256)."""
+    from reconcile import transfer
+    from reconcile.errors import IntegrityError
+
+    store = _store(tmp_path)
+    written = Written()
+    empty = LockedFile("empty.txt", 0, hashlib.sha256(b"").hexdigest())
+    with Endless() as url:
+        src = _url_source(store, f"{url}/empty.txt", empty.sha256)
+        with pytest.raises(IntegrityError, match="more than the 0 bytes"):
+            transfer.fetch(src, {"url": f"{url}/empty.txt"}, empty, store, NetworkConfig(), written)
+    assert written.peak == 0 and _tmp_bytes(store) == 0
+
+
 def test_a_body_of_unknown_size_stops_at_the_limit_the_user_can_raise(project, monkeypatch):
     """Lock downloads a bare URL whose server states no size: RECONCILE_MAX_UNKNOWN_SIZE
     stops it (before: the whole body was locked, however long it ran)."""
