@@ -604,3 +604,41 @@ def test_an_mlflow_listing_that_never_ends_stops_at_the_default_depth(project):
     (line,) = r.err.splitlines()
     assert "more than 64 directory levels" in line and "nothing was locked" in line, line
     assert server.gets == 2 + 64
+
+
+def test_an_oci_tar_layer_that_unpacks_past_the_disks_room_is_refused(
+    project, small_disk, monkeypatch, tmp_path
+):
+    """A ModelPack tar+gzip layer of 200 KiB that unpacks to 96 MiB, against 24 MiB of
+    room (before: capped at 1 TiB, so unpacked whole)."""
+    import json
+
+    from tests.servers import Pusher, docker_registry, registry_binary
+
+    if registry_binary() is None:
+        pytest.skip("needs docker-registry (apt-get install docker-registry)")
+    monkeypatch.setenv("RECONCILE_STORE", str(small_disk / "store"))
+    layer = _bomb(tmp_path, "tar.gz", 96 * MiB).read_bytes()
+    mp = "application/vnd.cncf.model."
+    with docker_registry(tmp_path / "registry") as url:
+        p = Pusher(url)
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": mp + "manifest.v1+json",
+            "config": {"mediaType": mp + "config.v1+json", **p.blob("models/bomb", b"{}")},
+            "layers": [
+                {
+                    "mediaType": mp + "weight.v1.tar+gzip",
+                    **p.blob("models/bomb", layer),
+                    "annotations": {"org.cncf.model.filepath": "weights"},
+                }
+            ],
+        }
+        p.manifest("models/bomb", "v1", json.dumps(doc).encode(), media=doc["mediaType"])
+        project.write(f'[models.m]\nsource.oci = {{ ref = "{url}/models/bomb:v1" }}\n')
+        r = project.run("lock")
+    assert r.code == 1, r.out + r.err
+    first = r.err.splitlines()[0]
+    assert "'weights.bin'" in first and "1 GiB stays free" in first, r.err
+    assert [p for p in (small_disk / "store" / "tmp").rglob("*") if p.is_file()] == []
