@@ -160,6 +160,32 @@ class Cap:
         )
 
 
+def _check_room(file: LockedFile, part: Path) -> None:
+    """Refuse, before the first byte, a file the store's disk cannot take while 1 GiB
+    stays free: a listing may claim a terabyte (at lock time its size is the server's
+    word), and a shared disk filled to the last byte breaks every writer on it."""
+    from .fsutil import room
+
+    have = 0
+    for p in (part, part.with_name(part.name + ".ranges")):
+        try:
+            have += os.stat(p).st_blocks * 512  # what a (sparse) partial really holds
+        except OSError:
+            pass
+    free = room(part.parent)
+    if file.size - have > free:
+        from .plan import human
+
+        if not have:
+            _entity_path(part).unlink(missing_ok=True)  # nothing started: no trace left
+
+        raise StoreError(
+            f"{file.path}: needs {human(file.size - have)} more, but {part.parent} can take"
+            f" {human(free)} while 1 GiB stays free; nothing was fetched (free some space,"
+            " e.g. `reconcile gc`, or point RECONCILE_STORE at a bigger disk)"
+        )
+
+
 def _cut_off(cap: Cap, file: LockedFile, part: Path) -> ReconcileError:
     """Past the cap: the partial is no prefix worth resuming (it is not the file)."""
     part.unlink(missing_ok=True)
@@ -225,6 +251,7 @@ def fetch(
         entity = source.entity(pin, file)
         _forget_stale_partial(part, entity, trust_hash=bool(expected),
                               record=not (file.size and file.size < RECORD_MIN))
+        _check_room(file, part)
         can_split = (jobs > 1 and source.supports_ranges and bool(expected)
                      and not network.bandwidth_limit)
         saved = _saved_ranges(_ranges_progress(part), file.size) if can_split else None

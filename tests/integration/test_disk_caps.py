@@ -642,3 +642,28 @@ def test_an_oci_tar_layer_that_unpacks_past_the_disks_room_is_refused(
     first = r.err.splitlines()[0]
     assert "'weights.bin'" in first and "1 GiB stays free" in first, r.err
     assert [p for p in (small_disk / "store" / "tmp").rglob("*") if p.is_file()] == []
+
+
+def test_a_listed_file_the_disk_cannot_take_is_refused_before_the_first_byte(
+    project, small_disk, monkeypatch
+):
+    """An S3 object without a checksum is downloaded at lock time, at the size its
+    listing claims: 40 MiB against 24 MiB of room (before: written until it fit, or
+    until the disk was full)."""
+    import boto3
+
+    monkeypatch.setenv("RECONCILE_STORE", str(small_disk / "store"))
+    with moto_s3() as endpoint:
+        bucket = f"models-{uuid.uuid4().hex[:12]}"
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        client.create_bucket(Bucket=bucket)
+        client.put_object(Bucket=bucket, Key="bert/weights.bin", Body=bytes(40 * MiB))
+        project.write(
+            f'[models.bert]\nsource.s3 = {{ bucket = "{bucket}", prefix = "bert/",'
+            f' endpoint = "{endpoint}" }}\n'
+        )
+        r = project.run("lock")
+    assert r.code == 1, r.out + r.err
+    (line,) = r.err.splitlines()
+    assert "weights.bin: needs 40.0 MiB more" in line and "1 GiB stays free" in line, line
+    assert _tmp_bytes(Store(small_disk / "store")) == 0
