@@ -114,9 +114,10 @@ class Cap:
     """The most bytes one file may bring, and why: its listed size (the lock's, or the
     listing's at lock time), the limit for a size nobody stated, or the disk's room.
 
-    A stream is cut off at the first chunk past it, so a hostile cache or server that
-    sends 2 GiB (or an endless body) for a 20 MB file costs 20 MB and one buffer, not
-    the disk: the sha256 check at the end would refuse it, but only after every byte.
+    A stream is cut off at the first chunk that would pass it (that chunk is not
+    written), so a hostile cache or server that sends 2 GiB (or an endless body) for a
+    20 MB file costs at most 20 MB, not the disk: the sha256 check at the end would
+    refuse it too, but only after every byte.
     """
 
     limit: int
@@ -178,7 +179,6 @@ def _check_room(file: LockedFile, part: Path) -> None:
 
         if not have:
             _entity_path(part).unlink(missing_ok=True)  # nothing started: no trace left
-
         raise StoreError(
             f"{file.path}: needs {human(file.size - have)} more, but {part.parent} can take"
             f" {human(free)} while 1 GiB stays free; nothing was fetched (free some space,"
