@@ -109,6 +109,10 @@ class _Throttle:
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
+class Oversized(IntegrityError):
+    """More bytes arrived than the file's listed size: cut off there, nothing kept."""
+
+
 @dataclass(frozen=True)
 class Cap:
     """The most bytes one file may bring, and why: its listed size (the lock's, or the
@@ -143,7 +147,7 @@ class Cap:
 
         stop = "; stopped there and kept nothing"
         if self.why == "listed":
-            return IntegrityError(
+            return Oversized(
                 f"{file.path}: the source sent more than the {self.limit} bytes listed for it"
                 f"{stop} (it changed since the lock, or serves another file: check it, then"
                 " `reconcile lock --upgrade` if the change is wanted)"
