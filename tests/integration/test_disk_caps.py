@@ -667,3 +667,38 @@ def test_a_listed_file_the_disk_cannot_take_is_refused_before_the_first_byte(
     (line,) = r.err.splitlines()
     assert "weights.bin: needs 40.0 MiB more" in line and "1 GiB stays free" in line, line
     assert _tmp_bytes(Store(small_disk / "store")) == 0
+
+
+def test_apply_installs_from_the_source_when_the_cache_object_is_oversized(
+    project, hub, monkeypatch, tmp_path
+):
+    """The issue's case end to end: a 20 MiB file whose cache object was grown to 2 GiB
+    (sparse): apply cuts it off at 20 MiB, warns once, and installs from the source."""
+    import json
+
+    big = os.urandom(20 * MiB)
+    hub.repo("acme/big").commit({"config.json": b"{}", "weights.bin": big})
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setenv("RECONCILE_VALIDATION", "none")
+    monkeypatch.delenv("RECONCILE_CACHE", raising=False)
+    cache = tmp_path / "team-cache"
+    project.write(
+        f'[models.big]\nsource.huggingface = {{ repo = "acme/big" }}\n[cache]\nurl = "{cache}"\n'
+    )
+    assert project.run("apply").code == 0
+    assert project.run("push").code == 0
+    sha = hashlib.sha256(big).hexdigest()
+    obj = cache / "objects" / "sha256" / sha
+    obj.chmod(0o644)
+    with open(obj, "r+b") as f:
+        f.truncate(2 << 30)
+    monkeypatch.setenv("RECONCILE_STORE", str(tmp_path / "store-2"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-2"))
+    r = project.run("apply", "--progress", "json")
+    assert r.code == 0, r.err
+    (warned,) = [line for line in r.err.splitlines() if "holds more than" in line]
+    assert f"more than the {len(big)} bytes locked for it" in warned and "weights.bin" in warned
+    events = [json.loads(line) for line in r.err.splitlines() if line.startswith("{")]
+    done = {e["file"]: e["bytes"] for e in events if e["event"] == "done"}
+    assert done["weights.bin"] == len(big), done
+    assert Store(tmp_path / "store-2").object_path(sha).read_bytes() == big
