@@ -25,7 +25,10 @@ cannot leave ``dest`` even if a check were wrong:
   only one); zip entries are checked for overlapping data (zip bombs that reuse
   one compressed stream) and CRC (by ``zipfile`` while streaming);
 * sizes: bytes are counted while streaming, against ``max_total``, so a bomb
-  stops at the cap whatever the headers claim; member count is capped too.
+  stops at the cap whatever the headers claim, and a member whose declared size
+  (tar header, zip directory) would pass it is refused before its first byte; the
+  cap is what the disk can take while 1 GiB stays free, and at most
+  RECONCILE_MAX_UNKNOWN_SIZE (settings.py); member count is capped too.
 
 The archive type comes from its first bytes, never from its name. Tar archives
 are read in one forward pass (``r|*``: a multi-GB ``.tar.xz`` is decompressed
@@ -56,7 +59,7 @@ from .paths import check_relpath
 __all__ = ["MAX_MEMBERS", "MAX_TOTAL", "check_relpath", "safe_extract"]
 
 MAX_MEMBERS = 100_000
-MAX_TOTAL = 1 << 40  # 1 TiB: a cap on what streaming may produce, whatever headers say
+MAX_TOTAL = 1 << 40  # 1 TiB: the most any archive may produce, whatever else allows
 _MAX_LINK_TARGET = 4096  # PATH_MAX; a zip symlink's target is its (tiny) content
 _COPY = 1 << 20
 
@@ -131,11 +134,13 @@ def _member_name(raw: str, is_dir: bool, label: str) -> str | None:
 class _Writer:
     """Creates members under one open ``dest`` directory, never following a symlink."""
 
-    def __init__(self, dest_fd: int, label: str, max_total: int, max_members: int) -> None:
+    def __init__(self, dest_fd: int, label: str, max_total: int, max_members: int,
+                 cap_why: str = "") -> None:
         self.dest_fd = dest_fd
         self.label = label
         self.budget = max_total
         self.max_total = max_total
+        self.cap_why = cap_why  # what the cap is and how to raise it, for the refusal
         self.left = max_members
         self.members: set[str] = set()  # exact names of explicit members
         self.keys: dict[str, str] = {}  # NFC + casefold key -> name (members and parents)
@@ -204,9 +209,7 @@ class _Writer:
     ) -> None:
         """Stream ``read`` into a new file; counts bytes against the total cap."""
         if size > self.budget:
-            raise _refuse(
-                self.label, raw, f"unpacks to more than the size cap ({self.max_total} bytes)"
-            )
+            raise _refuse(self.label, raw, self.over_cap())
         with self.parent(raw, clean) as (pfd, leaf):
             try:
                 fd = os.open(leaf, _NEW_FILE, 0o600, dir_fd=pfd)
@@ -222,16 +225,15 @@ class _Writer:
                         break
                     self.budget -= len(chunk)
                     if self.budget < 0:
-                        raise _refuse(
-                            self.label,
-                            raw,
-                            f"unpacks to more than the size cap ({self.max_total} bytes; a bomb?)",
-                        )
+                        raise _refuse(self.label, raw, self.over_cap() + " (a bomb?)")
                     view = memoryview(chunk)
                     while view:
                         view = view[out.write(view) :]
                 os.fchmod(out.fileno(), 0o755 if executable else 0o644)
         self.files.add(clean)
+
+    def over_cap(self) -> str:
+        return f"unpacks to more than the size cap ({self.max_total} bytes{self.cap_why})"
 
     def symlink(self, raw: str, clean: str, target: str) -> None:
         why = _link_target_ok(clean, target)
@@ -286,7 +288,7 @@ def _kind(head: bytes) -> str:
 def safe_extract(
     archive: Path | str,
     dest: Path | str,
-    max_total: int = MAX_TOTAL,
+    max_total: int | None = None,
     label: str | None = None,
     max_members: int = MAX_MEMBERS,
 ) -> None:
@@ -296,10 +298,13 @@ def safe_extract(
     ``label`` names the archive in errors (store objects are named by their hash).
     Raises ``IntegrityError`` naming the member and the reason for anything
     unsafe, corrupt or over the caps; on any error, what was extracted is removed
-    (and ``dest`` too if this call created it).
+    (and ``dest`` too if this call created it). ``max_total`` None: ``default_cap``.
     """
     archive, dest = Path(archive), Path(dest)
     label = label or archive.name
+    cap_why = ""
+    if max_total is None:
+        max_total, cap_why = default_cap(dest.parent)
     created = False
     try:
         os.mkdir(dest, 0o700)
@@ -315,7 +320,7 @@ def safe_extract(
     try:
         dest_fd = os.open(dest, _DIR_FLAGS)
         try:
-            writer = _Writer(dest_fd, label, max_total, max_members)
+            writer = _Writer(dest_fd, label, max_total, max_members, cap_why)
             with open(archive, "rb") as f:
                 head = f.read(512)
                 f.seek(0)
@@ -352,6 +357,18 @@ def safe_extract(
         if isinstance(e, OSError):
             raise StoreError(f"{label}: cannot unpack into {dest}: {e}") from e
         raise
+
+
+def default_cap(where: Path) -> tuple[int, str]:
+    """What an archive unpacked under ``where`` may produce, and why (for the error):
+    the disk's room while 1 GiB stays free, RECONCILE_MAX_UNKNOWN_SIZE, MAX_TOTAL."""
+    from .fsutil import room
+    from .settings import max_unknown_size
+
+    configured, free = min(max_unknown_size(), MAX_TOTAL), room(where)
+    if configured <= free:
+        return configured, ": RECONCILE_MAX_UNKNOWN_SIZE raises it"
+    return free, f": what {where} can take while 1 GiB stays free; free some space"
 
 
 def _clear(dest: Path) -> None:
@@ -467,9 +484,7 @@ def _extract_zip(f: BinaryIO, w: _Writer, label: str) -> None:
             elif kind == "f":
                 declared += info.file_size
                 if declared > w.budget:
-                    raise _refuse(
-                        label, raw, f"unpacks to more than the size cap ({w.max_total} bytes)"
-                    )
+                    raise _refuse(label, raw, w.over_cap())
             plan.append((info, clean, kind, target))
         _check_overlaps(zf, infos, label)
         # claim() already recorded the names; the writer's per-member checks repeat safely

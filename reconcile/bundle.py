@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import IntegrityError, ReconcileError
+from .errors import IntegrityError, ReconcileError, StoreError
 from .fsutil import write_all
 from .lockfile import Lock, LockedModel, dumps
 from .store import Store
@@ -132,6 +132,7 @@ def import_archive(source: str, store: Store) -> ImportReport:
                 if name == MANIFEST and meta is None:
                     meta = _manifest(_small(tar, member))
                     report.models = sorted(meta["models"])
+                    _check_room(meta, store, source)
                     continue
                 if meta is None:
                     raise BundleError(f"{source}: not a reconcile export ({MANIFEST} must come"
@@ -173,6 +174,24 @@ def import_archive(source: str, store: Store) -> ImportReport:
                              f" ({', '.join(s[:16] + '…' for s in missing[:3])}); truncated?",
                              hint="what was complete is in the store; export again")
     return report
+
+
+def _check_room(meta: dict[str, Any], store: Store, source: str) -> None:
+    """Refuse, before the first byte, an import the store's disk cannot take while
+    1 GiB stays free: each object is bounded by its declared size, but an archive may
+    declare a terabyte (a sparse file costs its maker nothing)."""
+    from .fsutil import room
+    from .plan import human
+
+    wanted = [size for sha, size in meta["objects"].items() if not store.has_object(sha)]
+    free = room(store.tmp)
+    if sum(wanted) > free:
+        raise StoreError(
+            f"{source}: its {len(wanted)} objects not yet in the store take"
+            f" {human(sum(wanted))}, more than the {human(free)} that {store.tmp} can take"
+            " while 1 GiB stays free; nothing was imported (free some space, e.g."
+            " `reconcile gc`, or point RECONCILE_STORE at a bigger disk)"
+        )
 
 
 def _open(path: str) -> IO[bytes]:

@@ -100,3 +100,18 @@ def set_umask(mask: int) -> None:
     global _UMASK
     os.umask(mask)
     _UMASK = mask
+
+
+# What a download or an unpack of unknown size may never take: the disk is shared (other
+# projects, the HF cache, the system), and a full one breaks every writer on it at once.
+KEEP_FREE = 1 << 30
+
+
+def room(path: Path) -> int:
+    """Bytes that may still be written under ``path`` while KEEP_FREE stay free (what an
+    unprivileged user may use, statvfs's f_bavail); unlimited where it cannot be told."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return 1 << 62
+    return max(0, st.f_bavail * st.f_frsize - KEEP_FREE)

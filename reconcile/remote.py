@@ -105,7 +105,7 @@ class Remote(ABC):
         """The object of ``file`` into the store from the cache, checked against its
         sha256; None when the cache lacks it, holds a bad copy (reported once) or does
         not answer (then it is not asked again this run)."""
-        from .transfer import fetch
+        from .transfer import Oversized, fetch
 
         if self.dead:
             return None
@@ -122,7 +122,11 @@ class Remote(ABC):
         except (IntegrityError, NotFound, Transient, SourceError, OSError) as e:
             if counted:
                 progress(-sum(counted))  # the source's bytes are counted next, once
-            if isinstance(e, IntegrityError):
+            if isinstance(e, Oversized):
+                self._warn(f"team cache {self.url}: {object_key(file.sha256)} ({file.path})"
+                           f" holds more than the {file.size} bytes locked for it; cut off"
+                           " there, skipped, fetched from the model's source")
+            elif isinstance(e, IntegrityError):
                 self._warn(f"team cache {self.url}: {object_key(file.sha256)} ({file.path})"
                            f" is corrupt ({e.message}); skipped, fetched from the model's"
                            " source")

@@ -79,6 +79,28 @@ def direct_min() -> int | None:
     return int(value) if value and value.isdigit() else None
 
 
+def max_unknown_size() -> int:
+    """RECONCILE_MAX_UNKNOWN_SIZE ('200G', '500M', bytes): the most one download whose
+    size nobody stated beforehand (a bare URL with no Content-Length, an MLflow artifact
+    listed without its size) may bring, and what one archive may unpack to; default
+    DEFAULT_MAX_UNKNOWN_SIZE. The disk's free space caps both as well (fsutil.room)."""
+    from .errors import ConfigError
+    from .units import parse_size
+
+    value = _env("RECONCILE_MAX_UNKNOWN_SIZE")
+    if value is None:
+        return DEFAULT_MAX_UNKNOWN_SIZE
+    try:
+        return parse_size(value, "RECONCILE_MAX_UNKNOWN_SIZE")
+    except ValueError as e:
+        raise ConfigError(str(e), hint="e.g. RECONCILE_MAX_UNKNOWN_SIZE=500G") from None
+
+
+# big enough for any one file of today's largest open models (single GGUF files of
+# ~200 GB are rare; shards are ~5-50 GB), small enough that a runaway body stops
+DEFAULT_MAX_UNKNOWN_SIZE = 256 << 30
+
+
 def ca_file() -> str | None:
     """A CA bundle that replaces the default one: SSL_CERT_FILE (OpenSSL's), else
     REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE (what requests and curl users already set)."""

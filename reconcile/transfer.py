@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from .config import NetworkConfig
-from .errors import AuthRequired, IntegrityError, Restart, SourceError, Transient
+from .errors import (
+    AuthRequired,
+    IntegrityError,
+    ReconcileError,
+    Restart,
+    SourceError,
+    StoreError,
+    Transient,
+)
 from .http import BUFFERS
 from .interrupt import CANCEL, Cancelled
 from .lockfile import LockedFile
@@ -98,6 +106,97 @@ class _Throttle:
             time.sleep(ahead)
 
 
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+class Oversized(IntegrityError):
+    """More bytes arrived than the file's listed size: cut off there, nothing kept."""
+
+
+@dataclass(frozen=True)
+class Cap:
+    """The most bytes one file may bring, and why: its listed size (the lock's, or the
+    listing's at lock time), the limit for a size nobody stated, or the disk's room.
+
+    A stream is cut off at the first chunk that would pass it (that chunk is not
+    written), so a hostile cache or server that sends 2 GiB (or an endless body) for a
+    20 MB file costs at most 20 MB, not the disk: the sha256 check at the end would
+    refuse it too, but only after every byte.
+    """
+
+    limit: int
+    why: str  # "listed" | "unknown" | "disk"
+
+    @classmethod
+    def of(cls, file: LockedFile, where: Path, have: int = 0) -> Cap:
+        """``file``'s cap; ``have`` bytes of it are already on disk under ``where``.
+
+        A size of 0 is a size only with the empty file's sha256: lock time leaves 0 where
+        nobody stated one (a declared sha256 and no Content-Length)."""
+        if file.size or file.sha256 == EMPTY_SHA256:
+            return cls(file.size, "listed")
+        from .fsutil import room
+        from .settings import max_unknown_size
+
+        configured, free = max_unknown_size(), have + room(where)
+        return cls(configured, "unknown") if configured <= free else cls(free, "disk")
+
+    def exceeded(self, file: LockedFile, where: Path) -> ReconcileError:
+        """The one-line error that names the file, the cap and what to do."""
+        from .plan import human
+
+        stop = "; stopped there and kept nothing"
+        if self.why == "listed":
+            return Oversized(
+                f"{file.path}: the source sent more than the {self.limit} bytes listed for it"
+                f"{stop} (it changed since the lock, or serves another file: check it, then"
+                " `reconcile lock --upgrade` if the change is wanted)"
+            )
+        if self.why == "unknown":
+            return SourceError(
+                f"{file.path}: the source stated no size and sent more than"
+                f" {human(self.limit)}{stop} (if the file really is bigger, raise the limit:"
+                " RECONCILE_MAX_UNKNOWN_SIZE=500G)"
+            )
+        return StoreError(
+            f"{file.path}: the source stated no size and sent more than the"
+            f" {human(self.limit)} that {where} can take while 1 GiB stays free{stop} (free"
+            " some space, e.g. `reconcile gc`, or point RECONCILE_STORE at a bigger disk)"
+        )
+
+
+def _check_room(file: LockedFile, part: Path) -> None:
+    """Refuse, before the first byte, a file the store's disk cannot take while 1 GiB
+    stays free: a listing may claim a terabyte (at lock time its size is the server's
+    word), and a shared disk filled to the last byte breaks every writer on it."""
+    from .fsutil import room
+
+    have = 0
+    for p in (part, part.with_name(part.name + ".ranges")):
+        try:
+            have += os.stat(p).st_blocks * 512  # what a (sparse) partial really holds
+        except OSError:
+            pass
+    free = room(part.parent)
+    if file.size - have > free:
+        from .plan import human
+
+        if not have:
+            _entity_path(part).unlink(missing_ok=True)  # nothing started: no trace left
+        raise StoreError(
+            f"{file.path}: needs {human(file.size - have)} more, but {part.parent} can take"
+            f" {human(free)} while 1 GiB stays free; nothing was fetched (free some space,"
+            " e.g. `reconcile gc`, or point RECONCILE_STORE at a bigger disk)"
+        )
+
+
+def _cut_off(cap: Cap, file: LockedFile, part: Path) -> ReconcileError:
+    """Past the cap: the partial is no prefix worth resuming (it is not the file)."""
+    part.unlink(missing_ok=True)
+    _entity_path(part).unlink(missing_ok=True)
+    return cap.exceeded(file, part.parent)
+
+
 def backoff_delay(attempt: int, network: NetworkConfig, retry_after: float | None) -> float:
     """The shared RetryPolicy's wait before attempt ``attempt + 1``."""
     from .transport import RetryPolicy
@@ -156,6 +255,7 @@ def fetch(
         entity = source.entity(pin, file)
         _forget_stale_partial(part, entity, trust_hash=bool(expected),
                               record=not (file.size and file.size < RECORD_MIN))
+        _check_room(file, part)
         can_split = (jobs > 1 and source.supports_ranges and bool(expected)
                      and not network.bandwidth_limit)
         saved = _saved_ranges(_ranges_progress(part), file.size) if can_split else None
@@ -230,9 +330,8 @@ def _read_small(source: Source, pin: dict[str, Any], file: LockedFile,
                 chunks.append(bytes(chunk))
                 n += len(chunk)
                 throttle(len(chunk))
-                if n > SMALL_MAX and n > file.size:
-                    raise IntegrityError(f"{file.path}: the source sent more than the"
-                                         f" {file.size} bytes listed")
+                if n > file.size:  # this path is only taken with a listed size
+                    raise Cap(file.size, "listed").exceeded(file, Path("."))
             if expected and n < file.size:
                 raise Transient(f"{file.path}: stream ended at {n} of {file.size} bytes")
             break
@@ -421,6 +520,7 @@ def _fetch_stream(source, pin, file, part, network, progress, probe: bool = Fals
         h, have = hashlib.sha256(), 0
     if progress and have:
         progress(have)
+    cap = Cap.of(file, part.parent, have)
     throttle = _Throttle(network.bandwidth_limit)
     downloaded = 0
     attempt = 0
@@ -456,6 +556,9 @@ def _fetch_stream(source, pin, file, part, network, progress, probe: bool = Fals
                     stream = source.open(pin, file, have, None)
                     for chunk in stream:
                         _check_cancel()
+                        if have + len(chunk) > cap.limit:
+                            stream.close()
+                            raise _cut_off(cap, file, part)
                         try:
                             out.write(chunk)
                         except OSError as e:

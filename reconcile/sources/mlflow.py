@@ -39,6 +39,11 @@ VERSION = re.compile(r"^[0-9]{1,9}$")
 NAME = re.compile(r"^[^\x00-\x1f/]{1,256}$")
 ALIAS = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 STAGES = ("None", "Staging", "Production", "Archived")
+# The artifact listing is walked a directory per call, for as long as the server names
+# directories: one that never ends (a directory inside every directory) or names a
+# million entries is refused past these caps, far above any model.
+MAX_DEPTH = 64
+MAX_ENTRIES = 100_000
 AUTH_HINT = ("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or"
              " MLFLOW_TRACKING_TOKEN), or auth in models.toml")
 
@@ -256,12 +261,18 @@ class MlflowSource(HttpSource):
         """Every file under a proxied location (MLflow lists one directory per call)."""
         root = location[len("mlflow-artifacts:/"):]
         files: list[RemoteFile] = []
-        todo = [""]
+        todo, depth, seen = [""], 0, 0
         with ThreadPoolExecutor(max_workers=8) as pool:
             while todo:
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise self._runaway(location, f"more than {MAX_DEPTH} directory levels")
                 pages = list(pool.map(lambda d: (d, self._list(root, d)), todo))
                 todo = []
                 for d, entries in pages:
+                    seen += len(entries)
+                    if seen > MAX_ENTRIES:
+                        raise self._runaway(location, f"more than {MAX_ENTRIES} entries")
                     for e in entries:
                         rel = self._checked(f"{d}/{e['path']}".strip("/"), location)
                         if e.get("is_dir"):
@@ -270,6 +281,13 @@ class MlflowSource(HttpSource):
                             size = e.get("file_size")
                             files.append(RemoteFile(rel, size if isinstance(size, int) else None))
         return sorted(files, key=lambda f: f.path)
+
+    def _runaway(self, location: str, why: str) -> SourceError:
+        """A listing too big or too deep to be one model's (or one that never ends)."""
+        return SourceError(
+            f"{self.base}: artifacts at {location}: {why}; refused, nothing was locked (a"
+            " model is not that many files: register a version with fewer artifacts)"
+        )
 
     def _list(self, root: str, sub: str) -> list[dict[str, Any]]:
         path = f"{root}/{sub}" if sub else root

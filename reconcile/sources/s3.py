@@ -36,6 +36,12 @@ REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 PROFILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+=,-]{0,127}$")
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 XML_MAX = 16 << 20  # a page of 1,000 keys is ~0.3 MB; a bigger answer is not a listing
+# A listing is the server's to end: one that never does (IsTruncated forever, empty pages,
+# a token that repeats) or that names a million keys (each costs a HEAD, then a file) is
+# refused with these caps, far above any model (the largest have a few thousand files).
+PAGE_KEYS = 1000  # MaxKeys asked for: S3's own maximum and default
+MAX_KEYS = 100_000
+MAX_PAGES = 10_000
 CREDENTIALS_HINT = ("S3 credentials come from AWS's own chain: AWS_ACCESS_KEY_ID and"
                     " AWS_SECRET_ACCESS_KEY, AWS_PROFILE or profile = \"…\" in models.toml,"
                     " SSO (`aws sso login`), or a container/instance role; anonymous = true"
@@ -207,9 +213,11 @@ class S3Source(HttpSource):
         place outside the model tree, skips folder markers."""
         from xml.etree import ElementTree
 
-        token = None
-        while True:
-            params = {"Prefix": self.prefix, "EncodingType": "url"}
+        token, keys = None, 0
+        for page in range(MAX_PAGES + 1):
+            if page == MAX_PAGES:
+                raise self._runaway(f"the listing did not end after {MAX_PAGES} pages")
+            params = {"Prefix": self.prefix, "EncodingType": "url", "MaxKeys": PAGE_KEYS}
             if token:
                 params["ContinuationToken"] = token
             body = self._call("GET", "list_objects_v2", params, self.url_of(self.prefix)).content
@@ -222,10 +230,22 @@ class S3Source(HttpSource):
                 key = unquote_plus(item.findtext(f"{_NS}Key") or "")
                 if key.endswith("/"):
                     continue  # a "folder" marker: nothing to install
+                keys += 1
+                if keys > MAX_KEYS:
+                    raise self._runaway(f"more than {MAX_KEYS} objects under this prefix")
                 yield self._path_of(key), key
-            token = root.findtext(f"{_NS}NextContinuationToken")
+            last, token = token, root.findtext(f"{_NS}NextContinuationToken")
             if root.findtext(f"{_NS}IsTruncated") != "true" or not token:
                 return
+            if token == last:
+                raise self._runaway("the server sent the same continuation token twice")
+
+    def _runaway(self, why: str) -> SourceError:
+        """A listing too long to be one model's (or one that never ends), refused."""
+        return SourceError(
+            f"{self.url_of(self.prefix)}: {why}; refused, nothing was locked (a model is"
+            " not that many files: narrow prefix in models.toml)"
+        )
 
     def _path_of(self, key: str) -> str:
         path = key[len(self.prefix):]
