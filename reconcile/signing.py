@@ -33,10 +33,16 @@ accepts, ``model_signing verify`` accepts too; where it is stricter, it says so:
   not the given key's is refused;
 - the v0.2 predicate ``https://model_signing/Digests/v0.1`` (files as subjects, no
   ``ROOT``) is accepted, as theirs does;
-- the signature's recorded ``ignore_paths`` are path prefixes relative to the model
-  root, dropped from the model side; unsigned git metadata at the root (``.git/``,
-  ``.github/``, ``.gitattributes``, ``.gitignore``) is dropped as their CLI does by
-  default;
+- links are theirs with ``--allow_symlinks``: listed under the link's name with the
+  digest of the file it leads to. Stricter: a signature without ``allow_symlinks``
+  covers no link (their verifier with the flag would hash it anyway), and a link to a
+  directory (which theirs skips), out of the model or to nothing is refused;
+- the signature's recorded ``ignore_paths`` (path prefixes relative to the model root)
+  and the root git paths (``.git/``, ``.github/``, ``.gitattributes``, ``.gitignore``,
+  which their CLI ignores by default) exempt unsigned regular files and directories
+  only, never a link: a link is what a loader follows, wherever it sits;
+- stricter: an empty directory is refused unless something ignores it (a directory of
+  that name can change what a loader does, and no signature can list it);
 - certificate mode: the chain in the bundle (untrusted, after the signing certificate)
   and the given certificates must lead to a *self-signed* certificate among the given
   ones (OpenSSL without partial chains: an intermediate alone is not a trust anchor);
@@ -45,7 +51,9 @@ accepts, ``model_signing verify`` accepts too; where it is stricter, it says so:
   ``digitalSignature`` or have the ``codeSigning`` extended key usage;
 - validity: theirs checks every certificate at the signing certificate's notBefore
   (no timestamps exist), so it accepts a certificate that has since expired. This
-  module checks that too, and *also* at ``now``: an expired certificate is refused;
+  module checks that too, and *also* at ``now``: an expired certificate is refused
+  (deliberately: Sigstore may trust signing-time validity because its log timestamps
+  the signature; a certificate signature has no such proof of when it was made);
 - stricter: only P-256/P-384/P-521 keys, only ``files`` serialization with sha256
   (``shards`` cover byte ranges the lock does not hash), a resource listed twice, a
   signature that covers no file, digests that are not 64 hex digits.

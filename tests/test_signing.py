@@ -705,3 +705,43 @@ def test_property_links_round_trip_and_a_repointed_link_is_refused(files, data):
     plain = signing.sign(files, private_key_pem=P256_PEM, model_name="m",
                          ignore_git_paths=False)
     assert "--allow_symlinks" in refused(plain, files, links=links, public_key_pem=P256_PUB)
+
+
+@pytest.mark.integration
+def test_a_certificate_expired_since_signing_is_refused_though_model_signing_accepts(
+        signed, pki, ms, tmp_path):
+    """A deliberate difference: model_signing checks the chain at the signing
+    certificate's notBefore (there is no transparency-log timestamp to say when the
+    signature was made), so an expired certificate verifies forever. Without a log,
+    "valid now" is the reading that lets a revoked-by-expiry key stop working."""
+    now = datetime.now(UTC)
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
+        ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Old CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(1)
+          .not_valid_before(now - timedelta(days=30)).not_valid_after(now + timedelta(days=30))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+          .sign(ca_key, hashes.SHA256()))
+    leaf = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Old Signer")]))
+            .issuer_name(ca_name).public_key(leaf_key.public_key()).serial_number(2)
+            .not_valid_before(now - timedelta(days=10)).not_valid_after(now - timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CODE_SIGNING]),
+                           False)
+            .sign(ca_key, hashes.SHA256()))
+    for name, cert in (("ca.pem", ca), ("old.pem", leaf)):
+        (tmp_path / name).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "old.key").write_bytes(leaf_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    ms("sign", "certificate", signed["model"], "--private_key", tmp_path / "old.key",
+       "--signing_certificate", tmp_path / "old.pem", "--certificate_chain", tmp_path / "ca.pem",
+       "--signature", tmp_path / "old.sig")
+    p = ms("verify", "certificate", signed["model"], "--signature", tmp_path / "old.sig",
+           "--certificate_chain", tmp_path / "ca.pem", ok=False)
+    assert p.returncode == 0, p.stdout + p.stderr  # theirs: valid when it was issued
+    msg = refused((tmp_path / "old.sig").read_bytes(), signed["files"],
+                  certificate_chain_pems=[(tmp_path / "ca.pem").read_bytes()])
+    assert "certificate 'CN=Old Signer' expired on " in msg
