@@ -25,6 +25,7 @@ from .units import parse_size
 MANIFEST_NAME = "models.toml"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 SRI_RE = re.compile(r"^(sha256|sha512)-[A-Za-z0-9+/]+={0,2}$")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 ON_FAILURE = ("abort", "warn", "skip")
 PRESETS = ("strict", "standard", "minimal", "none", "paranoid")
 _SRI_LEN = {"sha256": 32, "sha512": 64}
@@ -87,6 +88,7 @@ VALIDATOR_SPEC: dict[str, Any] = {
     "timeout": "number",
     "onFailure": "enum:" + "|".join(ON_FAILURE),
     "buildInputs": "strlist",
+    "env": "envnames",  # variables let through to the command, by name (see runner.ENV_ALLOWED)
 }
 
 
@@ -371,6 +373,14 @@ class _Checker:
         elif spec == "strlist":
             self.expect(isinstance(v, list) and all(isinstance(x, str) for x in v),
                         where, "a list of strings", v)
+        elif spec == "envnames":
+            self.expect(isinstance(v, list) and all(isinstance(x, str) for x in v),
+                        where, "a list of environment variable names", v)
+            for i, name in enumerate(v):
+                if not ENV_NAME_RE.fullmatch(name):
+                    raise self.fail(f"{where}[{i}]", f"{name!r} is not an environment variable"
+                                    " name", hint="letters, digits and _, not starting with a"
+                                    " digit, e.g. CUDA_VISIBLE_DEVICES")
         elif spec == "str|int":  # a version: "3" or 3
             self.expect(isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)
                                                 and v >= 0), where, "a string or a number", v)

@@ -14,6 +14,7 @@ from typing import Any
 from .config import (
     AUTH_SPEC,
     CACHE_SPEC,
+    ENV_NAME_RE,
     MODEL_SPEC,
     NAME_RE,
     NETWORK_SPEC,
@@ -41,6 +42,8 @@ def _type(spec: Any) -> dict[str, Any]:
         "strlist": {"type": "array", "items": {"type": "string"}},
         "str|int": {"oneOf": [{"type": "string"}, {"type": "integer", "minimum": 0}]},
         "reflist": {"type": "array", "items": {"type": "string", "pattern": REF_PATTERN}},
+        "envnames": {"type": "array",
+                     "items": {"type": "string", "pattern": f"^{ENV_NAME_RE.pattern}$"}},
         "list": {"type": "array"},
         "any-table": {"type": "object"},
         "size": {"oneOf": [{"type": "integer", "minimum": 0},
