@@ -25,6 +25,8 @@ from .units import parse_size
 MANIFEST_NAME = "models.toml"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 SRI_RE = re.compile(r"^(sha256|sha512)-[A-Za-z0-9+/]+={0,2}$")
+HOST_RE = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+                     r"(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 ON_FAILURE = ("abort", "warn", "skip")
 PRESETS = ("strict", "standard", "minimal", "none", "paranoid")
@@ -43,7 +45,10 @@ NETWORK_SPEC: dict[str, Any] = {
     "caBundle": "str",
 }
 AUTH_SPEC: dict[str, Any] = {"tokenEnvVar": "str", "tokenFile": "str", "usernameEnvVar": "str",
-                             "passwordEnvVar": "str", "passwordFile": "str"}
+                             "passwordEnvVar": "str", "passwordFile": "str",
+                             # registries: token services on other hosts that may get the
+                             # credentials (WWW-Authenticate's realm)
+                             "tokenRealms": "hostlist"}
 VALIDATION_SPEC: dict[str, Any] = {
     "enable": "bool",
     "skipDefaults": "bool",
@@ -117,6 +122,8 @@ class AuthConfig:
     username_env_var: str | None = None
     password_env_var: str | None = None
     password_file: str | None = None
+    # hosts besides the registry's own whose token realm may get the credentials
+    token_realms: tuple[str, ...] = ()
 
     def env_vars(self) -> set[str]:
         """The variables that hold secrets: kept from validator commands."""
@@ -373,6 +380,14 @@ class _Checker:
         elif spec == "strlist":
             self.expect(isinstance(v, list) and all(isinstance(x, str) for x in v),
                         where, "a list of strings", v)
+        elif spec == "hostlist":
+            self.expect(isinstance(v, list) and all(isinstance(x, str) for x in v),
+                        where, "a list of host names", v)
+            for i, host in enumerate(v):
+                if not HOST_RE.fullmatch(host):
+                    raise self.fail(f"{where}[{i}]", f"{host[:100]!r} is not a host name",
+                                    hint='a host alone, as the realm URL names it, e.g.'
+                                    ' "auth.example.com" (no scheme, port or path)')
         elif spec == "envnames":
             self.expect(isinstance(v, list) and all(isinstance(x, str) for x in v),
                         where, "a list of environment variable names", v)
@@ -731,7 +746,8 @@ def _auth(d: dict[str, Any]) -> AuthConfig:
     return AuthConfig(token_env_var=d.get("tokenEnvVar"), token_file=d.get("tokenFile"),
                       username_env_var=d.get("usernameEnvVar"),
                       password_env_var=d.get("passwordEnvVar"),
-                      password_file=d.get("passwordFile"))
+                      password_file=d.get("passwordFile"),
+                      token_realms=tuple(h.lower() for h in d.get("tokenRealms", ())))
 
 
 def _integration(d: dict[str, Any], default: bool = True) -> HFIntegration:
