@@ -935,6 +935,9 @@ def check_model(config: Any, files: Iterable[Any], bundle: bytes, where: str) ->
             pems = [_read(p, f"{where}.signature.certificateChain")
                     for p in config.certificate_chain]
             signer = verify(bundle, **model, certificate_chain_pems=pems)
+    except ValueError as e:  # an entry the lock should not hold (its checks come first)
+        raise SignatureError(f"{where}: {config.file}: the lock's entries cannot be checked:"
+                             f" {e}", hint="lock the model again") from None
     except SignatureError as e:
         raise SignatureError(f"{where}: {config.file}: {e.message}",
                              hint="nothing was locked or installed; if the publisher re-signed"
