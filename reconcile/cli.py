@@ -544,28 +544,37 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dir_entries(target: Path, skip: set[str]) -> list[Any]:
+    """A directory's entries as the lock would record them (links with their target),
+    so that `sign DIR` and `sign KEY` sign the same way."""
+    from .lockfile import LockedFile
+    from .treehash import scan_tree
+
+    out = []
+    for e in scan_tree(target):
+        if e.path in skip:
+            continue
+        target_of = os.readlink(target / e.path) if e.type == "l" else None
+        out.append(LockedFile(e.path, e.size, e.sha256 if e.type == "f" else "",
+                              type=e.type, target=target_of))
+    return out
+
+
 def cmd_sign(args: argparse.Namespace) -> int:
     from .fsutil import atomic_write_text
-    from .signing import sign
+    from .signing import sign_entries
 
     target = Path(args.target)
     out = Path(args.output)
     if target.is_dir():
-        from .treehash import scan_tree
-
-        entries = scan_tree(target)
-        if links := [e.path for e in entries if e.type == "l"]:
-            raise UsageError(f"{target}: symbolic links are not signed ({links[0]} …)",
-                             hint="sign a directory of regular files (a store tree, say)")
-        skip = {os.path.relpath(out.resolve(), target.resolve())}
-        files = {e.path: e.sha256 for e in entries if e.type == "f" and e.path not in skip}
+        entries = _dir_entries(target, {os.path.relpath(out.resolve(), target.resolve())})
         name = target.resolve().name
     else:
         ws = _ws(args)
         m = ws.model(args.target)
         decl = ws.manifest.models.get(m.key)
         own = decl.signature.file if decl and decl.signature else "model.sig"
-        files = {f.path: f.sha256 for f in m.regular_files() if f.path != own}
+        entries = [f for f in m.files if f.path != own]
         name = m.name
     try:
         key = Path(args.private_key).read_bytes()
@@ -579,9 +588,13 @@ def cmd_sign(args: argparse.Namespace) -> int:
         if value is None:
             raise UsageError(f"--password-env: {args.password_env} is not set")
         password = value.encode()
-    bundle = sign(files, private_key_pem=key, password=password, model_name=name)
+    try:
+        bundle = sign_entries(entries, private_key_pem=key, password=password, model_name=name)
+    except ValueError as e:
+        raise UsageError(f"{args.target}: {e}") from None
     atomic_write_text(out, bundle.decode())
-    print(f"signed {len(files)} files of {name} into {out}")
+    signed = sum(e.type != "d" for e in entries)
+    print(f"signed {signed} files and links of {name} into {out}")
     return 0
 
 

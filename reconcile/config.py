@@ -25,6 +25,9 @@ from .units import parse_size
 MANIFEST_NAME = "models.toml"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 SRI_RE = re.compile(r"^(sha256|sha512)-[A-Za-z0-9+/]+={0,2}$")
+HOST_RE = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+                     r"(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 ON_FAILURE = ("abort", "warn", "skip")
 PRESETS = ("strict", "standard", "minimal", "none", "paranoid")
 _SRI_LEN = {"sha256": 32, "sha512": 64}
@@ -42,7 +45,10 @@ NETWORK_SPEC: dict[str, Any] = {
     "caBundle": "str",
 }
 AUTH_SPEC: dict[str, Any] = {"tokenEnvVar": "str", "tokenFile": "str", "usernameEnvVar": "str",
-                             "passwordEnvVar": "str", "passwordFile": "str"}
+                             "passwordEnvVar": "str", "passwordFile": "str",
+                             # registries: token services on other hosts that may get the
+                             # credentials (WWW-Authenticate's realm)
+                             "tokenRealms": "hostlist"}
 VALIDATION_SPEC: dict[str, Any] = {
     "enable": "bool",
     "skipDefaults": "bool",
@@ -87,6 +93,7 @@ VALIDATOR_SPEC: dict[str, Any] = {
     "timeout": "number",
     "onFailure": "enum:" + "|".join(ON_FAILURE),
     "buildInputs": "strlist",
+    "env": "envnames",  # variables let through to the command, by name (see runner.ENV_ALLOWED)
 }
 
 
@@ -115,6 +122,8 @@ class AuthConfig:
     username_env_var: str | None = None
     password_env_var: str | None = None
     password_file: str | None = None
+    # hosts besides the registry's own whose token realm may get the credentials
+    token_realms: tuple[str, ...] = ()
 
     def env_vars(self) -> set[str]:
         """The variables that hold secrets: kept from validator commands."""
@@ -371,6 +380,22 @@ class _Checker:
         elif spec == "strlist":
             self.expect(isinstance(v, list) and all(isinstance(x, str) for x in v),
                         where, "a list of strings", v)
+        elif spec == "hostlist":
+            self.expect(isinstance(v, list) and all(isinstance(x, str) for x in v),
+                        where, "a list of host names", v)
+            for i, host in enumerate(v):
+                if not HOST_RE.fullmatch(host):
+                    raise self.fail(f"{where}[{i}]", f"{host[:100]!r} is not a host name",
+                                    hint='a host alone, as the realm URL names it, e.g.'
+                                    ' "auth.example.com" (no scheme, port or path)')
+        elif spec == "envnames":
+            self.expect(isinstance(v, list) and all(isinstance(x, str) for x in v),
+                        where, "a list of environment variable names", v)
+            for i, name in enumerate(v):
+                if not ENV_NAME_RE.fullmatch(name):
+                    raise self.fail(f"{where}[{i}]", f"{name!r} is not an environment variable"
+                                    " name", hint="letters, digits and _, not starting with a"
+                                    " digit, e.g. CUDA_VISIBLE_DEVICES")
         elif spec == "str|int":  # a version: "3" or 3
             self.expect(isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)
                                                 and v >= 0), where, "a string or a number", v)
@@ -721,7 +746,8 @@ def _auth(d: dict[str, Any]) -> AuthConfig:
     return AuthConfig(token_env_var=d.get("tokenEnvVar"), token_file=d.get("tokenFile"),
                       username_env_var=d.get("usernameEnvVar"),
                       password_env_var=d.get("passwordEnvVar"),
-                      password_file=d.get("passwordFile"))
+                      password_file=d.get("passwordFile"),
+                      token_realms=tuple(h.lower() for h in d.get("tokenRealms", ())))
 
 
 def _integration(d: dict[str, Any], default: bool = True) -> HFIntegration:

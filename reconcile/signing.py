@@ -33,10 +33,16 @@ accepts, ``model_signing verify`` accepts too; where it is stricter, it says so:
   not the given key's is refused;
 - the v0.2 predicate ``https://model_signing/Digests/v0.1`` (files as subjects, no
   ``ROOT``) is accepted, as theirs does;
-- the signature's recorded ``ignore_paths`` are path prefixes relative to the model
-  root, dropped from the model side; unsigned git metadata at the root (``.git/``,
-  ``.github/``, ``.gitattributes``, ``.gitignore``) is dropped as their CLI does by
-  default;
+- links are theirs with ``--allow_symlinks``: listed under the link's name with the
+  digest of the file it leads to. Stricter: a signature without ``allow_symlinks``
+  covers no link (their verifier with the flag would hash it anyway), and a link to a
+  directory (which theirs skips), out of the model or to nothing is refused;
+- the signature's recorded ``ignore_paths`` (path prefixes relative to the model root)
+  and the root git paths (``.git/``, ``.github/``, ``.gitattributes``, ``.gitignore``,
+  which their CLI ignores by default) exempt unsigned regular files and directories
+  only, never a link: a link is what a loader follows, wherever it sits;
+- stricter: an empty directory is refused unless something ignores it (a directory of
+  that name can change what a loader does, and no signature can list it);
 - certificate mode: the chain in the bundle (untrusted, after the signing certificate)
   and the given certificates must lead to a *self-signed* certificate among the given
   ones (OpenSSL without partial chains: an intermediate alone is not a trust anchor);
@@ -45,7 +51,9 @@ accepts, ``model_signing verify`` accepts too; where it is stricter, it says so:
   ``digitalSignature`` or have the ``codeSigning`` extended key usage;
 - validity: theirs checks every certificate at the signing certificate's notBefore
   (no timestamps exist), so it accepts a certificate that has since expired. This
-  module checks that too, and *also* at ``now``: an expired certificate is refused;
+  module checks that too, and *also* at ``now``: an expired certificate is refused
+  (deliberately: Sigstore may trust signing-time validity because its log timestamps
+  the signature; a certificate signature has no such proof of when it was made);
 - stricter: only P-256/P-384/P-521 keys, only ``files`` serialization with sha256
   (``shards`` cover byte ranges the lock does not hash), a resource listed twice, a
   signature that covers no file, digests that are not 64 hex digits.
@@ -58,6 +66,7 @@ import binascii
 import fnmatch
 import hashlib
 import json
+import posixpath
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -77,8 +86,11 @@ __all__ = [
     "MAX_BUNDLE_BYTES",
     "SignatureError",
     "Signer",
+    "glob_match",
+    "ignored",
     "key_hint",
     "sign",
+    "sign_entries",
     "verify",
 ]
 
@@ -119,6 +131,8 @@ _KNOWN_CRITICAL = {
     ExtensionOID.INHIBIT_ANY_POLICY,
 }
 _LIST_AT_MOST = 10
+#: Links followed one after another before a chain counts as a loop (as Linux's ELOOP).
+_MAX_HOPS = 40
 
 
 class SignatureError(ReconcileError):
@@ -156,6 +170,8 @@ def verify(
     bundle: bytes,
     files: Mapping[str, str],
     *,
+    links: Mapping[str, str] | None = None,
+    dirs: Iterable[str] = (),
     public_key_pem: bytes | None = None,
     certificate_chain_pems: Sequence[bytes] | None = None,
     ignore: Sequence[str] = (),
@@ -163,21 +179,22 @@ def verify(
 ) -> Signer:
     """Check a model_signing signature against the model's per-file sha256.
 
-    ``files`` maps every file of the model (path relative to the model root, ``/``
-    separated; the signature file itself left out by the caller) to its sha256 hex.
-    ``ignore`` holds fnmatch-style globs dropped from both the model and the
-    signature; a glob that matches a directory drops everything under it, like
-    model_signing's ``--ignore-paths``. Give exactly one of ``public_key_pem`` (key
-    mode) or ``certificate_chain_pems`` (certificate mode: trusted certificates, PEM,
-    one or more per item; the trust anchor must be a self-signed one among them).
-    ``now`` (default: the current time; naive means UTC) is when certificates must be
-    valid.
+    ``files`` maps every regular file of the model (path relative to the model root,
+    ``/`` separated; the signature file itself left out by the caller) to its sha256
+    hex; ``links`` maps every symbolic link to its target as recorded, ``dirs`` lists
+    the directory entries: every entry must be accounted for (see :func:`_compare`),
+    since a loader reads through a link or into a directory as readily as a file.
+    ``ignore`` holds globs dropped from both the model and the signature (see
+    :func:`ignored`). Give exactly one of ``public_key_pem`` (key mode) or
+    ``certificate_chain_pems`` (certificate mode: trusted certificates, PEM, one or
+    more per item; the trust anchor must be a self-signed one among them). ``now``
+    (default: the current time; naive means UTC) is when certificates must be valid.
 
     Returns the :class:`Signer`; raises :class:`SignatureError` naming what is wrong.
     """
     if (public_key_pem is None) == (certificate_chain_pems is None):
         raise ValueError("give exactly one of public_key_pem or certificate_chain_pems")
-    model = _model_map(files)
+    tree = _tree(files, links, dirs)
     b = _parse_bundle(bundle)
     vm, env = b["verificationMaterial"], b["dsseEnvelope"]
     payload, sig = env["payload"], env["sig"]
@@ -222,21 +239,24 @@ def verify(
     if env["payloadType"] != PAYLOAD_TYPE:
         raise SignatureError(f"DSSE payloadType is {env['payloadType']!r}, "
                              f"expected {PAYLOAD_TYPE!r}")
-    signed, ignore_paths = _parse_statement(payload)
-    _compare(signed, model, ignore_paths, ignore)
+    signed, ignore_paths, allow_symlinks = _parse_statement(payload)
+    _compare(signed, tree, ignore_paths, allow_symlinks, ignore)
     return signer
 
 
 def sign(
     files: Mapping[str, str],
     *,
+    links: Mapping[str, str] | None = None,
+    dirs: Iterable[str] = (),
     private_key_pem: bytes,
     password: bytes | None = None,
     model_name: str,
     ignore_git_paths: bool = True,
 ) -> bytes:
-    """A key-mode signature over ``files`` (relative path -> sha256 hex) that
-    ``model_signing verify key`` accepts for the model directory holding those files.
+    """A key-mode signature over ``files`` (relative path -> sha256 hex), ``links``
+    (path -> target) and ``dirs`` that ``model_signing verify key`` accepts for the
+    model directory holding them, and :func:`verify` accepts for the same entries.
 
     The layout is theirs (compact bundle JSON, a 2-space-indented statement, resources
     sorted by path components, ``keyid: ""``). ``model_name`` is the subject name
@@ -244,7 +264,10 @@ def sign(
     ``ignore_git_paths`` (their CLI's default) root-level ``.git/``, ``.github/``,
     ``.gitattributes`` and ``.gitignore`` are left out and recorded as ignored, since
     their verifier drops those from the model by default and would otherwise report
-    them missing.
+    them missing. Links make it their ``--allow_symlinks`` form: each link listed
+    under its own name with the digest of the file it leads to (so verify with
+    ``--allow_symlinks``); empty directories, which no signature lists, are recorded
+    as ignored.
     """
     try:
         key = serialization.load_pem_private_key(private_key_pem, password)
@@ -253,19 +276,11 @@ def sign(
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name not in _CURVE_HASH:
         raise ConfigError("private key: model_signing signs with EC keys on P-256, P-384 "
                           "or P-521 only")
-    model = _model_map(files)
-    if len(model) != len(files):
+    tree = _tree(files, links, dirs)
+    if len(tree.files) != len(files):
         raise ValueError("files: a path is listed twice (after normalisation)")
-    entries = [(n, d) for n, d in model.items() if not (ignore_git_paths and _under(n, GIT_PATHS))]
-    entries.sort(key=lambda e: PurePosixPath(e[0]).parts)  # their Manifest's order
-    if not entries:
-        raise ValueError("files: nothing to sign")
-
+    entries, serialization_args = _to_sign(tree, ignore_git_paths)
     root = hashlib.sha256(b"".join(bytes.fromhex(d) for _, d in entries)).hexdigest()
-    serialization_args: dict[str, Any] = {"method": "files", "hash_type": "sha256"}
-    if ignore_git_paths:
-        serialization_args["ignore_paths"] = list(GIT_PATHS)
-    serialization_args["allow_symlinks"] = False
     statement = {
         "_type": STATEMENT_TYPE,
         "subject": [{"name": model_name, "digest": {"sha256": root}}],
@@ -288,6 +303,35 @@ def sign(
         },
     }
     return json.dumps(bundle, separators=(",", ":")).encode()
+
+
+def sign_entries(entries: Iterable[Any], **kw: Any) -> bytes:
+    """:func:`sign` over lock entries (``path``, ``type`` f/l/d, ``sha256``,
+    ``target``): what ``reconcile sign`` signs for a locked model or a directory."""
+    entries = list(entries)
+    return sign({e.path: e.sha256 for e in entries if e.type == "f"},
+                links={e.path: e.target for e in entries if e.type == "l"},
+                dirs=[e.path for e in entries if e.type == "d"], **kw)
+
+
+def _to_sign(tree: _Tree, ignore_git_paths: bool
+             ) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+    """The resources, in model_signing's order, and the serialization that says how
+    they were chosen (what its verifier needs to rebuild the same list)."""
+    skip = GIT_PATHS if ignore_git_paths else ()
+    parents = tree.parents()
+    entries = [(n, d) for n, d in tree.files.items() if not _under(n, skip)]
+    entries += [(n, _link_digest(n, tree, parents)) for n in tree.links if not _under(n, skip)]
+    entries.sort(key=lambda e: PurePosixPath(e[0]).parts)  # their Manifest's order
+    if not entries:
+        raise ValueError("files: nothing to sign")
+    ignore_paths = list(skip) + sorted(n for n in tree.dirs
+                                       if n not in parents and not _under(n, skip))
+    args: dict[str, Any] = {"method": "files", "hash_type": "sha256"}
+    if ignore_paths:
+        args["ignore_paths"] = ignore_paths
+    args["allow_symlinks"] = bool(tree.links)
+    return entries, args
 
 
 # --- bundle parsing (untrusted JSON: every access checked) ------------------------------------
@@ -395,8 +439,10 @@ def _material_kind(vm: dict[str, Any]) -> str:
     return "a single certificate (Sigstore keyless, not supported)"
 
 
-def _parse_statement(payload: bytes) -> tuple[dict[str, str], list[tuple[str, ...]]]:
-    """The signed ``{path: sha256 hex}`` and the ignore_paths (as path parts).
+def _parse_statement(payload: bytes) -> tuple[dict[str, str], list[tuple[str, ...]], bool]:
+    """The signed ``{path: sha256 hex}``, the ignore_paths (as path parts) and whether
+    the signer allowed links (``--allow_symlinks``: each link listed under its own name
+    with the digest of the file it points at).
 
     Follows model_signing's ``dsse_payload_to_manifest``: one subject whose sha256 is
     ROOT over the resources as listed, or the v0.2 form with files as subjects.
@@ -411,6 +457,7 @@ def _parse_statement(payload: bytes) -> tuple[dict[str, str], list[tuple[str, ..
     subjects = _field(st, "subject", list, "statement")
     entries: list[tuple[str, str]] = []
     ignore_paths: list[tuple[str, ...]] = []
+    allow_symlinks = False
     if ptype == PREDICATE_TYPE_V01:
         for i, s in enumerate(subjects):
             where = f"statement.subject[{i}]"
@@ -439,6 +486,7 @@ def _parse_statement(payload: bytes) -> tuple[dict[str, str], list[tuple[str, ..
                                  "lock has sha256 only: re-sign with sha256 (the default)")
         if "allow_symlinks" not in ser:  # theirs requires the key, whatever its value
             raise SignatureError("malformed signature: serialization has no allow_symlinks")
+        allow_symlinks = ser["allow_symlinks"] is True
         raw_ignore = ser.get("ignore_paths") or []
         if not isinstance(raw_ignore, list):
             raise SignatureError("malformed signature: ignore_paths is not a list")
@@ -470,7 +518,7 @@ def _parse_statement(payload: bytes) -> tuple[dict[str, str], list[tuple[str, ..
         if norm in signed:
             raise SignatureError(f"malformed signature: {norm!r} is listed twice")
         signed[norm] = digest.lower()
-    return signed, ignore_paths
+    return signed, ignore_paths, allow_symlinks
 
 
 def _check_hex(entries: list[tuple[str, str]]) -> None:
@@ -494,6 +542,43 @@ def _norm_path(name: str) -> str | None:
     return str(p)
 
 
+@dataclass(frozen=True)
+class _Tree:
+    """The model side: every entry of the lock by kind, so that none can go unchecked.
+
+    ``files`` maps a regular file to its sha256, ``links`` a symbolic link to its
+    target as recorded, ``dirs`` holds the directory entries."""
+
+    files: dict[str, str]
+    links: dict[str, str]
+    dirs: frozenset[str]
+
+    def parents(self) -> frozenset[str]:
+        """Every directory that holds some entry (an entry's ancestors)."""
+        out: set[str] = set()
+        for name in (*self.files, *self.links, *self.dirs):
+            parts = name.split("/")
+            out.update("/".join(parts[:i]) for i in range(1, len(parts)))
+        return frozenset(out)
+
+
+def _tree(files: Mapping[str, str], links: Mapping[str, str] | None,
+          dirs: Iterable[str]) -> _Tree:
+    link_map: dict[str, str] = {}
+    for name, target in (links or {}).items():
+        norm = _norm_path(name)
+        if norm is None or not isinstance(target, str) or not target:
+            raise ValueError(f"links: {name!r} -> {target!r} is not a link inside the model")
+        link_map[norm] = target
+    dir_set = set()
+    for name in dirs:
+        norm = _norm_path(name)
+        if norm is None:
+            raise ValueError(f"dirs: {name!r} is not a relative path inside the model")
+        dir_set.add(norm)
+    return _Tree(_model_map(files), link_map, frozenset(dir_set))
+
+
 def _model_map(files: Mapping[str, str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, digest in files.items():
@@ -506,6 +591,29 @@ def _model_map(files: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
+def _link_digest(name: str, tree: _Tree, parents: frozenset[str]) -> str:
+    """The sha256 of the file the link ``name`` leads to (through other links too): what
+    ``model_signing --allow_symlinks`` lists under the link's name. A link that leaves
+    the model, leads nowhere or to a directory is refused: no signature covers it."""
+    at = name
+    for _ in range(_MAX_HOPS):
+        target = tree.links[at]
+        joined = posixpath.normpath(posixpath.join(posixpath.dirname(at), target))
+        if target.startswith("/") or joined == ".." or joined.startswith("../"):
+            raise SignatureError(f"{name} points outside the model ({target[:200]!r}); a "
+                                 "signature covers what is inside it only")
+        if joined in tree.files:
+            return tree.files[joined]
+        if joined in tree.links:
+            at = joined
+            continue
+        if joined == "." or joined in tree.dirs or joined in parents:
+            raise SignatureError(f"{name} is a link to a directory ({target[:200]!r}), which "
+                                 "no signature covers (model_signing skips it)")
+        raise SignatureError(f"{name} points at nothing in the model ({target[:200]!r})")
+    raise SignatureError(f"{name}: more than {_MAX_HOPS} links in a row (a loop)")
+
+
 def _under(path: str, prefixes: Iterable[str | tuple[str, ...]]) -> bool:
     """model_signing's ``should_ignore``: ``path`` is, or is inside, one of them."""
     parts = PurePosixPath(path).parts
@@ -516,29 +624,64 @@ def _under(path: str, prefixes: Iterable[str | tuple[str, ...]]) -> bool:
     return False
 
 
-def _globbed(path: str, globs: Sequence[str]) -> bool:
-    """``path`` or one of its parent directories matches one of ``globs``."""
-    if not globs:
-        return False
-    parts = PurePosixPath(path).parts
-    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
-    return any(fnmatch.fnmatchcase(p, g) for g in globs for p in prefixes)
+def glob_match(pattern: str, path: str) -> bool:
+    """``path`` (``/``-separated, relative) matches ``pattern`` as a whole: ``*``, ``?``
+    and ``[…]`` stay within one path segment, a ``**`` segment stands for any number of
+    segments (none included). A leading or trailing ``/`` is not part of the match."""
+    return _segments_match(tuple(pattern.strip("/").split("/")), tuple(path.split("/")))
 
 
-def _compare(signed: dict[str, str], model: dict[str, str],
-             ignore_paths: list[tuple[str, ...]], ignore: Sequence[str]) -> None:
-    globs = [g.strip("/") for g in ignore]
-    signed = {n: d for n, d in signed.items() if not _globbed(n, globs)}
-    model = {
-        n: d for n, d in model.items()
-        if not _globbed(n, globs) and not _under(n, ignore_paths)
-        and not (n not in signed and _under(n, GIT_PATHS))
-    }
+def _segments_match(pat: tuple[str, ...], parts: tuple[str, ...]) -> bool:
+    if not pat:
+        return not parts
+    if pat[0] == "**":
+        return any(_segments_match(pat[1:], parts[i:]) for i in range(len(parts) + 1))
+    return (bool(parts) and fnmatch.fnmatchcase(parts[0], pat[0])
+            and _segments_match(pat[1:], parts[1:]))
+
+
+def ignored(path: str, globs: Sequence[str], *, is_dir: bool = False) -> bool:
+    """models.toml's ``signature.ignore``: a glob matches files (and links); one with a
+    trailing ``/`` matches a directory, and so everything under it. Why not fnmatch on
+    the whole path: there ``*`` crosses ``/`` and ``*.md`` would hide ``x.md/model.bin``."""
+    parts = path.split("/")
+    for g in globs:
+        if g.endswith("/"):
+            ancestors = ["/".join(parts[:i]) for i in range(1, len(parts) + (1 if is_dir else 0))]
+            if any(glob_match(g, a) for a in ancestors):
+                return True
+        elif not is_dir and glob_match(g, path):
+            return True
+    return False
+
+
+def _compare(signed: dict[str, str], tree: _Tree, ignore_paths: list[tuple[str, ...]],
+             allow_symlinks: bool, ignore: Sequence[str]) -> None:
+    """Every entry of the model is accounted for: signed with the same digest, named by
+    ``ignore``, or an unsigned regular file or directory under the signer's recorded
+    ignore_paths or the root git paths. A link counts only when the signature lists it
+    (``--allow_symlinks``); an empty directory only when something ignores it."""
+    signed = {n: d for n, d in signed.items() if not ignored(n, ignore)}
+    exempt = [*ignore_paths, *((g,) for g in GIT_PATHS)]
+    model = {n: d for n, d in tree.files.items()
+             if not ignored(n, ignore) and not (n not in signed and _under(n, exempt))}
+    links = sorted(n for n in tree.links if not ignored(n, ignore))
+    if links and not allow_symlinks:
+        raise SignatureError(
+            f"{_names(links, str)} {'is a symbolic link' if len(links) == 1 else 'are links'}"
+            ", and the signature was made without --allow_symlinks, so it vouches for no "
+            "link (model_signing verify refuses such a model too)")
+    parents = tree.parents()
+    for n in links:
+        model[n] = _link_digest(n, tree, parents)
+    empty = sorted(n + "/ (an empty directory, which no signature lists)" for n in tree.dirs
+                   if n not in parents and not ignored(n, ignore, is_dir=True)
+                   and not _under(n, exempt))
     if not signed:
         raise SignatureError("the signature covers no file of the model")
     differ = sorted(n for n in signed.keys() & model.keys() if signed[n] != model[n])
     missing = sorted(signed.keys() - model.keys())
-    extra = sorted(model.keys() - signed.keys())
+    extra = sorted(model.keys() - signed.keys()) + empty
     if not (differ or missing or extra):
         return
     parts = []
@@ -550,6 +693,7 @@ def _compare(signed: dict[str, str], model: dict[str, str],
     if extra:
         parts.append("extra (in the model, not signed): " + _names(extra, str))
     raise SignatureError("the signature does not match the model: " + "; ".join(parts))
+
 
 
 def _names(names: list[str], fmt: Any) -> str:
@@ -774,18 +918,26 @@ def check_model(config: Any, files: Iterable[Any], bundle: bytes, where: str) ->
     """Verify the signature declared in models.toml (``config``: a SignatureConfig)
     against a locked model's files (the signature file left out); returns the signer as
     the lock records it: ``key:<hint>`` or ``certificate:<subject>``. ``where`` names
-    the model in errors (``models.<key>``)."""
-    digests = {f.path: f.sha256 for f in files
-               if getattr(f, "type", "f") == "f" and f.path != config.file}
+    the model in errors (``models.<key>``). Every entry of the lock counts: regular
+    files, links and directories (see :func:`verify`)."""
+    entries = [f for f in files if f.path != config.file]
+    model: dict[str, Any] = {
+        "files": {f.path: f.sha256 for f in entries if getattr(f, "type", "f") == "f"},
+        "links": {f.path: f.target or "" for f in entries if getattr(f, "type", "f") == "l"},
+        "dirs": [f.path for f in entries if getattr(f, "type", "f") == "d"],
+        "ignore": config.ignore,
+    }
     try:
         if config.public_key:
-            signer = verify(bundle, digests, public_key_pem=_read(config.public_key,
-                            f"{where}.signature.publicKey"), ignore=config.ignore)
+            signer = verify(bundle, **model, public_key_pem=_read(
+                config.public_key, f"{where}.signature.publicKey"))
         else:
             pems = [_read(p, f"{where}.signature.certificateChain")
                     for p in config.certificate_chain]
-            signer = verify(bundle, digests, certificate_chain_pems=pems,
-                            ignore=config.ignore)
+            signer = verify(bundle, **model, certificate_chain_pems=pems)
+    except ValueError as e:  # an entry the lock should not hold (its checks come first)
+        raise SignatureError(f"{where}: {config.file}: the lock's entries cannot be checked:"
+                             f" {e}", hint="lock the model again") from None
     except SignatureError as e:
         raise SignatureError(f"{where}: {config.file}: {e.message}",
                              hint="nothing was locked or installed; if the publisher re-signed"

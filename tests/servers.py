@@ -508,10 +508,12 @@ def registry_binary() -> str | None:
 class TokenService:
     """The Docker token protocol's realm, as distribution's `auth.token` expects it: RS256
     JWTs with an x5c header, one scope each. Users: {name: password}; anonymous pulls
-    of repositories in ``public``. Tokens live ``lifetime`` seconds. Counts what it issued."""
+    of repositories in ``public``. Tokens live ``lifetime`` seconds. Counts what it issued,
+    and records who asked (``asked``: the user name, or None). ``host`` names the realm
+    (``localhost`` makes it another host than a registry on 127.0.0.1)."""
 
     def __init__(self, work: Path, users: dict[str, str], public: tuple[str, ...] = (),
-                 lifetime: int = 300) -> None:
+                 lifetime: int = 300, host: str = "127.0.0.1") -> None:
         import datetime
 
         from cryptography import x509
@@ -521,6 +523,7 @@ class TokenService:
 
         self.users, self.public, self.lifetime = users, public, lifetime
         self.issued: list[str] = []
+        self.asked: list[str | None] = []
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "reconcile-test-token")])
         now = datetime.datetime.now(datetime.UTC)
@@ -533,7 +536,7 @@ class TokenService:
         self.cert_path = work / "token-cert.pem"
         self.cert_path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
         self.port = free_port()
-        self.realm = f"http://127.0.0.1:{self.port}/token"
+        self.realm = f"http://{host}:{self.port}/token"
 
     def token(self, scope: str, user: str | None) -> str:
         import base64
@@ -588,6 +591,7 @@ class TokenService:
                         self.end_headers()
                         return
                     user = name
+                service.asked.append(user)
                 body = json.dumps({"token": service.token(q.get("scope", ""), user),
                                    "expires_in": service.lifetime}).encode()
                 self.send_response(200)

@@ -228,8 +228,11 @@ def test_refuses_tampered_extra_and_missing_files(signed, pki):
         bundle, dict(files, **{"extra.txt": "a" * 64}), **key)
     gone = {n: d for n, d in files.items() if n != "sub/tokenizer.json"}
     assert "missing (signed, not in the model): sub/tokenizer.json" in refused(bundle, gone, **key)
-    # ignore globs drop paths from both sides (a directory glob drops what is under it)
-    assert signing.verify(bundle, gone, ignore=["sub"], **key).kind == "key"
+    # ignore globs drop paths from both sides (a glob with a trailing / drops a
+    # directory and what is under it; without it, only a file of that name)
+    assert signing.verify(bundle, gone, ignore=["sub/"], **key).kind == "key"
+    assert "missing (signed, not in the model): sub/tokenizer.json" in refused(
+        bundle, gone, ignore=["sub"], **key)
     assert signing.verify(bundle, dict(files, **{"x.md": "b" * 64}), ignore=["*.md"], **key)
 
 
@@ -495,3 +498,250 @@ def test_property_round_trip_and_single_change(files, data):
     flipped = data.draw(_digest.filter(lambda d: d != files[victim]))
     msg = refused(bundle, dict(files, **{victim: flipped}), public_key_pem=P256_PUB)
     assert f"digest differs: {victim} (" in msg
+
+
+# --- every entry of the lock is accounted for: links, directories, git paths ------------------
+
+
+def lock_entries(root: Path, *, skip: tuple[str, ...] = ()) -> list:
+    """What models.lock holds for a tree: regular files, links (with their target) and
+    directories, as a git or archive source records them."""
+    from reconcile.lockfile import LockedFile
+
+    out = []
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if rel in skip:
+            continue
+        if p.is_symlink():
+            out.append(LockedFile(rel, type="l", target=os.readlink(p)))
+        elif p.is_dir():
+            out.append(LockedFile(rel, type="d"))
+        else:
+            data = p.read_bytes()
+            out.append(LockedFile(rel, len(data), hashlib.sha256(data).hexdigest()))
+    return out
+
+
+def sig_config(pki: Path, **kw):
+    from reconcile.config import SignatureConfig
+
+    return SignatureConfig(file="model.sig", public_key=str(pki / "p256.pub"), **kw)
+
+
+def check(pki: Path, root: Path, bundle: bytes, **kw) -> str:
+    return signing.check_model(sig_config(pki, **kw), lock_entries(root, skip=("model.sig",)),
+                               bundle, "models.m")
+
+
+def check_refused(pki: Path, root: Path, bundle: bytes, **kw) -> str:
+    with pytest.raises(SignatureError) as e:
+        check(pki, root, bundle, **kw)
+    return str(e.value)
+
+
+def transformers_layout(d: Path) -> Path:
+    d.mkdir(parents=True)
+    (d / "config.json").write_text('{"model_type": "bert"}')
+    (d / "pytorch_model.bin").write_bytes(os.urandom(4096))
+    return d
+
+
+@pytest.mark.integration
+def test_an_unsigned_link_into_github_is_refused_like_model_signing(tmp_path, ms, pki):
+    """The review's proof: a signature over config.json + pytorch_model.bin; the lock adds
+    unsigned weights under .github/ and a link to them at the name transformers loads."""
+    model = transformers_layout(tmp_path / "m")
+    ms("sign", "key", model, "--private_key", pki / "p256.key",
+       "--signature", model / "model.sig")
+    bundle = (model / "model.sig").read_bytes()
+    assert check(pki, model, bundle).startswith("key:")
+    (model / ".github").mkdir()
+    (model / ".github" / "w.safetensors").write_bytes(b"unsigned weights")
+    (model / "model.safetensors").symlink_to(".github/w.safetensors")
+    msg = check_refused(pki, model, bundle)
+    assert "model.safetensors is a symbolic link" in msg and "--allow_symlinks" in msg
+    # the reference verifier refuses the same directory
+    p = ms("verify", "key", model, "--signature", model / "model.sig", "--public_key",
+           pki / "p256.pub", ok=False)
+    assert p.returncode != 0 and "is a symlink" in p.stdout + p.stderr
+    # and with --allow_symlinks it finds the link unsigned, as reconcile does for a
+    # signature that allows links
+    ms("sign", "key", model, "--private_key", pki / "p256.key", "--allow_symlinks",
+       "--signature", tmp_path / "links.sig")
+    (model / "model.safetensors").unlink()
+    (model / "model.safetensors").symlink_to("pytorch_model.bin")
+    msg = check_refused(pki, model, (tmp_path / "links.sig").read_bytes())
+    assert "digest differs: model.safetensors" in msg
+
+
+@pytest.mark.integration
+def test_model_signing_signature_over_in_tree_links_is_accepted(tmp_path, ms, pki):
+    """`model_signing sign key --allow_symlinks` lists each link under its own name with
+    the digest of what it points at; the lock holds the link and its target."""
+    model = make_model(tmp_path / "m")
+    (model / "config-alias.json").symlink_to("config.json")
+    (model / "sub" / "weights-link.bin").symlink_to("../weights.bin")
+    ms("sign", "key", model, "--private_key", pki / "p256.key", "--allow_symlinks",
+       "--signature", model / "model.sig")
+    bundle = (model / "model.sig").read_bytes()
+    assert check(pki, model, bundle).startswith("key:")
+    # a link re-pointed after signing is refused, naming it
+    (model / "config-alias.json").unlink()
+    (model / "config-alias.json").symlink_to("sub/tokenizer.json")
+    assert "digest differs: config-alias.json" in check_refused(pki, model, bundle)
+    # a link that leaves the model, or leads nowhere, is refused for what it is
+    (model / "config-alias.json").unlink()
+    (model / "config-alias.json").symlink_to("../outside.json")
+    assert "config-alias.json points outside the model" in check_refused(pki, model, bundle)
+    (model / "config-alias.json").unlink()
+    (model / "config-alias.json").symlink_to("sub")
+    assert "config-alias.json is a link to a directory" in check_refused(pki, model, bundle)
+
+
+@pytest.mark.integration
+def test_reconcile_sign_with_links_passes_model_signing_verify(tmp_path, ms, pki):
+    """`reconcile sign` of a tree (or a lock) with links writes the --allow_symlinks form."""
+    from reconcile.cli import main
+
+    model = make_model(tmp_path / "m")
+    (model / "config-alias.json").symlink_to("config.json")
+    (model / "sub" / "weights-link.bin").symlink_to("../weights.bin")
+    code = main(["sign", str(model), "--private-key", str(pki / "p256.key"), "-o",
+                 str(model / "model.sig")])
+    assert code == 0
+    p = ms("verify", "key", model, "--signature", model / "model.sig", "--public_key",
+           pki / "p256.pub", "--allow_symlinks", ok=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert check(pki, model, (model / "model.sig").read_bytes()).startswith("key:")
+    # signing.sign from lock entries (what `reconcile sign KEY` does) writes the same
+    ours = signing.sign_entries(lock_entries(model, skip=("model.sig",)),
+                                private_key_pem=pem(pki, "p256.key"), model_name="m")
+    (tmp_path / "ours.sig").write_bytes(ours)
+    p = ms("verify", "key", model, "--signature", tmp_path / "ours.sig", "--public_key",
+           pki / "p256.pub", "--allow_symlinks", "--ignore-paths", model / "model.sig", ok=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+@pytest.mark.integration
+def test_ignore_globs_match_files_within_one_segment(tmp_path, ms, pki):
+    model = transformers_layout(tmp_path / "m")
+    ms("sign", "key", model, "--private_key", pki / "p256.key",
+       "--signature", model / "model.sig")
+    bundle = (model / "model.sig").read_bytes()
+    (model / "README.md").write_text("unsigned card")
+    assert check(pki, model, bundle, ignore=("*.md",))
+    # a directory named like the glob is not hidden, nor is what is under it
+    (model / "x.md").mkdir()
+    (model / "x.md" / "model.safetensors").write_bytes(b"unsigned")
+    assert "x.md/model.safetensors" in check_refused(pki, model, bundle, ignore=("*.md",))
+    # only a trailing / names a directory
+    assert check(pki, model, bundle, ignore=("*.md", "x.md/"))
+    # `*` stays within one segment: `docs/*` is not `docs/deep/w.bin`
+    (model / "docs" / "deep").mkdir(parents=True)
+    (model / "docs" / "deep" / "w.bin").write_bytes(b"unsigned")
+    msg = check_refused(pki, model, bundle, ignore=("*.md", "x.md/", "docs/*"))
+    assert "docs/deep/w.bin" in msg
+    assert check(pki, model, bundle, ignore=("*.md", "x.md/", "docs/**"))
+
+
+@pytest.mark.integration
+def test_an_empty_unsigned_directory_is_accounted_for(tmp_path, ms, pki):
+    model = transformers_layout(tmp_path / "m")
+    ms("sign", "key", model, "--private_key", pki / "p256.key",
+       "--signature", model / "model.sig")
+    bundle = (model / "model.sig").read_bytes()
+    (model / "model.safetensors").mkdir()
+    assert "model.safetensors/ (an empty directory" in check_refused(pki, model, bundle)
+    assert check(pki, model, bundle, ignore=("model.safetensors/",))
+
+
+# --- property: ignore globs and links -------------------------------------------------------
+
+_plain = st.text("abcxyz.-_", min_size=1, max_size=5).filter(lambda s: s not in (".", ".."))
+_paths = st.lists(_plain, min_size=1, max_size=4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(parts=_paths, stars=st.integers(1, 5))
+def test_property_star_stays_within_one_segment(parts, stars):
+    path = "/".join(parts)
+    assert signing.glob_match("/".join(["*"] * stars), path) == (stars == len(parts))
+    assert signing.glob_match("**", path)
+    assert signing.glob_match("**/" + parts[-1], path)
+    assert signing.glob_match(path, path) and not signing.glob_match(path + "x", path)
+    # a file glob never hides a directory's contents; the same glob with / does
+    if len(parts) > 1:
+        head = "/".join(parts[:-1])
+        assert not signing.ignored(path, [head])
+        assert signing.ignored(path, [head + "/"])
+        assert signing.ignored(path, ["*/" * (len(parts) - 1)])
+    assert not signing.ignored(path, [path + "/"])  # a file is no directory
+    assert signing.ignored(path, [path + "/"], is_dir=True)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(files=st.dictionaries(_names, _digest, min_size=1, max_size=8), data=st.data())
+def test_property_links_round_trip_and_a_repointed_link_is_refused(files, data):
+    files = {n: d for n, d in files.items() if not any(o.startswith(n + "/") for o in files)}
+    dirs = {"/".join(n.split("/")[:i]) for n in files for i in range(1, n.count("/") + 1)}
+    names = sorted(files)
+    links = {}
+    for i in range(data.draw(st.integers(1, 3))):
+        name = f"link{i}"
+        if name in files or name in dirs:
+            continue
+        links[name] = data.draw(st.sampled_from(names))  # relative to the root
+    bundle = signing.sign(files, links=links, private_key_pem=P256_PEM, model_name="m",
+                          ignore_git_paths=False)
+    assert signing.verify(bundle, files, links=links, public_key_pem=P256_PUB).kind == "key"
+    # unsigned: a link the signature does not list, or one that now leads elsewhere
+    victim = sorted(links)[0]
+    other = [n for n in names if files[n] != files[links[victim]]]
+    if other:
+        moved = dict(links, **{victim: data.draw(st.sampled_from(other))})
+        assert f"digest differs: {victim}" in refused(bundle, files, links=moved,
+                                                       public_key_pem=P256_PUB)
+    plain = signing.sign(files, private_key_pem=P256_PEM, model_name="m",
+                         ignore_git_paths=False)
+    assert "--allow_symlinks" in refused(plain, files, links=links, public_key_pem=P256_PUB)
+
+
+@pytest.mark.integration
+def test_a_certificate_expired_since_signing_is_refused_though_model_signing_accepts(
+        signed, pki, ms, tmp_path):
+    """A deliberate difference: model_signing checks the chain at the signing
+    certificate's notBefore (there is no transparency-log timestamp to say when the
+    signature was made), so an expired certificate verifies forever. Without a log,
+    "valid now" is the reading that lets a revoked-by-expiry key stop working."""
+    now = datetime.now(UTC)
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
+        ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Old CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(1)
+          .not_valid_before(now - timedelta(days=30)).not_valid_after(now + timedelta(days=30))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+          .sign(ca_key, hashes.SHA256()))
+    leaf = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Old Signer")]))
+            .issuer_name(ca_name).public_key(leaf_key.public_key()).serial_number(2)
+            .not_valid_before(now - timedelta(days=10)).not_valid_after(now - timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CODE_SIGNING]),
+                           False)
+            .sign(ca_key, hashes.SHA256()))
+    for name, cert in (("ca.pem", ca), ("old.pem", leaf)):
+        (tmp_path / name).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "old.key").write_bytes(leaf_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    ms("sign", "certificate", signed["model"], "--private_key", tmp_path / "old.key",
+       "--signing_certificate", tmp_path / "old.pem", "--certificate_chain", tmp_path / "ca.pem",
+       "--signature", tmp_path / "old.sig")
+    p = ms("verify", "certificate", signed["model"], "--signature", tmp_path / "old.sig",
+           "--certificate_chain", tmp_path / "ca.pem", ok=False)
+    assert p.returncode == 0, p.stdout + p.stderr  # theirs: valid when it was issued
+    msg = refused((tmp_path / "old.sig").read_bytes(), signed["files"],
+                  certificate_chain_pems=[(tmp_path / "ca.pem").read_bytes()])
+    assert "certificate 'CN=Old Signer' expired on " in msg

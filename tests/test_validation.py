@@ -163,6 +163,53 @@ def test_custom_validator_sees_src_and_a_scrubbed_environment(project, tmp_path,
     assert "t0k" not in text
 
 
+#: What the review set: 18 secrets in the user's environment, under the names real tools
+#: use; 8 of them reached validators through the old deny-list.
+SECRETS = {
+    "HTTPS_PROXY": "http://user:proxy-pass@127.0.0.1:3128", "PIP_INDEX_URL":
+    "https://u:pip-pass@pypi.example/simple", "GH_PAT": "ghp_pat", "CI_JOB_JWT": "eyJjwt",
+    "DATABASE_URL": "postgres://u:db-pass@h/db", "DOCKER_AUTH_CONFIG": '{"auths": "dock"}',
+    "NETRC": "/home/u/.netrc-secret", "SSH_AUTH_SOCK": "/tmp/ssh-agent-sock",
+    "HF_TOKEN": "hf_tok", "AWS_SECRET_ACCESS_KEY": "aws-sk", "GITHUB_TOKEN": "gh-tok",
+    "OPENAI_API_KEY": "sk-openai", "MLFLOW_TRACKING_PASSWORD": "mlf-pass",
+    "AZURE_CLIENT_SECRET": "az-sec", "GOOGLE_APPLICATION_CREDENTIALS": "/gcp-creds.json",
+    "NPM_TOKEN": "npm-tok", "VAULT_TOKEN": "vault-tok", "MY_MODEL_PASSWORD": "model-pass",
+}
+
+
+def test_validators_get_an_allow_listed_environment(project, tmp_path, monkeypatch):
+    """Validators run beside untrusted files (and may load them): they get PATH, HOME,
+    the locale, TMPDIR, TERM, $src and what the validator's own `env` names; nothing
+    else, whatever it is called."""
+    for k, v in SECRETS.items():
+        monkeypatch.setenv(k, v)
+    for k, v in {"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TMPDIR": str(tmp_path),
+                 "TERM": "dumb", "CUDA_VISIBLE_DEVICES": "1", "SOME_TOOL_HOME": "/opt/t"}.items():
+        monkeypatch.setenv(k, v)
+    out, out2 = tmp_path / "env.txt", tmp_path / "env2.txt"
+    project.write(model('"config.json"', only('"envdump"', '"gpu"'))
+                  + f"[validators.envdump]\ncommand = 'env > {out}'\n"
+                  + f"[validators.gpu]\ncommand = 'env > {out2}'\n"
+                  + 'env = ["CUDA_VISIBLE_DEVICES", "NOT_SET_ANYWHERE"]\n')
+    r = project.sh("apply")
+    assert r.code == 0, r.err
+    seen = dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
+    leaked = sorted(k for k, v in SECRETS.items() if v in out.read_text() + out2.read_text())
+    assert leaked == []
+    for k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TERM", "src"):
+        assert k in seen, k
+    assert "CUDA_VISIBLE_DEVICES" not in seen and "SOME_TOOL_HOME" not in seen
+    assert "CUDA_VISIBLE_DEVICES=1" in out2.read_text().splitlines()
+    assert "NOT_SET_ANYWHERE" not in out2.read_text()
+
+
+def test_a_validator_env_entry_must_be_a_variable_name(project):
+    project.write(model('"config.json"', only('"gpu"'))
+                  + '[validators.gpu]\ncommand = "true"\nenv = ["CUDA VISIBLE"]\n')
+    r = project.sh("apply")
+    assert r.code == 2 and "validators.gpu.env[0]" in r.err and "Traceback" not in r.err
+
+
 def test_timeout_kills_the_whole_process_group(tmp_path):
     pidfile = tmp_path / "child.pid"
     v = Validator("slow", command=f"sleep 30 & echo $! > {pidfile}; wait", timeout=0.5)

@@ -82,6 +82,16 @@ def error_text(body: bytes) -> str:
         return printable(body.decode("utf-8", "replace"), 120)
 
 
+#: Public registries whose token service lives on another host, by design and documented:
+#: the credentials may go there without a tokenRealms entry.
+KNOWN_REALMS: dict[str, tuple[str, ...]] = {
+    "registry-1.docker.io": ("auth.docker.io",),
+    "index.docker.io": ("auth.docker.io",),
+    "docker.io": ("auth.docker.io",),
+    "registry.gitlab.com": ("gitlab.com",),
+}
+
+
 class Registry:
     """One repository on one registry, with the credentials of one model."""
 
@@ -138,6 +148,8 @@ class Registry:
         if urlsplit(realm).scheme == "http" and urlsplit(self.base).scheme == "https":
             raise SourceError(f"{self.name}: the registry sends credentials to a plain-http"
                               f" token realm ({printable(realm)}); refused")
+        if mine:
+            self._check_realm_host(realm)
         query = {k: params[k] for k in ("service", "scope") if params.get(k)}
         if "scope" not in query:
             query["scope"] = f"repository:{self.repository}:pull"
@@ -161,6 +173,22 @@ class Registry:
         life = float(life) if isinstance(life, int | float) and life > 0 else 60.0  # the spec's
         self._expires = time.monotonic() + life - min(10.0, life / 4)
         return {"Authorization": f"Bearer {token}"}
+
+    def _check_realm_host(self, realm: str) -> None:
+        """The model's credentials go to the registry's own host, a realm that models.toml
+        lists (``auth.tokenRealms``) or a known public pair (Docker Hub's
+        auth.docker.io); any other realm a registry names is refused, since a registry
+        (or whoever answers for it) could name any host."""
+        host = (urlsplit(realm).hostname or "").lower()
+        own = (urlsplit(self.base).hostname or "").lower()
+        listed = getattr(getattr(self.credentials, "auth", None), "token_realms", ())
+        if host == own or host in listed or host in KNOWN_REALMS.get(own, ()):
+            return
+        raise AuthRequired(
+            f"{self.name}: the registry asks for the credentials at a token service on"
+            f" another host ({printable(host)}); not sent",
+            hint=f'if {printable(host)} is this registry\'s token service, list it in the'
+            f' model\'s auth: tokenRealms = ["{printable(host)}"]')
 
     def _denied(self, status: int, why: str) -> AuthRequired:
         return AuthRequired(f"{self.name}: access denied (HTTP {status}): {why}",

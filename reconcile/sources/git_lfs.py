@@ -117,6 +117,27 @@ def check_url(url: str, what: str = "url") -> str:
     return url.rstrip("/")
 
 
+def same_origin(url: str, other: str) -> bool:
+    """Whether credentials for ``other`` may go to ``url``: the same scheme, host and
+    port. The host alone is not enough: ``http://host/`` would get an https repository's
+    token in the clear."""
+    from ..transport import origin
+
+    return origin(url) == origin(other)
+
+
+def check_endpoint(endpoint: str, repo: str) -> None:
+    """An https repository's LFS endpoint must be https too: the batch request carries
+    the repository's credentials (or the git credential helper's) and names every
+    object; refused with the reason rather than sent in the clear."""
+    if urlsplit(repo).scheme == "https" and urlsplit(endpoint).scheme != "https":
+        raise SourceError(f"{repo}: .lfsconfig names the LFS endpoint {endpoint}, plain "
+                          "http for an https repository; refused (credentials would travel "
+                          "in the clear)",
+                          hint="the repository's .lfsconfig lfs.url must be an https URL; "
+                          "ask its owner to fix it, or pin a commit before the change")
+
+
 class GitLfsSource(HttpSource):
     type = "git-lfs"
     OPTIONS: dict[str, Any] = {"url": "str", "baseUrl": "str", "repo": "str", "rev": "str",
@@ -162,6 +183,7 @@ class GitLfsSource(HttpSource):
         self._hrefs: dict[str, tuple[str, dict[str, str], float]] = {}
         self._endpoint: str | None = None
         self._git_auth: dict[str, str] | None = None  # from `git credential fill`
+        self._git_auth_origin: tuple[str, str, int | None] | None = None  # for this only
         self._blobs: BlobReader | None = None
 
     # --- git --------------------------------------------------------------------------
@@ -444,16 +466,21 @@ class GitLfsSource(HttpSource):
                     url = check_url(url, ".lfsconfig lfs.url")
                 except ValueError as e:
                     raise SourceError(f"{self.url}: {e}") from None
+                check_endpoint(url, self.url)
             self._endpoint = url or lfs_endpoint(self.url)
         return self._endpoint
 
     def _auth_for(self, url: str) -> dict[str, str]:
-        """Credentials for the LFS endpoint: the model's auth on the git host only;
-        otherwise what the user's git credential helper has for that host."""
-        same = urlsplit(url).netloc == urlsplit(self.url).netloc
-        if same and not self.credentials.anonymous:
+        """Credentials for ``url``: the model's auth at the repository's own origin
+        (scheme, host and port) only; otherwise what the user's git credential helper
+        gave for exactly that origin."""
+        from ..transport import origin
+
+        if same_origin(url, self.url) and not self.credentials.anonymous:
             return self.credentials.headers()
-        return self._git_auth or {}
+        if self._git_auth and self._git_auth_origin == origin(url):
+            return self._git_auth
+        return {}
 
     def _credential_fill(self, url: str) -> bool:
         """Ask git's credential helpers (never a prompt) for ``url``'s host; True when
@@ -470,8 +497,11 @@ class GitLfsSource(HttpSource):
         got = dict(ln.partition("=")[::2] for ln in p.stdout.decode().splitlines() if "=" in ln)
         if not got.get("password"):
             return False
+        from ..transport import origin
+
         pair = base64.b64encode(f"{got.get('username', '')}:{got['password']}".encode()).decode()
         self._git_auth = {"Authorization": f"Basic {pair}"}
+        self._git_auth_origin = origin(url)
         return True
 
     def _batch(self, files: list[Any], commit: str) -> None:
@@ -606,8 +636,8 @@ class GitLfsSource(HttpSource):
                          denied="the object store refused it")
 
         if not any(k.lower() == "authorization" for k in header):
-            header = {**header, **(self._auth_for(href) if urlsplit(href).netloc
-                                   == urlsplit(self.endpoint(pin["commit"])).netloc else {})}
+            header = {**header, **(self._auth_for(href) if same_origin(
+                href, self.endpoint(pin["commit"])) else {})}
         length = (file.size if end is None else end) - start
         yield from stream(lambda: self.client, href, start=start, end=end, headers=header,
                           length=length, network=self.decl.network,

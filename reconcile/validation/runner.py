@@ -29,10 +29,12 @@ from ..store import Store
 from .builtin import BUILTINS, split_ref
 
 VERSION = "1"  # bump when a built-in's behaviour changes: cached results then expire
-SECRET_MARKERS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "API_KEY", "ACCESS_KEY",
-                  "PRIVATE_KEY", "SESSION_KEY")
-SECRET_PREFIXES = ("AWS_", "AZURE_", "GOOGLE_", "GCP_", "MLFLOW_TRACKING_", "HF_TOKEN",
-                   "HUGGING_FACE_HUB_TOKEN")
+#: All of the user's environment a validator command gets (besides $src and the names its
+#: own ``env`` lists): an allow-list, since a secret's name cannot be guessed (GH_PAT,
+#: DATABASE_URL, a proxy URL with a password, SSH_AUTH_SOCK …) and validators run beside
+#: files that may be hostile.
+ENV_ALLOWED = ("PATH", "HOME", "LANG", "LANGUAGE", "TMPDIR", "TERM", "TZ")
+ENV_ALLOWED_PREFIXES = ("LC_",)
 
 
 @dataclass(frozen=True)
@@ -46,10 +48,13 @@ class Validator:
     timeout: float = 300.0
     on_failure: str = "abort"
     build_inputs: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()  # the user's variables let through to the command, by name
 
     def fingerprint(self) -> str:
         d = {"v": VERSION, "name": self.name, "command": self.command, "arg": self.arg,
              "onFailure": self.on_failure, "buildInputs": list(self.build_inputs)}
+        if self.env:  # only then, so that existing results stay valid
+            d["env"] = sorted(self.env)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
@@ -64,13 +69,13 @@ class Outcome:
 
 
 def mk_validator(name: str, command: str, description: str = "", timeout: float = 300,
-                 on_failure: str = "abort", build_inputs: list[str] | tuple[str, ...] = ()
-                 ) -> Validator:
+                 on_failure: str = "abort", build_inputs: list[str] | tuple[str, ...] = (),
+                 env: list[str] | tuple[str, ...] = ()) -> Validator:
     """The seed's mkValidator."""
     if on_failure not in ("abort", "warn", "skip"):
         raise ConfigError(f"validator {name}: onFailure must be abort, warn or skip")
     return Validator(name, description, command, None, float(timeout), on_failure,
-                     tuple(build_inputs))
+                     tuple(build_inputs), tuple(env))
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -105,7 +110,8 @@ def parse_ref(item: Any, customs: dict[str, dict[str, Any]], where: str = "valid
     if name in customs:
         c = customs[name]
         return mk_validator(name, c["command"], c.get("description", ""), c.get("timeout", 300),
-                            c.get("onFailure", "abort"), c.get("buildInputs", ()))
+                            c.get("onFailure", "abort"), c.get("buildInputs", ()),
+                            c.get("env", ()))
     import difflib
 
     close = difflib.get_close_matches(name, [*BUILTINS, *customs], n=1)
@@ -134,17 +140,19 @@ def validators_for(decl: ModelDecl | None, customs: dict[str, dict[str, Any]],
             val.on_failure if val.command else base["onFailure"])
         timeout = float(v.timeout) if v and v.timeout else val.timeout
         out[val.name] = Validator(val.name, val.description, val.command, val.arg, timeout,
-                                  on_failure, val.build_inputs)
+                                  on_failure, val.build_inputs, val.env)
     return list(out.values())
 
 
-def scrubbed_env(src: Path, hidden: frozenset[str] = frozenset()) -> dict[str, str]:
-    """The environment for validator commands: no tokens, keys or cloud credentials,
-    and none of the variables models.toml names as holding a secret (``hidden``:
-    auth.tokenEnvVar, usernameEnvVar, passwordEnvVar of any model), whatever their names."""
+def scrubbed_env(src: Path, hidden: frozenset[str] = frozenset(),
+                 allow: tuple[str, ...] = ()) -> dict[str, str]:
+    """The environment for validator commands: PATH, HOME, the locale (LANG, LC_*), TMPDIR,
+    TERM and TZ, the names the validator's ``env`` lets through (``allow``), and ``src``;
+    nothing else. ``hidden`` (auth.tokenEnvVar, usernameEnvVar, passwordEnvVar of any
+    model) never passes, even when listed: models.toml says those hold a secret."""
     env = {k: v for k, v in os.environ.items()
-           if k not in hidden and not k.startswith(SECRET_PREFIXES)
-           and not any(m in k.upper() for m in SECRET_MARKERS)}
+           if (k in ENV_ALLOWED or k.startswith(ENV_ALLOWED_PREFIXES) or k in allow)
+           and k not in hidden}
     env["src"] = str(src)
     return env
 
@@ -172,7 +180,7 @@ def run_validator(val: Validator, root: Path, hidden: frozenset[str] = frozenset
         return Outcome(val.name, "error", val.on_failure,
                        [f"needs {', '.join(missing)} on PATH (buildInputs)"])
     with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(["bash", "-c", val.command], cwd=root, env=scrubbed_env(root, hidden),
+        proc = subprocess.Popen(["bash", "-c", val.command], cwd=root, env=scrubbed_env(root, hidden, val.env),
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
         try:

@@ -505,6 +505,83 @@ def test_a_forge_behind_a_company_ca(project, forge, tmp_path):
     assert (installed(project) / "model.safetensors").read_bytes() == V1["bert/model.safetensors"]
 
 
+def _tls_front(forge: Forge, tmp_path: Path):
+    """nginx with TLS in front of ``forge``, logging every request's Authorization
+    header (a plain-http request to its port is logged too, answered 400): the place a
+    credential sent in the clear would show."""
+    from tests.servers import free_port, make_ca, nginx_binary, run_nginx
+
+    if nginx_binary() is None:
+        pytest.skip("needs nginx (apt-get install nginx-light)")
+    ca, cert, key = make_ca(tmp_path / "pki")
+    work, port = tmp_path / "ng", free_port()
+    work.mkdir()
+    (work / "nginx.conf").write_text(f"""
+daemon off; pid {work}/nginx.pid; error_log {work}/error.log; user root;
+worker_processes 1; events {{ worker_connections 64; }}
+http {{
+  log_format auth '$scheme $request_method $uri $status [$http_authorization]';
+  access_log {work}/access.log auth;
+  client_body_temp_path {work}/body; proxy_temp_path {work}/proxy;
+  fastcgi_temp_path {work}/fcgi; uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
+  server {{
+    listen 127.0.0.1:{port} ssl; ssl_certificate {cert}; ssl_certificate_key {key};
+    location / {{ proxy_pass http://127.0.0.1:{forge.port}; proxy_set_header Host $http_host;
+      proxy_set_header X-Forwarded-Proto https; proxy_buffering off; client_max_body_size 0; }}
+  }}
+}}
+""")
+    return ca, work, run_nginx(work / "nginx.conf", work, port)
+
+
+def test_an_http_lfs_url_for_an_https_repo_is_refused_before_credentials_go_out(
+        project, private_forge, tmp_path, monkeypatch):
+    """.lfsconfig names the same host and port over plain http: the model's credentials
+    would travel in the clear. The lock stops first, naming the endpoint and the fix."""
+    env = git_env(tmp_path / "h")
+    repo = private_forge.root / "repos/org/downgrade.git"
+    _git(env, "init", "-q", "--bare", "-b", "main", str(repo))
+    src = tmp_path / "src"
+    src.mkdir()
+    _git(env, "init", "-q", "-b", "main", cwd=src)
+    data = V1["bert/model.safetensors"]
+    (src / "model.safetensors").write_bytes(
+        f"version https://git-lfs.github.com/spec/v1\noid sha256:"
+        f"{hashlib.sha256(data).hexdigest()}\nsize {len(data)}\n".encode())
+    ca, work, running = _tls_front(private_forge, tmp_path)
+    monkeypatch.setenv("FORGE_USER", "alice")
+    monkeypatch.setenv("FORGE_PASSWORD", PASSWORD)
+    with running as plain:  # run_nginx names the port http://; it speaks TLS only
+        url = plain.replace("http://", "https://")
+        (src / ".lfsconfig").write_text(f"[lfs]\n\turl = {plain}/org/models.git/info/lfs\n")
+        _git(env, "add", "-A", cwd=src)
+        _git(env, "commit", "-qm", "x", cwd=src)
+        _git(env, "push", "-q", str(repo), "main", cwd=src)
+        declare(project, url + "/org/downgrade", "main", subdir=None,
+                extra='auth = { usernameEnvVar = "FORGE_USER", passwordEnvVar = "FORGE_PASSWORD" }'
+                f'\n[models.bert.network]\ncaBundle = "{ca}"\n')
+        r = project.run("lock")
+        log = (work / "access.log").read_text()
+    assert [ln for ln in log.splitlines() if ln.startswith("https GET")], log  # git went over TLS
+    assert not [ln for ln in log.splitlines() if not ln.startswith("https ")], log
+    assert r.code == 1, r.err
+    assert ".lfsconfig" in r.err and "http://" in r.err and "https" in r.err, r.err
+    assert "Traceback" not in r.err and PASSWORD not in r.err
+
+
+def test_lfs_credentials_go_to_the_repositorys_origin_only():
+    """Scheme, host and port: http://host/ is not https://host/, nor is another port."""
+    from reconcile.sources.git_lfs import same_origin
+
+    repo = "https://git.example.com/org/m"
+    assert same_origin("https://git.example.com/org/m.git/info/lfs", repo)
+    assert same_origin("https://GIT.example.com:443/org/m.git/info/lfs", repo)
+    assert not same_origin("http://git.example.com/org/m.git/info/lfs", repo)
+    assert not same_origin("https://git.example.com:8443/org/m.git/info/lfs", repo)
+    assert not same_origin("https://lfs.example.com/org/m", repo)
+    assert not same_origin("https://git.example.com.evil.net/org/m", repo)
+
+
 def test_two_projects_share_one_partial_clone_per_url(project, forge, tmp_path):
     """Another project on the same store, at another rev, at the same time: one clone
     (a lock per URL serialises fetches), both models right."""

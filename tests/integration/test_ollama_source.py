@@ -175,6 +175,42 @@ def test_token_auth_anonymous_and_with_credentials(project, private_registry, mo
     assert any(s == "repository:team/secret:pull" for s in tokens.issued)
 
 
+def test_credentials_go_to_the_registrys_host_or_a_listed_token_realm_only(
+        project, tmp_path, monkeypatch):
+    """The registry's WWW-Authenticate names a realm on another host: the model's Basic
+    credentials go there only when models.toml lists it (auth.tokenRealms); an anonymous
+    token (nothing to leak) is asked for anywhere, as Docker Hub's auth.docker.io needs."""
+    tokens = TokenService(tmp_path / "token", {"alice": PASSWORD}, public=("library/open",),
+                          host="localhost")
+    with tokens.run(), docker_registry(tmp_path / "reg", token=tokens) as url:
+        pusher = Pusher(url, user=("alice", PASSWORD))
+        push_ollama(pusher, "team/secret", "latest")
+        push_ollama(pusher, "library/open", "latest", layers=LAYERS[:2])
+        declare(project, url, "open")
+        r = project.run("lock")
+        assert r.code == 0, r.err
+        monkeypatch.setenv("REG_USER", "alice")
+        monkeypatch.setenv("REG_PASSWORD", PASSWORD)
+        auth = 'auth = { usernameEnvVar = "REG_USER", passwordEnvVar = "REG_PASSWORD"%s }\n'
+        declare(project, url, "team/secret", extra=auth % "")
+        asked = len(tokens.asked)
+        r = project.run("lock")
+        assert tokens.asked[asked:] == []  # alice's password never went to localhost
+        assert r.code == 1 and "localhost" in r.err and "tokenRealms" in r.err, r.err
+        assert PASSWORD not in r.err and "Traceback" not in r.err
+        declare(project, url, "team/secret", extra=auth % ', tokenRealms = ["localhost"]')
+        r = project.run("lock")
+        assert r.code == 0, r.err
+        assert "alice" in tokens.asked[asked:]
+
+
+def test_token_realms_are_host_names(project):
+    declare(project, "http://127.0.0.1:1", "x",
+            extra='auth = { tokenEnvVar = "T", tokenRealms = ["https://auth.example.com/t"] }\n')
+    r = project.run("lock")
+    assert r.code == 2 and "models.llm.auth.tokenRealms[0]" in r.err, r.err
+
+
 def test_tokens_are_renewed_when_they_expire(project, tmp_path):
     """Tokens that live 2 s: a source that outlives one asks for a new one before use."""
     import time

@@ -171,3 +171,100 @@ def test_reconcile_sign_is_accepted_by_model_signing(project, hf_env, hub, keys,
     r = _ms("verify", "key", d, "--signature", d / "model.sig", "--public_key",
             keys["publisher.pub"])
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# --- a git repository with in-tree links (source.git-lfs on the test forge) ----------------
+
+
+@pytest.fixture(scope="module")
+def forge(tmp_path_factory):
+    import shutil
+
+    pytest.importorskip("giftless")
+    if shutil.which("git") is None:
+        pytest.skip("needs git")
+    from tests.servers import git_forge
+
+    with git_forge(tmp_path_factory.mktemp("forge") / "srv") as f:
+        yield f
+
+
+def _push_tree(forge, name: str, tree: Path, home: Path) -> None:
+    """``tree`` as it is (links included) committed and pushed by the real git."""
+    from tests.servers import git_env
+
+    env = git_env(home)
+
+    def git(*args: str | Path) -> None:
+        subprocess.run(["git", *map(str, args)], cwd=tree, env=env, check=True,
+                       capture_output=True)
+
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main",
+                    forge.root / f"repos/org/{name}.git"], env=env, check=True)
+    git("init", "-q", "-b", "main")
+    git("add", "-A")
+    git("commit", "-qm", "publish")
+    git("push", "-q", forge.url(f"org/{name}"), "main")
+
+
+GIT_MODEL = """\
+[models.linked]
+source.git-lfs = {{ url = "{url}", rev = "main" }}
+signature = {{ file = "model.sig", publicKey = "{key}" }}
+validation = {{ requireSignature = true, preset = "none" }}  # FILES' weights are stand-ins
+"""
+
+
+def test_a_git_model_with_links_signed_by_model_signing_locks_and_verifies_back(
+        project, forge, keys, tmp_path):
+    """Both ways with links: the publisher signs with `model_signing --allow_symlinks`,
+    reconcile locks and installs it; `reconcile sign` of the lock is accepted by
+    `model_signing verify --allow_symlinks` on the installed tree."""
+    tree = tmp_path / "linked"
+    tree.mkdir()
+    for path, data in FILES.items():
+        (tree / path).parent.mkdir(parents=True, exist_ok=True)
+        (tree / path).write_bytes(data)
+    (tree / "config-alias.json").symlink_to("config.json")
+    r = _ms("sign", "key", tree, "--private_key", keys["publisher"], "--allow_symlinks",
+            "--signature", tree / "model.sig")
+    assert r.returncode == 0, r.stdout + r.stderr
+    _push_tree(forge, "linked", tree, tmp_path / "home")
+    project.write(GIT_MODEL.format(url=forge.url("org/linked"), key=keys["publisher.pub"]))
+    r = project.run("apply")
+    assert r.code == 0, r.err
+    assert any(f.type == "l" for f in read_lock(project.lock).models["linked"].files)
+
+    from reconcile.store import Store
+
+    installed = Store(project.store).model_path(read_lock(project.lock).models["linked"])
+    assert (installed / "config-alias.json").is_symlink()
+    r = _ms("verify", "key", installed, "--signature", installed / "model.sig",
+            "--public_key", keys["publisher.pub"], "--allow_symlinks")
+    assert r.returncode == 0, r.stdout + r.stderr
+    ours = tmp_path / "ours.sig"
+    r2 = project.run("sign", "linked", "--private-key", str(keys["other"]), "-o", str(ours))
+    assert r2.code == 0, r2.err
+    r = _ms("verify", "key", installed, "--signature", ours, "--public_key", keys["other.pub"],
+            "--allow_symlinks", "--ignore-paths", installed / "model.sig")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_an_unsigned_link_into_github_locks_nothing(project, forge, keys, tmp_path):
+    """The review's repository: signed config.json + pytorch_model.bin, then unsigned
+    weights under .github/ and a link to them where transformers looks first."""
+    tree = tmp_path / "evil"
+    tree.mkdir()
+    (tree / "config.json").write_bytes(b'{"model_type": "bert"}')
+    (tree / "pytorch_model.bin").write_bytes(b"signed weights")
+    r = _ms("sign", "key", tree, "--private_key", keys["publisher"],
+            "--signature", tree / "model.sig")
+    assert r.returncode == 0, r.stdout + r.stderr
+    (tree / ".github").mkdir()
+    (tree / ".github" / "w.safetensors").write_bytes(b"unsigned weights")
+    (tree / "model.safetensors").symlink_to(".github/w.safetensors")
+    _push_tree(forge, "evil", tree, tmp_path / "home")
+    project.write(GIT_MODEL.format(url=forge.url("org/evil"), key=keys["publisher.pub"]))
+    r = project.run("apply")
+    assert r.code == 1 and "model.safetensors is a symbolic link" in r.err, r.err
+    assert "Traceback" not in r.err and not project.lock.exists()
