@@ -1,0 +1,179 @@
+"""The GitHub Action (action.yml) run as a runner runs it (tests/ghrunner.py: its `run:`
+steps by bash with GITHUB_ENV, GITHUB_OUTPUT and RUNNER_OS; actions/cache emulated by a
+directory of archives keyed as the action keys them), installing the real reconcile into
+its own venv and applying against the local stand-in Hub. Two runs on fresh runners that
+share only the cache: the first downloads, the second makes no request at all."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reconcile.lockfile import cache_key, read_lock
+from tests.conftest import REPO
+from tests.ghrunner import Runner, StepFailed
+from tests.hub import Hub
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _weights() -> bytes:
+    import numpy as np
+    from safetensors.numpy import save
+
+    return save({"w": np.random.default_rng(0).random(100_000, dtype=np.float32)})
+
+
+WEIGHTS = _weights()  # a real safetensors file (apply validates it), 400 kB: an LFS file
+FILES = {
+    "config.json": json.dumps({"model_type": "bert", "hidden_size": 8}).encode(),
+    "model.safetensors": WEIGHTS,
+    "README.md": b"# tiny\n",
+}
+MANIFEST = """\
+[models.tiny]
+source.huggingface = { repo = "acme/tiny" }
+"""
+
+
+@pytest.fixture(scope="module")
+def action_dir(tmp_path_factory) -> Path:
+    """This checkout as `uses: <owner>/reconcile@<tag>` gets it: its tracked and new files
+    (the working tree as it is now), so pip builds there and not in the repository."""
+    dest = tmp_path_factory.mktemp("action")
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    for rel in filter(None, listed.split("\0")):
+        if (REPO / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, dest / rel)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory) -> Path:
+    """The repository's actions/cache, shared by the module's runs as by a repo's jobs (so
+    reconcile's venv is installed once)."""
+    return tmp_path_factory.mktemp("actions-cache")
+
+
+@pytest.fixture
+def hub():
+    h = Hub()
+    h.repo("acme/tiny").commit(FILES)
+    with h:
+        yield h
+
+
+@pytest.fixture
+def workspace(tmp_path, hub, monkeypatch) -> Path:
+    """A checkout holding models.toml and the models.lock its developer committed (locked
+    on their own machine: its store is not the runners')."""
+    ws = tmp_path / "work" / "repo"
+    ws.mkdir(parents=True)
+    (ws / "models.toml").write_text(MANIFEST)
+    monkeypatch.setenv("RECONCILE_STORE", str(tmp_path / "developer-store"))
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.chdir(ws)
+    from reconcile.cli import main
+
+    assert main(["lock"]) == 0
+    return ws
+
+
+def runner_env(hub: Hub, tmp_path: Path) -> dict[str, str]:
+    """A runner's environment: PATH and pip's settings from this machine (the venv is
+    installed from the same index as the tests'), the Hub, nothing of this test's store."""
+    keep = ("PATH", "LANG", "LC_ALL", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "TMPDIR")
+    env = {k: v for k, v in os.environ.items() if k in keep or k.startswith("PIP_")}
+    return {**env, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+
+def fresh_runner(action_dir: Path, workspace: Path, caches: Path, tmp_path: Path, n: int):
+    """A new machine: an empty home (no venv, no models) at the same path, as on GitHub's
+    runners, the same checkout path, the repository's cache."""
+    home = tmp_path / "home"
+    shutil.rmtree(home, ignore_errors=True)  # the last machine is gone
+    home.mkdir()
+    return Runner(action_dir, workspace, home, caches)
+
+
+def test_second_run_finds_every_byte_in_the_cache_and_asks_the_hub_nothing(
+    action_dir, caches, workspace, hub, tmp_path
+):
+    inputs = {"manifest": "models.toml", "python": sys.executable}
+    key = cache_key(read_lock(workspace / "models.lock"))
+
+    hub.log.clear()
+    first = fresh_runner(action_dir, workspace, caches, tmp_path, 1).run(
+        inputs, runner_env(hub, tmp_path)
+    )
+    assert first.outputs == {"cache-hit": "false", "key": key}
+    assert hub.bytes_sent("model.safetensors") == len(WEIGHTS)
+    assert {"apply", "gc", "save"} <= set(first.ran)
+    assert [a.parent.name for a in caches.glob("*/reconcile-models-*/cache.tar")] == [
+        f"reconcile-models-Linux-{key}"
+    ]
+    assert first.env["HF_HUB_OFFLINE"] == "1"
+    first_requests = len(hub.log)
+    assert first_requests > 0
+
+    hub.log.clear()
+    hub.sent.clear()
+    second = fresh_runner(action_dir, workspace, caches, tmp_path, 2).run(
+        inputs, runner_env(hub, tmp_path)
+    )
+    assert second.outputs == {"cache-hit": "true", "key": key}
+    assert hub.log == [], "a warm run asked the Hub"
+    assert "install" not in second.ran, "the venv came from the cache"
+    assert "gc" not in second.ran and "save" not in second.ran, "a hit is not saved again"
+
+    # a later step of the job: the official client loads the model offline from the cache
+    env = {**runner_env(hub, tmp_path), **second.env, "HF_ENDPOINT": "http://127.0.0.1:9"}
+    got = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from huggingface_hub import hf_hub_download as d;"
+            "print(d('acme/tiny', 'model.safetensors'))",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert got.returncode == 0, got.stderr
+    assert Path(got.stdout.strip()).read_bytes() == WEIGHTS
+    assert second.env["HF_HUB_CACHE"] in got.stdout
+    print(f"hub requests: first run {first_requests}, second run {len(hub.log)}")
+
+
+def test_a_stale_lock_is_an_error_annotation_on_the_lock(
+    action_dir, caches, workspace, hub, tmp_path
+):
+    (workspace / "models.toml").write_text(MANIFEST.replace('"acme/tiny"', '"acme/other"'))
+    runner = fresh_runner(action_dir, workspace, caches, tmp_path, 1)
+    before = sorted(caches.glob("*/reconcile-models-*"))
+    hub.log.clear()
+    with pytest.raises(StepFailed) as failed:
+        runner.run({"python": sys.executable}, runner_env(hub, tmp_path))
+    assert failed.value.step == "key"
+    lines = failed.value.output.splitlines()
+    error = [line for line in lines if line.startswith("::error ")]
+    assert error == [
+        "::error file=models.lock,title=models.lock is out of date::models.lock does not match"
+        " models.toml (changed: tiny): run `reconcile lock` and commit models.lock"
+    ]
+    assert sorted(caches.glob("*/reconcile-models-*")) == before, "nothing saved for it"
+    assert hub.log == [], "no model fetched for a lock nobody made"
