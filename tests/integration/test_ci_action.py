@@ -23,11 +23,11 @@ from tests.hub import Hub
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _weights() -> bytes:
+def _weights(seed: int = 0) -> bytes:
     import numpy as np
     from safetensors.numpy import save
 
-    return save({"w": np.random.default_rng(0).random(100_000, dtype=np.float32)})
+    return save({"w": np.random.default_rng(seed).random(100_000, dtype=np.float32)})
 
 
 WEIGHTS = _weights()  # a real safetensors file (apply validates it), 400 kB: an LFS file
@@ -177,3 +177,30 @@ def test_a_stale_lock_is_an_error_annotation_on_the_lock(
     ]
     assert sorted(caches.glob("*/reconcile-models-*")) == before, "nothing saved for it"
     assert hub.log == [], "no model fetched for a lock nobody made"
+
+
+def test_with_a_team_cache_a_cold_run_asks_the_team_cache_not_the_hub(
+    action_dir, caches, workspace, hub, tmp_path
+):
+    """The `cache` input: models no actions/cache entry holds come from the team cache (a
+    directory here, pushed by the developer), and the Hub is not asked."""
+    from reconcile.cli import main
+
+    # other bytes than acme/tiny's, which another test's cache entry (restored by the
+    # restore key) may hold
+    hub.repo("acme/team").commit({**FILES, "model.safetensors": _weights(seed=1)})
+    (workspace / "models.toml").write_text(MANIFEST.replace("tiny", "team"))
+    team = tmp_path / "team-cache"
+    assert main(["lock"]) == 0
+    assert main(["apply"]) == 0
+    assert main(["push", "--cache", str(team)]) == 0
+    key = cache_key(read_lock(workspace / "models.lock"))
+    assert not list(caches.glob(f"*/reconcile-models-Linux-{key}")), "a cold run"
+
+    hub.log.clear()
+    run = fresh_runner(action_dir, workspace, caches, tmp_path, 1).run(
+        {"python": sys.executable, "cache": str(team)}, runner_env(hub, tmp_path)
+    )
+    assert run.outputs == {"cache-hit": "false", "key": key}
+    assert hub.log == [], "the team cache holds every object"
+    assert "from the team cache" in run.log
