@@ -105,3 +105,24 @@ def test_every_script_the_action_calls_is_in_the_repository():
     ]
     assert called, "action.yml calls its scripts by $GITHUB_ACTION_PATH"
     assert all((REPO / path).is_file() for path in called), called
+
+
+def _gitlab_lines() -> list:
+    return yaml.safe_load(GITLAB.read_text())[".reconcile-models"]["before_script"]
+
+
+def test_gitlab_template_lines_are_all_shell_strings():
+    """A line such as `- echo "key: …"` is a YAML mapping, not a command, and the schema
+    lets it through (GitLab then refuses the pipeline): every line must be a string."""
+    assert all(isinstance(line, str) for line in _gitlab_lines()), _gitlab_lines()
+
+
+def test_gitlab_template_script_passes_shellcheck():
+    r = subprocess.run(
+        [tool("shellcheck"), "--shell=bash", "--severity=style", "-"],
+        input="\n".join(str(line) for line in _gitlab_lines()),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stdout

@@ -204,3 +204,61 @@ def test_with_a_team_cache_a_cold_run_asks_the_team_cache_not_the_hub(
     assert run.outputs == {"cache-hit": "false", "key": key}
     assert hub.log == [], "the team cache holds every object"
     assert "from the team cache" in run.log
+
+
+GITLAB = REPO / "ci" / "gitlab" / "reconcile.gitlab-ci.yml"
+
+
+def gitlab_job(workspace: Path, env: dict[str, str], script: list[str], **variables: str):
+    """One job that extends .reconcile-models, run as gitlab-runner's shell executor runs
+    one: the template's variables (expanded in order, as GitLab does) over the job's env,
+    then before_script and script as one bash script under `set -eo pipefail`."""
+    import re
+
+    import yaml
+
+    template = yaml.safe_load(GITLAB.read_text())[".reconcile-models"]
+    job_env = {**env, "CI_PROJECT_DIR": str(workspace), "CI": "true", "GITLAB_CI": "true"}
+    for name, value in {**template["variables"], **variables}.items():
+        job_env[name] = re.sub(r"\$\{?(\w+)\}?", lambda m: job_env.get(m.group(1), ""), str(value))
+    lines = ["set -eo pipefail", *template["before_script"], *script]
+    return subprocess.run(
+        ["bash", "--noprofile", "--norc", "-c", "\n".join(lines)],
+        cwd=workspace,
+        env=job_env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def test_gitlab_template_fetches_once_then_serves_its_cache_offline(
+    action_dir, workspace, hub, tmp_path
+):
+    """The template's before_script, then a job script loading the model offline; twice,
+    GitLab's cache of .cache/reconcile-ci/ emulated by an archive carried between runs
+    (the same models.lock: the same cache:key:files key)."""
+    import tarfile
+
+    load = (
+        f"{sys.executable} -c \"import os; assert os.environ['HF_HUB_OFFLINE'] == '1';"
+        " from huggingface_hub import hf_hub_download as d;"
+        " print(d('acme/tiny', 'model.safetensors'))\""
+    )
+    venv = tmp_path / "reconcile-venv"
+    args = dict(RECONCILE_SPEC=str(action_dir), RECONCILE_VENV=str(venv))
+    archive = tmp_path / "gitlab-cache.tar"
+    requests = []
+    for _ in range(2):
+        hub.log.clear()
+        job = gitlab_job(workspace, runner_env(hub, tmp_path), [load], **args)
+        assert job.returncode == 0, job.stdout + job.stderr
+        assert Path(job.stdout.strip().splitlines()[-1]).read_bytes() == WEIGHTS
+        requests.append(len(hub.log))
+        with tarfile.open(archive, "w") as tar:  # the runner saves the cache's paths ...
+            tar.add(workspace / ".cache" / "reconcile-ci", arcname=".cache/reconcile-ci")
+        shutil.rmtree(workspace / ".cache")  # ... and the next job runs on a new machine
+        shutil.rmtree(venv)
+        with tarfile.open(archive) as tar:
+            tar.extractall(workspace, filter="tar")
+    assert requests[0] > 0 and requests[1] == 0, requests
