@@ -92,7 +92,12 @@ class Runner:
         ctx: dict[str, Any] = {
             "inputs": {k: str(inputs.get(k, v.get("default", ""))) for k, v in declared.items()},
             "steps": {},
-            "github": {"action_path": str(self.action_dir), "workspace": str(self.workspace)},
+            # action_repository: empty, as for `uses: ./` (this checkout, not a published ref)
+            "github": {
+                "action_path": str(self.action_dir),
+                "action_repository": "",
+                "workspace": str(self.workspace),
+            },
             "runner": {"os": "Linux", "temp": str(temp)},
         }
         runner_env = {

@@ -126,3 +126,74 @@ def test_gitlab_template_script_passes_shellcheck():
         timeout=60,
     )
     assert r.returncode == 0, r.stdout
+
+
+# --- the action's setup step: what it installs, and the key of the venv it caches -----------
+
+
+def _setup(tmp_path: Path, action: Path = REPO, **inputs: str) -> tuple[int, str, dict]:
+    out = tmp_path / "output"
+    out.write_text("")
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path / "home"),
+        "RUNNER_OS": "Linux",
+        "GITHUB_OUTPUT": str(out),
+        "GITHUB_ACTION_PATH": str(action),
+        "INPUT_VERSION": "",
+        "INPUT_SOURCE": "",
+        "INPUT_PATH": "~/.cache/reconcile-ci",
+        "INPUT_PYTHON": sys.executable,
+        **inputs,
+    }
+    p = subprocess.run(
+        ["bash", str(REPO / "ci" / "github" / "setup.sh")],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    outputs = dict(line.split("=", 1) for line in out.read_text().splitlines())
+    return p.returncode, p.stdout + p.stderr, outputs
+
+
+def test_setup_installs_the_actions_own_checkout_by_default(tmp_path):
+    code, _, out = _setup(tmp_path)
+    assert code == 0
+    assert out["spec"] == str(REPO)
+    assert out["path"] == str(tmp_path / "home" / ".cache" / "reconcile-ci")
+    assert out["venv-key"].startswith("reconcile-venv-Linux-")
+
+
+def test_setup_version_is_a_ref_of_the_actions_repository_never_pypi(tmp_path):
+    code, _, out = _setup(tmp_path, INPUT_VERSION="v0.1.0", ACTION_REPOSITORY="acme/reconcile")
+    assert code == 0
+    assert out["spec"] == "git+https://github.com/acme/reconcile@v0.1.0"
+    for bad in (
+        {"INPUT_VERSION": "v0.1.0"},
+        {"INPUT_VERSION": "1 --index-url=http://x", "ACTION_REPOSITORY": "acme/reconcile"},
+    ):
+        code, log, out = _setup(tmp_path, **bad)
+        assert code == 1 and "spec" not in out
+        assert log.startswith("::error title=reconcile::input version"), log
+
+
+def test_setup_refuses_a_python_older_than_311_with_an_annotation(tmp_path):
+    code, log, _ = _setup(tmp_path, INPUT_PYTHON="false")
+    assert code == 1
+    assert log.startswith("::error title=reconcile::input python (false)"), log
+
+
+def test_venv_key_changes_with_the_source_tree(tmp_path):
+    """A checkout edited between runs must not be served the venv of its old state."""
+    action = tmp_path / "action"
+    shutil.copytree(
+        REPO / "reconcile", action / "reconcile", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copy(REPO / "pyproject.toml", action / "pyproject.toml")
+    keys = [_setup(tmp_path, action)[2]["venv-key"]]
+    keys.append(_setup(tmp_path, action)[2]["venv-key"])
+    (action / "reconcile" / "cli.py").write_text("# edited\n", "utf-8")
+    keys.append(_setup(tmp_path, action)[2]["venv-key"])
+    assert keys[0] == keys[1] != keys[2]

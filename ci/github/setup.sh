@@ -27,7 +27,15 @@ if [ -n "$INPUT_SOURCE" ]; then
   spec="$INPUT_SOURCE" what="source $INPUT_SOURCE"
   if [ -d "$INPUT_SOURCE" ]; then what="$what $(tree_digest "$INPUT_SOURCE")"; fi
 elif [ -n "$INPUT_VERSION" ]; then
-  spec="reconcile==$INPUT_VERSION" what="version $INPUT_VERSION"
+  # a ref of the action's own repository: PyPI's "reconcile" is someone else's project
+  if [ -z "${ACTION_REPOSITORY:-}" ] || [[ ! "$INPUT_VERSION" =~ ^[A-Za-z0-9][A-Za-z0-9._/-]*$ ]]; then
+    echo "::error title=reconcile::input version ($INPUT_VERSION) is a tag or commit of the" \
+      "action's repository, for an action used as <owner>/reconcile@<ref>; otherwise name" \
+      "a pip requirement in the source input"
+    exit 1
+  fi
+  spec="git+${GITHUB_SERVER_URL:-https://github.com}/$ACTION_REPOSITORY@$INPUT_VERSION"
+  what="version $INPUT_VERSION of $ACTION_REPOSITORY"
 else
   spec="$GITHUB_ACTION_PATH" what="action $(tree_digest "$GITHUB_ACTION_PATH")"
 fi
