@@ -119,3 +119,17 @@ def test_lock_key_names_an_unknown_model_and_a_missing_lock(project):
     assert r.code == 2 and "'nope'" in r.err and "a" in r.err and r.out == ""
     r = project.run("lock", "--only", "a")
     assert r.code == 2 and "--key" in r.err
+
+
+@SLOW_OK
+@given(locks(), st.dictionaries(st.sampled_from(["commit", "etag"]), st.text(max_size=8)))
+def test_key_ignores_model_keys_and_pins(lock, pin):
+    """Renaming a model or re-pinning it to the same bytes (a tag moved to an identical
+    commit) needs no new cache entry: the bytes are what the cache holds."""
+    renamed = Lock(
+        {
+            f"renamed-{k}": dataclasses.replace(m, key=f"renamed-{k}", pin=pin)
+            for k, m in lock.models.items()
+        }
+    )
+    assert cache_key(renamed) == cache_key(lock)
