@@ -76,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="never touch the network (fails if anything needs resolving)")
     s.add_argument("--jobs", "-j", type=_jobs, default=4,
                    help="models resolved at once (1-256, default 4)")
+    s.add_argument("--key", action="store_true",
+                   help="print models.lock's CI cache key (its model hashes only) and exit;"
+                   " offline, writes nothing")
+    s.add_argument("--only", nargs="+", action="extend", metavar="KEY",
+                   help="with --key: the key of these models only")
 
     s = sub.add_parser("plan", help="show what apply would do")
     s.add_argument("--exit-code", action="store_true",
@@ -411,7 +416,12 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_lock(args: argparse.Namespace) -> int:
+    if args.only and not args.key:
+        raise UsageError("lock: --only goes with --key", hint="`reconcile lock --key --only KEY`")
     ws = _ws(args)
+    if args.key:
+        print(ws.ci_key(args.only))
+        return 0
     if args.check:
         stale = ws.stale()
         if not stale:

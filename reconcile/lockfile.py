@@ -10,12 +10,13 @@ import hashlib
 import os
 import re
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import treehash
-from .errors import LockFileInvalid
+from .errors import LockFileInvalid, UsageError
 from .paths import check_relpath
 
 LOCK_NAME = "models.lock"
@@ -387,6 +388,40 @@ def _model(key: str, m: dict[str, Any]) -> LockedModel:
         ollama=_get(m, "ollama", str, "", None),
         signed_by=_get(m, "signedBy", str, "", None),
     )
+
+
+# --- the CI cache key ---------------------------------------------------------------
+
+# bump when what a key names changes (the store's layout, say), so no old cache matches
+_CI_KEY_PREFIX = b"reconcile ci-key 1\n"
+
+
+def cache_key(lock: Lock, only: Iterable[str] | None = None) -> str:
+    """A short key for a CI cache holding the locked models (or ``only`` those).
+
+    Made of the models' hashes alone, sorted: a model hash names a tree's exact bytes,
+    so every branch that locks the same models shares one cache entry, whatever the
+    lock's formatting, comments, order, keys or pins, and any changed byte of any model
+    gives a new key. 96 bits: CI caches hold a handful of entries, not billions.
+    """
+    h = hashlib.sha256(_CI_KEY_PREFIX)
+    for value in sorted(m.hash for m in selected_models(lock, only)):
+        h.update(value.encode() + b"\n")
+    return h.hexdigest()[:24]
+
+
+def selected_models(lock: Lock, only: Iterable[str] | None = None,
+                    path: Path = Path(LOCK_NAME)) -> list[LockedModel]:
+    """The locked models named by ``only`` (every model when None); an unknown key is a
+    usage error naming the keys there are, not a silently smaller selection."""
+    if only is None:
+        return list(lock.models.values())
+    keys = list(dict.fromkeys(only))
+    if unknown := [k for k in keys if k not in lock.models]:
+        raise UsageError(f"{path} has no model {', '.join(map(repr, unknown))}; it locks: "
+                         f"{', '.join(sorted(lock.models)) or 'nothing'}",
+                         hint="name models by their key in models.toml")
+    return [lock.models[k] for k in keys]
 
 
 # --- writing ---------------------------------------------------------------------

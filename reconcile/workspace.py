@@ -169,6 +169,21 @@ class Workspace:
             self.store.add_root(self.lock_path)
         return report
 
+    def ci_key(self, only: list[str] | None = None) -> str:
+        """`reconcile lock --key`: the CI cache key of models.lock (lockfile.cache_key).
+
+        Read straight from the file, offline, with no store: CI computes it before the
+        cache that holds the store is restored.
+        """
+        from .lockfile import cache_key, selected_models
+
+        lock = read_lock(self.lock_path)
+        if lock is None:
+            raise LockError(f"{self.lock_path} does not exist, so it has no cache key",
+                            hint="run `reconcile lock` and commit models.lock")
+        selected_models(lock, only, self.lock_path)  # an unknown key names this lock
+        return cache_key(lock, only)
+
     def add(self, decl: Any, *, lock: bool = True, offline: bool = False) -> Any:
         """Append ``decl`` (an edit.Declaration) to models.toml and lock that model only.
 
