@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("lock", help="resolve models.toml into models.lock")
     s.add_argument("--check", action="store_true",
                    help="exit 1 if models.lock is out of date (offline, fast)")
+    s.add_argument("files", nargs="*", metavar="FILE",
+                   help="with --check: the models.toml or models.lock files whose"
+                   " directories' manifests to check (a monorepo's pre-commit hook)")
     s.add_argument("--upgrade", nargs="?", const="*", action="append", metavar="KEY",
                    help="re-resolve every model, or only KEY (repeatable)")
     s.add_argument("--offline", action="store_true",
@@ -410,17 +413,55 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 2 if bad else 0
 
 
+def _manifests_of(files: list[str]) -> list[Path]:
+    """The models.toml beside each given models.toml or models.lock, each once, in the
+    order given: pre-commit passes both files of a directory, and a monorepo has many."""
+    seen: dict[Path, None] = {}
+    for f in files:
+        seen.setdefault(Path(f).parent / "models.toml", None)
+    return list(seen)
+
+
+def _check_lock(ws: Any, fix: str) -> int:
+    """`lock --check` for one workspace: 0 up to date, 1 stale (each model named)."""
+    stale = ws.stale()
+    if not stale:
+        print(f"{ws.lock_path} is up to date")
+        return 0
+    for key, why in sorted(stale.items()):
+        print(f"{why}: {key}")
+    print(f"{ws.lock_path} is out of date; run `{fix}`", file=sys.stderr)
+    return 1
+
+
+def _check_locks(files: list[str]) -> int:
+    """`lock --check FILE…`: every manifest named, each checked even after one failed;
+    the worst exit code (2 for a manifest that does not load, 1 for a stale lock)."""
+    from .workspace import Workspace
+
+    worst = 0
+    for manifest in _manifests_of(files):
+        try:
+            ws = Workspace(manifest)
+            _OPENED.append(ws)
+            here = manifest.parent == Path(".")
+            code = _check_lock(ws, "reconcile lock" if here else f"reconcile -f {manifest} lock")
+        except ReconcileError as e:
+            print(f"error: {e}", file=sys.stderr)
+            code = e.exit_code
+        worst = max(worst, code)
+    return worst
+
+
 def cmd_lock(args: argparse.Namespace) -> int:
+    if args.files and not args.check:
+        raise UsageError("FILE arguments go with `lock --check`",
+                         hint="`reconcile -f DIR/models.toml lock` locks another manifest")
+    if args.check and args.files:
+        return _check_locks(args.files)
     ws = _ws(args)
     if args.check:
-        stale = ws.stale()
-        if not stale:
-            print(f"{ws.lock_path} is up to date")
-            return 0
-        for key, why in sorted(stale.items()):
-            print(f"{why}: {key}")
-        print(f"{ws.lock_path} is out of date; run `reconcile lock`", file=sys.stderr)
-        return 1
+        return _check_lock(ws, "reconcile lock")
     upgrade: Any = False
     if args.upgrade:
         upgrade = True if "*" in args.upgrade else list(args.upgrade)
