@@ -301,7 +301,9 @@ def _enter_mode(args: argparse.Namespace) -> None:
     from . import modes
 
     mode = modes.system_mode() if args.mode == "system" else modes.user_mode()
-    manifest = modes.activate(mode, writes=args.command in WRITES)
+    # verify only reads unless it repairs: everyone may check the system's models
+    writes = args.command in WRITES and not (args.command == "verify" and not args.repair)
+    manifest = modes.activate(mode, writes=writes)
     if not args.manifest:
         args.manifest = str(manifest)
     args.mode_info = mode
@@ -523,7 +525,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if report.ok and args.mode_info is not None:
         from .modes import write_profile
 
-        write_profile(args.mode_info)
+        if said := write_profile(args.mode_info):
+            print(said)
     if not report.ok:
         print(f"error: {failure_message(report)}", file=sys.stderr)
         return 1
