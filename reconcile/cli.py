@@ -378,7 +378,10 @@ def cmd_add(args: argparse.Namespace) -> int:
     from .edit import declaration
 
     decl = declaration(args.source, name=args.name, files=args.files, revision=args.revision,
-                       hf_endpoint=settings.hf_endpoint())
+                       hf_endpoint=settings.hf_endpoint(),
+                       mlflow_uri=settings.env_value("MLFLOW_TRACKING_URI"),
+                       s3_endpoint=settings.env_value("AWS_ENDPOINT_URL_S3")
+                       or settings.env_value("AWS_ENDPOINT_URL"))
     ws = _ws(args)
     report = ws.add(decl, lock=not args.no_lock)
     print(f"added models.{decl.key} ({decl.source_type}) to {ws.manifest_path}")

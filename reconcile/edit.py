@@ -34,11 +34,20 @@ class Declaration:
 
 
 def declaration(spec: str, *, name: str | None = None, files: list[str] | None = None,
-                revision: str | None = None, hf_endpoint: str | None = None) -> Declaration:
+                revision: str | None = None, hf_endpoint: str | None = None,
+                mlflow_uri: str | None = None, s3_endpoint: str | None = None) -> Declaration:
     """Turn a SOURCE as users paste it (a repo id, a browser URL, an s3:// URI …) into the
-    declaration models.toml takes. Raises UsageError naming the forms understood."""
+    declaration models.toml takes. Raises UsageError naming the forms understood.
+
+    What the environment resolved the SOURCE against (MLFLOW_TRACKING_URI, an S3-compatible
+    AWS_ENDPOINT_URL) is written too, as typed: the manifest must mean the same on a
+    teammate's machine, in CI and in the pre-commit hook, where the variable is not set."""
     spec = spec.strip()
     decl = _parse(spec, hf_endpoint)
+    if decl.source_type == "mlflow" and mlflow_uri:
+        decl.options = {"trackingUri": mlflow_uri, **decl.options}
+    if decl.source_type == "s3" and s3_endpoint:
+        decl.options["endpoint"] = s3_endpoint
     if revision is not None:
         slot = {"huggingface": "revision", "git-lfs": "rev", "ollama": "tag"}.get(decl.source_type)
         if slot is None:
@@ -127,6 +136,11 @@ def _mlflow(spec: str) -> Declaration:
     """models:/name/3 or models:/name@alias, MLflow's own URIs (the tracking server comes
     from MLFLOW_TRACKING_URI, as MLflow's client takes it)."""
     rest = spec[len("models:/"):].strip("/")
+    if re.fullmatch(r"m-[0-9a-f]+", rest):
+        raise UsageError(f"{spec}: an MLflow 3 logged model, not a registered model version;"
+                         " reconcile pins registered versions",
+                         hint=f"register it (`mlflow.register_model(\"{spec}\", \"NAME\")`),"
+                         " then add models:/NAME/VERSION")
     if "@" in rest:
         model, _, alias = rest.partition("@")
         opts = {"modelName": model, "alias": alias}
@@ -134,7 +148,9 @@ def _mlflow(spec: str) -> Declaration:
         model, _, version = rest.rpartition("/")
         if not model or not version:
             raise UsageError(f"{spec}: expected models:/name/version or models:/name@alias")
-        opts = {"modelName": model, "version" if version.isdigit() else "stage": version}
+        latest = version.lower() == "latest"  # MLflow's newest version, any stage
+        kind = "version" if version.isdigit() or latest else "stage"
+        opts = {"modelName": model, kind: "latest" if latest else version}
     return Declaration(_key_of(model), "mlflow", opts)
 
 
