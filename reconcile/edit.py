@@ -80,8 +80,9 @@ def _parse(spec: str, hf_endpoint: str | None) -> Declaration:
             raise UsageError(f"{spec}: expected ollama:name[:tag], e.g. ollama:llama3.2:1b")
         opts = {"model": model} | ({"tag": tag} if tag else {})
         return Declaration(_key_of(model), "ollama", opts)
-    if spec.startswith("oci://"):
-        ref = spec[len("oci://"):]
+    if spec.startswith(("oci://", "oci+http://", "oci+https://")):
+        # oci+http(s)://host/repo:tag (the team cache's form) names the scheme to use
+        ref = spec[len("oci+"):] if spec.startswith("oci+") else spec[len("oci://"):]
         repo = ref.split("@")[0].rsplit("/", 1)[-1].split(":")[0]
         return Declaration(_key_of(repo), "oci", {"ref": ref})
     if spec.startswith("models:/"):

@@ -35,6 +35,13 @@ HUB = "http://127.0.0.1:9"
     ("ollama:llama3.2:1b", "llama3.2", "ollama", {"model": "llama3.2", "tag": "1b"}),
     ("ollama:library/qwen", "qwen", "ollama", {"model": "library/qwen"}),
     ("oci://ghcr.io/org/bert:v1", "bert", "oci", {"ref": "ghcr.io/org/bert:v1"}),
+    # the form the team-cache docs use, for a registry without TLS (and with it)
+    ("oci+http://127.0.0.1:5000/repo:tag", "repo", "oci",
+     {"ref": "http://127.0.0.1:5000/repo:tag"}),
+    ("oci+https://reg.internal/org/bert@sha256:" + "a" * 64, "bert", "oci",
+     {"ref": "https://reg.internal/org/bert@sha256:" + "a" * 64}),
+    ("models:/classifier/latest", "classifier", "mlflow",
+     {"modelName": "classifier", "version": "latest"}),
     ("models:/classifier/3", "classifier", "mlflow", {"modelName": "classifier", "version": "3"}),
     ("models:/classifier@champion", "classifier", "mlflow",
      {"modelName": "classifier", "alias": "champion"}),
