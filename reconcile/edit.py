@@ -188,7 +188,10 @@ def add_text(text: str, decl: Declaration) -> str:
         raise UsageError(f"models.{decl.key} already exists in models.toml",
                          hint="pick another key with --name, or `reconcile remove` it first")
     sep = "" if not text else ("\n" if text.endswith("\n") else "\n\n")
-    out = text + sep + render(decl)
+    entry = render(decl)
+    if text and not text.endswith("\n"):  # the file's style: no newline after the last line
+        entry = entry.rstrip("\n")
+    out = text + sep + entry
     try:
         after = tomllib.loads(out)
     except tomllib.TOMLDecodeError as e:  # e.g. `models = { … }` as one inline table
@@ -213,8 +216,11 @@ def remove_text(text: str, key: str) -> str:
     doc = tomlkit.parse(text)
     del doc["models"][key]
     out = tomlkit.dumps(doc)
-    if text.startswith(out):  # it was the last entry: the blank lines before it go too
-        out = out.rstrip("\n") + "\n" if out.strip() else ""
+    if text.startswith(out) or text.startswith(out.rstrip("\n")):
+        # it was the last entry: the blank lines before it go too, and the file ends as
+        # it did (with or without a final newline)
+        end = "\n" if text.endswith("\n") else ""
+        out = out.rstrip("\n") + end if out.strip() else ""
     after = _parse_toml(out)
     if after.get("models", {}) != {k: v for k, v in models.items() if k != key}:
         raise UsageError(f"cannot remove models.{key} cleanly from models.toml",

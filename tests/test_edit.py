@@ -170,3 +170,14 @@ def test_add_then_remove_restores_any_file(entries, head):
         assert "by hand" in str(e)
         return
     assert remove_text(added, d.key) == text
+
+
+def test_add_then_remove_is_byte_for_byte_without_a_final_newline():
+    """A models.toml whose last line has no newline keeps that style through add, and
+    remove gives it back byte for byte."""
+    text = EXAMPLE.rstrip("\n")
+    d = declaration("acme/new-model")
+    added = add_text(text, d)
+    assert not added.endswith("\n") and added.startswith(text + "\n\n")
+    assert remove_text(added, "new-model") == text
+    assert remove_text(add_text(EXAMPLE, d), "new-model") == EXAMPLE
