@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("lock", help="resolve models.toml into models.lock")
     s.add_argument("--check", action="store_true",
                    help="exit 1 if models.lock is out of date (offline, fast)")
+    s.add_argument("files", nargs="*", metavar="FILE",
+                   help="with --check: the models.toml or models.lock files whose"
+                   " directories' manifests to check (a monorepo's pre-commit hook)")
     s.add_argument("--upgrade", nargs="?", const="*", action="append", metavar="KEY",
                    help="re-resolve every model, or only KEY (repeatable)")
     s.add_argument("--offline", action="store_true",
@@ -303,7 +306,9 @@ def _enter_mode(args: argparse.Namespace) -> None:
     from . import modes
 
     mode = modes.system_mode() if args.mode == "system" else modes.user_mode()
-    manifest = modes.activate(mode, writes=args.command in WRITES)
+    # verify only reads unless it repairs: everyone may check the system's models
+    writes = args.command in WRITES and not (args.command == "verify" and not args.repair)
+    manifest = modes.activate(mode, writes=writes)
     if not args.manifest:
         args.manifest = str(manifest)
     args.mode_info = mode
@@ -378,7 +383,10 @@ def cmd_add(args: argparse.Namespace) -> int:
     from .edit import declaration
 
     decl = declaration(args.source, name=args.name, files=args.files, revision=args.revision,
-                       hf_endpoint=settings.hf_endpoint())
+                       hf_endpoint=settings.hf_endpoint(),
+                       mlflow_uri=settings.env_value("MLFLOW_TRACKING_URI"),
+                       s3_endpoint=settings.env_value("AWS_ENDPOINT_URL_S3")
+                       or settings.env_value("AWS_ENDPOINT_URL"))
     ws = _ws(args)
     report = ws.add(decl, lock=not args.no_lock)
     print(f"added models.{decl.key} ({decl.source_type}) to {ws.manifest_path}")
@@ -415,22 +423,60 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 2 if bad else 0
 
 
+def _manifests_of(files: list[str]) -> list[Path]:
+    """The models.toml beside each given models.toml or models.lock, each once, in the
+    order given: pre-commit passes both files of a directory, and a monorepo has many."""
+    seen: dict[Path, None] = {}
+    for f in files:
+        seen.setdefault(Path(f).parent / "models.toml", None)
+    return list(seen)
+
+
+def _check_lock(ws: Any, fix: str) -> int:
+    """`lock --check` for one workspace: 0 up to date, 1 stale (each model named)."""
+    stale = ws.stale()
+    if not stale:
+        print(f"{ws.lock_path} is up to date")
+        return 0
+    for key, why in sorted(stale.items()):
+        print(f"{why}: {key}")
+    print(f"{ws.lock_path} is out of date; run `{fix}`", file=sys.stderr)
+    return 1
+
+
+def _check_locks(files: list[str]) -> int:
+    """`lock --check FILE…`: every manifest named, each checked even after one failed;
+    the worst exit code (2 for a manifest that does not load, 1 for a stale lock)."""
+    from .workspace import Workspace
+
+    worst = 0
+    for manifest in _manifests_of(files):
+        try:
+            ws = Workspace(manifest)
+            _OPENED.append(ws)
+            here = manifest.parent == Path(".")
+            code = _check_lock(ws, "reconcile lock" if here else f"reconcile -f {manifest} lock")
+        except ReconcileError as e:
+            print(f"error: {e}", file=sys.stderr)
+            code = e.exit_code
+        worst = max(worst, code)
+    return worst
+
+
 def cmd_lock(args: argparse.Namespace) -> int:
     if args.only and not args.key:
         raise UsageError("lock: --only goes with --key", hint="`reconcile lock --key --only KEY`")
+    if args.files and not args.check:
+        raise UsageError("FILE arguments go with `lock --check`",
+                         hint="`reconcile -f DIR/models.toml lock` locks another manifest")
+    if args.check and args.files:
+        return _check_locks(args.files)
     ws = _ws(args)
     if args.key:
         print(ws.ci_key(args.only))
         return 0
     if args.check:
-        stale = ws.stale()
-        if not stale:
-            print(f"{ws.lock_path} is up to date")
-            return 0
-        for key, why in sorted(stale.items()):
-            print(f"{why}: {key}")
-        print(f"{ws.lock_path} is out of date; run `reconcile lock`", file=sys.stderr)
-        return 1
+        return _check_lock(ws, "reconcile lock")
     upgrade: Any = False
     if args.upgrade:
         upgrade = True if "*" in args.upgrade else list(args.upgrade)
@@ -492,7 +538,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if report.ok and args.mode_info is not None:
         from .modes import write_profile
 
-        write_profile(args.mode_info)
+        if said := write_profile(args.mode_info):
+            print(said)
     if not report.ok:
         print(f"error: {failure_message(report)}", file=sys.stderr)
         return 1

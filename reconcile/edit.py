@@ -34,11 +34,20 @@ class Declaration:
 
 
 def declaration(spec: str, *, name: str | None = None, files: list[str] | None = None,
-                revision: str | None = None, hf_endpoint: str | None = None) -> Declaration:
+                revision: str | None = None, hf_endpoint: str | None = None,
+                mlflow_uri: str | None = None, s3_endpoint: str | None = None) -> Declaration:
     """Turn a SOURCE as users paste it (a repo id, a browser URL, an s3:// URI …) into the
-    declaration models.toml takes. Raises UsageError naming the forms understood."""
+    declaration models.toml takes. Raises UsageError naming the forms understood.
+
+    What the environment resolved the SOURCE against (MLFLOW_TRACKING_URI, an S3-compatible
+    AWS_ENDPOINT_URL) is written too, as typed: the manifest must mean the same on a
+    teammate's machine, in CI and in the pre-commit hook, where the variable is not set."""
     spec = spec.strip()
     decl = _parse(spec, hf_endpoint)
+    if decl.source_type == "mlflow" and mlflow_uri:
+        decl.options = {"trackingUri": mlflow_uri, **decl.options}
+    if decl.source_type == "s3" and s3_endpoint:
+        decl.options["endpoint"] = s3_endpoint
     if revision is not None:
         slot = {"huggingface": "revision", "git-lfs": "rev", "ollama": "tag"}.get(decl.source_type)
         if slot is None:
@@ -71,8 +80,9 @@ def _parse(spec: str, hf_endpoint: str | None) -> Declaration:
             raise UsageError(f"{spec}: expected ollama:name[:tag], e.g. ollama:llama3.2:1b")
         opts = {"model": model} | ({"tag": tag} if tag else {})
         return Declaration(_key_of(model), "ollama", opts)
-    if spec.startswith("oci://"):
-        ref = spec[len("oci://"):]
+    if spec.startswith(("oci://", "oci+http://", "oci+https://")):
+        # oci+http(s)://host/repo:tag (the team cache's form) names the scheme to use
+        ref = spec[len("oci+"):] if spec.startswith("oci+") else spec[len("oci://"):]
         repo = ref.split("@")[0].rsplit("/", 1)[-1].split(":")[0]
         return Declaration(_key_of(repo), "oci", {"ref": ref})
     if spec.startswith("models:/"):
@@ -127,6 +137,11 @@ def _mlflow(spec: str) -> Declaration:
     """models:/name/3 or models:/name@alias, MLflow's own URIs (the tracking server comes
     from MLFLOW_TRACKING_URI, as MLflow's client takes it)."""
     rest = spec[len("models:/"):].strip("/")
+    if re.fullmatch(r"m-[0-9a-f]+", rest):
+        raise UsageError(f"{spec}: an MLflow 3 logged model, not a registered model version;"
+                         " reconcile pins registered versions",
+                         hint=f"register it (`mlflow.register_model(\"{spec}\", \"NAME\")`),"
+                         " then add models:/NAME/VERSION")
     if "@" in rest:
         model, _, alias = rest.partition("@")
         opts = {"modelName": model, "alias": alias}
@@ -134,7 +149,9 @@ def _mlflow(spec: str) -> Declaration:
         model, _, version = rest.rpartition("/")
         if not model or not version:
             raise UsageError(f"{spec}: expected models:/name/version or models:/name@alias")
-        opts = {"modelName": model, "version" if version.isdigit() else "stage": version}
+        latest = version.lower() == "latest"  # MLflow's newest version, any stage
+        kind = "version" if version.isdigit() or latest else "stage"
+        opts = {"modelName": model, kind: "latest" if latest else version}
     return Declaration(_key_of(model), "mlflow", opts)
 
 
@@ -171,7 +188,10 @@ def add_text(text: str, decl: Declaration) -> str:
         raise UsageError(f"models.{decl.key} already exists in models.toml",
                          hint="pick another key with --name, or `reconcile remove` it first")
     sep = "" if not text else ("\n" if text.endswith("\n") else "\n\n")
-    out = text + sep + render(decl)
+    entry = render(decl)
+    if text and not text.endswith("\n"):  # the file's style: no newline after the last line
+        entry = entry.rstrip("\n")
+    out = text + sep + entry
     try:
         after = tomllib.loads(out)
     except tomllib.TOMLDecodeError as e:  # e.g. `models = { … }` as one inline table
@@ -196,8 +216,11 @@ def remove_text(text: str, key: str) -> str:
     doc = tomlkit.parse(text)
     del doc["models"][key]
     out = tomlkit.dumps(doc)
-    if text.startswith(out):  # it was the last entry: the blank lines before it go too
-        out = out.rstrip("\n") + "\n" if out.strip() else ""
+    if text.startswith(out) or text.startswith(out.rstrip("\n")):
+        # it was the last entry: the blank lines before it go too, and the file ends as
+        # it did (with or without a final newline)
+        end = "\n" if text.endswith("\n") else ""
+        out = out.rstrip("\n") + end if out.strip() else ""
     after = _parse_toml(out)
     if after.get("models", {}) != {k: v for k, v in models.items() if k != key}:
         raise UsageError(f"cannot remove models.{key} cleanly from models.toml",

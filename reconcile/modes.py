@@ -49,6 +49,21 @@ def _system_dir() -> Path:
     return Path(os.environ.get("RECONCILE_SYSTEM_DIR") or SYSTEM_DIR)
 
 
+# the variables that move the system paths; a systemd unit carries those that are set
+SYSTEM_VARIABLES = ("RECONCILE_SYSTEM_DIR", "RECONCILE_SYSTEM_MANIFEST",
+                    "RECONCILE_SYSTEM_PROFILE", "RECONCILE_SYSTEM_GROUP")
+
+
+def _profile_path() -> Path | None:
+    """The login-shell snippet: /etc/profile.d/reconcile.sh for the standard layout, or
+    where RECONCILE_SYSTEM_PROFILE says. With the system directory relocated and no
+    RECONCILE_SYSTEM_PROFILE, none: a machine-wide HF_HUB_CACHE pointing at a relocated
+    (often experimental) store is not something to do to every login shell unasked."""
+    if asked := os.environ.get("RECONCILE_SYSTEM_PROFILE"):
+        return Path(asked)
+    return Path(SYSTEM_PROFILE) if _same(_system_dir(), Path(SYSTEM_DIR)) else None
+
+
 def system_mode() -> Mode:
     """Paths of the machine's models; each can be moved by an environment variable (for
     another layout, and for tests)."""
@@ -61,7 +76,7 @@ def system_mode() -> Mode:
     return Mode("system",
                 manifest=Path(os.environ.get("RECONCILE_SYSTEM_MANIFEST") or SYSTEM_MANIFEST),
                 store=root / "store", hf_cache=root / "huggingface" / "hub", group=group,
-                profile=Path(os.environ.get("RECONCILE_SYSTEM_PROFILE") or SYSTEM_PROFILE))
+                profile=_profile_path())
 
 
 def user_manifest() -> Path:
@@ -133,12 +148,29 @@ def _permission(mode: Mode, path: Path) -> PermissionProblem:
                              f" ({user}) may only read them{exists}", hint=hint)
 
 
+def _in_group(group: str | None) -> bool:
+    if not group:
+        return False
+    try:
+        return grp.getgrnam(group).gr_gid in (os.getegid(), *os.getgroups())
+    except KeyError:
+        return False
+
+
 def check_writable(mode: Mode, path: Path) -> None:
     """Raise the explained permission error for ``path`` (models.lock, say) when this
-    user cannot write it in system mode."""
+    user cannot write it in system mode. A member of the group applies a locked manifest
+    but does not lock it: /etc is root's, so the fix is root's command, not the group."""
     target = path if path.exists() else path.parent
-    if mode.name == "system" and not os.access(target, os.W_OK):
-        raise _permission(mode, target)
+    if mode.name != "system" or os.access(target, os.W_OK):
+        return
+    if _in_group(mode.group):
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        raise PermissionProblem(
+            f"{path}: the system's models.lock is root's; members of group '{mode.group}'"
+            f" (you, {user}, are one) apply what root locked, but do not lock",
+            hint="`sudo reconcile --system lock`, then `reconcile --system apply --locked`")
+    raise _permission(mode, target)
 
 
 def profile_snippet(mode: Mode) -> str:
@@ -157,16 +189,36 @@ def profile_snippet(mode: Mode) -> str:
         "fi\n")
 
 
-def write_profile(mode: Mode) -> Path | None:
-    """Install the snippet when root (the service runs as root); others skip it."""
+def write_profile(mode: Mode) -> str | None:
+    """Install the snippet when root (the service runs as root); others skip it. Returns
+    the line to tell the user: what was written where, or why nothing was."""
     from .fsutil import atomic_write_text
 
-    if mode.profile is None or os.geteuid() != 0:
+    if mode.name != "system" or os.geteuid() != 0:
         return None
+    if mode.profile is None:
+        return (f"not writing {SYSTEM_PROFILE}: the system paths are relocated"
+                f" (RECONCILE_SYSTEM_DIR={_system_dir()}); set RECONCILE_SYSTEM_PROFILE to"
+                " the file that should point login shells at them")
     mode.profile.parent.mkdir(parents=True, exist_ok=True)
     if atomic_write_text(mode.profile, profile_snippet(mode)):
         os.chmod(mode.profile, 0o644)
-    return mode.profile
+    return (f"wrote {mode.profile}: login shells get HF_HUB_CACHE={mode.hf_cache} (unless"
+            " they set their own or keep a --user manifest)")
+
+
+def _unit_quote(value: str, always: bool = False) -> str:
+    """One word of a unit file: systemd's double quotes, with % doubled (a specifier)."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    quote = always or any(c in value for c in ' "\\\'')
+    return f'"{escaped}"' if quote else escaped
+
+
+def _environment_lines() -> str:
+    """Environment= for each RECONCILE_SYSTEM_* set here: the unit then applies the same
+    relocated manifest into the same relocated store as this command."""
+    return "".join(f"Environment={_unit_quote(f'{name}={os.environ[name]}', always=True)}\n"
+                   for name in SYSTEM_VARIABLES if os.environ.get(name))
 
 
 def systemd_units(mode: Mode, exe: list[str]) -> dict[str, str]:
@@ -175,8 +227,9 @@ def systemd_units(mode: Mode, exe: list[str]) -> dict[str, str]:
     service starts at login, as Home Manager's activation links models."""
     cmd = shlex.join([*exe, f"--{mode.name}", "apply", "--progress", "plain"])
     if mode.name == "system":
-        writable = " ".join(sorted({str(mode.store.parent), str(mode.manifest.parent),
-                                    str(mode.profile.parent if mode.profile else "")} - {""}))
+        writable = " ".join(_unit_quote(p) for p in sorted(
+            {str(mode.store.parent), str(mode.manifest.parent),
+             str(mode.profile.parent if mode.profile else "")} - {""}))
         service = (
             "[Unit]\n"
             f"Description=Install the models of {mode.manifest} (reconcile)\n"
@@ -186,6 +239,7 @@ def systemd_units(mode: Mode, exe: list[str]) -> dict[str, str]:
             f"ConditionPathExists={mode.manifest}\n\n"
             "[Service]\n"
             "Type=oneshot\n"
+            f"{_environment_lines()}"
             f"ExecStart={cmd}\n"
             "UMask=0002\n"
             "Nice=10\n"

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import functools
 import random
+import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -85,6 +86,44 @@ def tls_failure(exc: BaseException, url: str) -> SourceError | None:
                 hint="behind a company proxy or with a private CA, add it: network.caBundle ="
                 " \"ca.pem\" in models.toml, or SSL_CERT_FILE=/path/to/bundle.pem")
         seen = seen.__cause__ or seen.__context__
+    return _plain_http(exc, url) or _unknown_host(exc, url)
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: BaseException | None = exc
+    while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__
+
+
+def _plain_http(exc: BaseException, url: str) -> SourceError | None:
+    """https:// to a server that speaks plain HTTP (a local registry, a MinIO without
+    TLS): the handshake reads an HTTP answer. Asking again changes nothing."""
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not any("WRONG_VERSION_NUMBER" in str(e) for e in _chain(exc)):
+        return None
+    plain = parts._replace(scheme="http", path="", query="", fragment="").geturl()
+    return SourceError(f"{parts.hostname}: the server speaks plain HTTP, not TLS (https)",
+                       hint=f"use {plain} in models.toml (for a registry: oci+{plain}/…)")
+
+
+# getaddrinfo's "no such name" answers; EAI_AGAIN (a resolver that did not answer) stays
+# transient
+_NO_SUCH_NAME = {getattr(socket, n) for n in ("EAI_NONAME", "EAI_NODATA") if hasattr(socket, n)}
+_NO_SUCH_NAME_TEXT = ("Name or service not known", "nodename nor servname provided",
+                      "No address associated with hostname")
+
+
+def _unknown_host(exc: BaseException, url: str) -> SourceError | None:
+    """A host name the resolver says does not exist: a typo or a missing endpoint, not
+    something a retry fixes (three DNS failures, with waits, said nothing more)."""
+    for e in _chain(exc):
+        if (isinstance(e, socket.gaierror) and e.errno in _NO_SUCH_NAME) or any(
+                t in str(e) for t in _NO_SUCH_NAME_TEXT):
+            host = urlsplit(url).hostname or url
+            return SourceError(f"{host}: the host name does not resolve",
+                               hint="check the URL or endpoint in models.toml (an S3-compatible"
+                               " server: endpoint = \"…\" or AWS_ENDPOINT_URL), and your DNS")
     return None
 
 

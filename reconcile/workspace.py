@@ -94,6 +94,11 @@ class Workspace:
     def manifest(self) -> Manifest:
         return load_manifest(self.manifest_path)
 
+    def _check_manifest(self) -> None:
+        """Parse and check models.toml before a command touches the disk: a typo exits 2
+        having created no store, HF cache or lock."""
+        _ = self.manifest
+
     @cached_property
     def remote(self) -> Any:
         """The team cache (remote.py) models.toml or RECONCILE_CACHE names, else None."""
@@ -160,6 +165,7 @@ class Workspace:
              jobs: int = 4, only: list[str] | None = None) -> Any:
         from .resolve import lock_models
 
+        self._check_manifest()
         old = self.read_lock()
         self.store.ensure()
         with self.store.session():  # objects fetched at lock time are named by no lock yet
@@ -252,6 +258,7 @@ class Workspace:
         """The lock apply would use, resolved in memory when models.lock is stale or
         missing (nothing written; only what resolving needs is fetched), and what would
         change in it: (symbol, key, what) with + new, ~ re-pinned, - removed."""
+        self._check_manifest()
         old = self.read_lock()
         stale = self.stale()
         if not stale and old is not None:
@@ -313,6 +320,7 @@ class Workspace:
     def apply(self, *, jobs: int = 4, offline: bool = False, prune: bool = False,
               locked: bool = False, revalidate: bool = False, progress: Any = None) -> Any:
         offline = offline or settings.offline()
+        self._check_manifest()
         self.store.ensure()
         with self.store.session():
             lock = self.current_lock(locked=locked, offline=offline, jobs=jobs)

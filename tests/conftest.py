@@ -80,12 +80,21 @@ class Project:
 # (nginx, tinyproxy, nix, olah, git-lfs, torch, onnx, keras, script …) is missing fails
 # instead, so CI cannot go green without ever talking to them. Skips that say "not
 # applicable here:" (a filesystem without O_DIRECT, say) are about the machine, not a
-# missing peer, and stay skips. Without the variable, developers may run what they have.
+# missing peer: they stay skips only for the tests RECONCILE_ALLOWED_SKIPS names (.ci/run
+# keeps that list, short), so a test that must run in CI (the --system test as root) cannot
+# quietly skip there. Without RECONCILE_REQUIRE_PEERS, developers may run what they have.
 NOT_APPLICABLE = "not applicable here:"
 
 
 def _require_peers() -> bool:
     return os.environ.get("RECONCILE_REQUIRE_PEERS", "") not in ("", "0")
+
+
+def _allowed_to_skip(nodeid: str) -> bool:
+    """Named in RECONCILE_ALLOWED_SKIPS (whitespace-separated `file::test` ids; a
+    parametrized test is named without its parameters)."""
+    allowed = os.environ.get("RECONCILE_ALLOWED_SKIPS", "").split()
+    return nodeid.split("[", 1)[0] in allowed
 
 
 def _skip_reason(rep) -> str:
@@ -99,7 +108,11 @@ def _missing_peer(rep) -> str | None:
     if not (_require_peers() and rep.skipped) or hasattr(rep, "wasxfail"):
         return None
     reason = _skip_reason(rep)
-    return None if NOT_APPLICABLE in reason else reason
+    if NOT_APPLICABLE not in reason:
+        return reason
+    if _allowed_to_skip(rep.nodeid):
+        return None
+    return f"{reason} (not in RECONCILE_ALLOWED_SKIPS, the list in .ci/run)"
 
 
 @pytest.hookimpl(hookwrapper=True)

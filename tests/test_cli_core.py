@@ -503,3 +503,18 @@ def test_zsh_and_fish_completion_run_in_the_real_shells(project, tmp_path):
     # zsh's compgen leaves prefix matching to compadd, which shows only these:
     assert [w for w in r.stdout.split() if w.startswith("t")] == ["tiny", "tokenizer"], r.stdout
     assert "--manifest" in r.stdout.split() and "apply" not in r.stdout.split()
+
+
+def test_a_bad_manifest_writes_nothing(project):
+    """A typo in models.toml is found before anything touches the disk: no store, no HF
+    cache, no lock."""
+    project.write('''
+        [models.tiny]
+        sourc.mock = { org = "test", model = "tiny", files = ["config.json"] }
+    ''')
+    for command in (["apply"], ["lock"], ["plan"], ["apply", "--offline"]):
+        r = project.run(*command)
+        assert r.code == 2, (command, r.err)
+        assert not project.store.exists(), command
+        assert not project.cache.exists(), command
+        assert not project.lock.exists(), command

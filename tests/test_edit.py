@@ -35,6 +35,13 @@ HUB = "http://127.0.0.1:9"
     ("ollama:llama3.2:1b", "llama3.2", "ollama", {"model": "llama3.2", "tag": "1b"}),
     ("ollama:library/qwen", "qwen", "ollama", {"model": "library/qwen"}),
     ("oci://ghcr.io/org/bert:v1", "bert", "oci", {"ref": "ghcr.io/org/bert:v1"}),
+    # the form the team-cache docs use, for a registry without TLS (and with it)
+    ("oci+http://127.0.0.1:5000/repo:tag", "repo", "oci",
+     {"ref": "http://127.0.0.1:5000/repo:tag"}),
+    ("oci+https://reg.internal/org/bert@sha256:" + "a" * 64, "bert", "oci",
+     {"ref": "https://reg.internal/org/bert@sha256:" + "a" * 64}),
+    ("models:/classifier/latest", "classifier", "mlflow",
+     {"modelName": "classifier", "version": "latest"}),
     ("models:/classifier/3", "classifier", "mlflow", {"modelName": "classifier", "version": "3"}),
     ("models:/classifier@champion", "classifier", "mlflow",
      {"modelName": "classifier", "alias": "champion"}),
@@ -163,3 +170,14 @@ def test_add_then_remove_restores_any_file(entries, head):
         assert "by hand" in str(e)
         return
     assert remove_text(added, d.key) == text
+
+
+def test_add_then_remove_is_byte_for_byte_without_a_final_newline():
+    """A models.toml whose last line has no newline keeps that style through add, and
+    remove gives it back byte for byte."""
+    text = EXAMPLE.rstrip("\n")
+    d = declaration("acme/new-model")
+    added = add_text(text, d)
+    assert not added.endswith("\n") and added.startswith(text + "\n\n")
+    assert remove_text(added, "new-model") == text
+    assert remove_text(add_text(EXAMPLE, d), "new-model") == EXAMPLE

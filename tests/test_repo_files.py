@@ -104,7 +104,8 @@ def test_ci_cannot_go_green_without_the_real_peers(tmp_path):
         "def test_x(): pass\n")
 
     def run(flag: str, target: str = "") -> subprocess.CompletedProcess:
-        env = {**os.environ, "RECONCILE_REQUIRE_PEERS": flag}
+        env = {**os.environ, "RECONCILE_REQUIRE_PEERS": flag,
+               "RECONCILE_ALLOWED_SKIPS": "test_peers.py::test_machine"}
         return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                                "-rA", str(tmp_path / target)], capture_output=True, text=True,
                               env=env, cwd=tmp_path)
@@ -118,6 +119,37 @@ def test_ci_cannot_go_green_without_the_real_peers(tmp_path):
     assert module.returncode != 0 and "missing peer" in module.stdout
     relaxed = run("")
     assert relaxed.returncode == 0 and "4 skipped" in relaxed.stdout, relaxed.stdout
+
+
+def test_ci_lets_only_the_named_tests_skip_as_not_applicable(tmp_path):
+    """A "not applicable here:" skip is a skip in CI only for a test RECONCILE_ALLOWED_SKIPS
+    names (.ci/run's list): the --system test, which needs root, fails loudly where CI is
+    not root instead of never running. And .ci/run's list names tests that exist."""
+    import os
+    import re
+
+    shutil.copy(REPO / "tests" / "conftest.py", tmp_path / "conftest.py")
+    (tmp_path / "test_machine.py").write_text(
+        "import pytest\n"
+        "def test_named(): pytest.skip('not applicable here: no O_DIRECT')\n"
+        "@pytest.mark.parametrize('x', [1])\n"
+        "def test_param(x): pytest.skip('not applicable here: no /proc/stat')\n"
+        "def test_root(): pytest.skip('not applicable here: needs root')\n")
+    env = {**os.environ, "RECONCILE_REQUIRE_PEERS": "1",
+           "RECONCILE_ALLOWED_SKIPS": "test_machine.py::test_named\ntest_machine.py::test_param"}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rA",
+                        "test_machine.py"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 1, r.stdout
+    assert "2 skipped" in r.stdout and "1 failed" in r.stdout, r.stdout
+    assert "needs root (not in RECONCILE_ALLOWED_SKIPS, the list in .ci/run)" in r.stdout
+
+    ci = (REPO / ".ci" / "run").read_text()
+    listed = re.search(r"RECONCILE_ALLOWED_SKIPS=\"([^\"]*)\"", ci).group(1).split()
+    assert 0 < len(listed) <= 6, listed
+    assert not any("test_modes" in t for t in listed)  # the --system test runs in CI
+    for nodeid in listed:
+        path, name = nodeid.split("::")
+        assert f"def {name}(" in (REPO / path).read_text(), nodeid
 
 
 def _imports() -> dict[str, set[str]]:
@@ -194,3 +226,27 @@ def test_readme_commands_work_with_a_python_that_refuses_system_pip(tmp_path):
     old = subprocess.run(["bash", "-c", "python3 -m pip install -e ."], cwd=work,
                          capture_output=True, text=True, env=env, timeout=300)
     assert "externally-managed-environment" in old.stderr  # what README used to say
+
+
+def test_ci_runs_readmes_test_command_with_the_hashed_lock():
+    """README's test command, one line, is what .ci/run runs; it installs the hashed lock,
+    which pins every package of the test extra (and of reconcile) with a sha256 each."""
+    import re
+
+    text = (REPO / "README.md").read_text()
+    command = text.split("Run the tests:")[1].split("\n\n")[1].strip()
+    assert "\n" not in command and "requirements-test.txt" in command
+    ci_lines = (REPO / ".ci" / "run").read_text().splitlines()
+    assert command in ci_lines
+    lock = (REPO / "requirements-test.txt").read_text()
+    entries = re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+) \\\n((?:\s+--hash=sha256:[0-9a-f]{64}"
+                         r"(?: \\)?\n)+)", lock, re.M)
+    pinned = {name.lower().replace("_", "-") for name, _, _ in entries}
+    assert len(entries) == len(re.findall(r"^[A-Za-z0-9_.\-]+==", lock, re.M)) > 50
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for req in [*project["dependencies"], *project["optional-dependencies"]["test"]]:
+        name = re.match(r"[A-Za-z0-9_.\-]+", req).group(0).lower().replace("_", "-")
+        assert name in pinned, f"{name} is not in requirements-test.txt: run .ci/lock-tests"
+    assert re.search(r"^moto==(?!5\.2\.6\b)", lock, re.M)  # see pyproject.toml

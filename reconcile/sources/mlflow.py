@@ -80,8 +80,11 @@ class MlflowSource(HttpSource):
         out: dict[str, Any] = {"trackingUri": uri.rstrip("/"), "modelName": name}
         key = chosen[0]
         value = str(opts[key])
-        if key == "version" and not VERSION.match(value):
-            raise ValueError(f"version: {value!r} is not a version number such as \"3\"")
+        if key == "version" and value.lower() == "latest":
+            value = "latest"  # models:/name/latest: the newest version, whatever its stage
+        elif key == "version" and not VERSION.match(value):
+            raise ValueError(f"version: {value!r} is not a version number such as \"3\""
+                             ' or "latest"')
         if key == "alias" and not ALIAS.match(value.lstrip("@")):
             raise ValueError(f"alias: {value!r} is not an alias name")
         if key == "stage" and value.capitalize() not in STAGES:
@@ -208,7 +211,9 @@ class MlflowSource(HttpSource):
     def version(self) -> dict[str, Any]:
         """The model version the declaration names now."""
         name = self.options["modelName"]
-        if "version" in self.options:
+        if self.options.get("version") == "latest":
+            doc = {"model_version": self._latest(name)}
+        elif "version" in self.options:
             v = self.options["version"]
             doc = self.api(f"{API}/model-versions/get", f"model {name!r} version {v}",
                            name=name, version=v)
@@ -229,6 +234,16 @@ class MlflowSource(HttpSource):
         if not isinstance(version, dict) or not VERSION.match(str(version.get("version", ""))):
             raise SourceError(f"{self.base}: model {name!r}: the server gave no model version")
         return version
+
+    def _latest(self, name: str) -> dict[str, Any]:
+        """The highest version number of ``name``, as MLflow reads models:/name/latest
+        (get-latest-versions without stages gives the newest of each stage)."""
+        self.api(f"{API}/registered-models/get", f"model {name!r}", name=name)
+        versions = self.api(f"{API}/registered-models/get-latest-versions",
+                            f"model {name!r}", name=name).get("model_versions") or []
+        if not versions:
+            raise NotFound(f"{self.base}: model {name!r} has no versions")
+        return max(versions, key=lambda v: int(v.get("version", 0)))
 
     def location(self, uri: str, version: dict[str, Any]) -> str:
         """The artifact location a download URI names: mlflow-artifacts:/<path> or s3://…"""

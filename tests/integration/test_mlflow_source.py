@@ -281,3 +281,25 @@ def test_a_version_that_is_not_ready_is_refused_naming_its_status(project, serve
         assert r.code == 1 and "version 2 is PENDING_REGISTRATION, not READY" in r.err, r.err
     finally:
         front.shutdown()
+
+
+def test_add_writes_the_tracking_uri_it_used_and_takes_latest(project, server, tmp_path,
+                                                               monkeypatch):
+    """`add models:/…` with MLFLOW_TRACKING_URI set writes that server into models.toml, so
+    the manifest is valid where the variable is not set (a teammate, CI, the hook);
+    models:/name/latest is MLflow's newest version; models:/m-<id> is named for what it is."""
+    name = seed(server, tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    r = project.run("add", f"models:/{name}@champion")
+    assert r.code == 0, r.err
+    assert f'trackingUri = "{server}"' in project.manifest.read_text()
+    r = project.run("add", f"models:/{name}/latest", "--name", "newest")
+    assert r.code == 0, r.err
+    lock = read_lock(project.lock)
+    assert lock.models["newest"].pin["version"] == "2"
+    assert lock.models[name].pin["version"] == "1"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    r = project.run("lock", "--check")
+    assert r.code == 0, r.err
+    r = project.run("add", "models:/m-0123456789abcdef", "--no-lock")
+    assert r.code == 2 and "logged model" in r.err and "stage" not in r.err, r.err

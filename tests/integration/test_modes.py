@@ -140,8 +140,12 @@ def test_system_store_shared_by_a_group_read_by_everyone(machine, hub, capsys):
     system = base / "var-lib-reconcile"
     (base / "etc" / "models.toml").write_text(MANIFEST)
 
-    # root applies the machine's models
+    # root applies the machine's models, and says it wrote the login-shell snippet
+    capsys.readouterr()
     assert main(["--system", "apply", "--progress", "none"]) == 0, capsys.readouterr().err
+    said = capsys.readouterr().out
+    assert f"wrote {base / 'etc' / 'profile.d' / 'r.sh'}" in said
+    assert f"HF_HUB_CACHE={system / 'huggingface' / 'hub'}" in said
     import grp
 
     gid = grp.getgrnam(group).gr_gid
@@ -169,6 +173,9 @@ def test_system_store_shared_by_a_group_read_by_everyone(machine, hub, capsys):
     assert out.splitlines()[0] == str(system / "huggingface" / "hub")
     assert out.split("\n", 1)[1].strip() == FILES["config.json"].decode()
 
+    # … verifies what is installed (verify only reads) …
+    rc, out, err = as_user(other, ["--system", "verify"])
+    assert rc == 0, err
     # … but may not write, and is told who may
     for argv in (["--system", "apply"], ["--system", "lock"], ["--system", "gc"]):
         rc, out, err = as_user(other, argv)
@@ -193,10 +200,33 @@ def test_system_store_shared_by_a_group_read_by_everyone(machine, hub, capsys):
         f"print(snapshot_download('gpt2x', cache_dir={str(repo.parent)!r},"
         " local_files_only=True))\n"))
     assert rc == 0, err
-    # … but cannot write /etc's models.lock: that is root's, and said so
+    # … but cannot write /etc's models.lock: that is root's, and said so (not "join the
+    # group" to someone in it), for lock and for an apply that would lock first
     (base / "etc" / "models.toml").write_text(MANIFEST)
-    rc, out, err = as_user(machine["member"], ["--system", "lock"])
-    assert rc == 1 and "may only read them" in err
+    for argv in (["--system", "lock"], ["--system", "apply"]):
+        rc, out, err = as_user(machine["member"], argv)
+        assert rc == 1, err
+        assert "models.lock is root's" in err and "sudo reconcile --system lock" in err, err
+        assert "usermod" not in err and "may only read" not in err, err
+
+
+def test_relocated_system_paths_leave_etc_profile_alone(machine, hub, capsys):
+    """RECONCILE_SYSTEM_DIR elsewhere: no machine-wide HF_HUB_CACHE in /etc/profile.d unless
+    RECONCILE_SYSTEM_PROFILE asks for one; apply says it skipped it."""
+    base = machine["base"]
+    real = Path("/etc/profile.d/reconcile.sh")
+    existed = real.exists()
+    os.environ.pop("RECONCILE_SYSTEM_PROFILE")  # monkeypatch restores it
+    (base / "etc" / "models.toml").write_text(MANIFEST)
+    try:
+        capsys.readouterr()
+        assert main(["--system", "apply", "--progress", "none"]) == 0
+        out = capsys.readouterr().out
+        assert real.exists() == existed
+        assert "RECONCILE_SYSTEM_PROFILE" in out and f"wrote {real}" not in out
+    finally:
+        if real.exists() and not existed:
+            real.unlink()
 
 
 def test_user_mode_reuses_the_system_store(machine, hub, capsys):
@@ -256,6 +286,21 @@ def test_systemd_units_pass_systemd_analyze(tmp_path):
         v = subprocess.run(["systemd-analyze", "verify", "--man=no",
                             *(str(d / n) for n in names)], capture_output=True, text=True)
         assert v.returncode == 0 and not v.stderr.strip(), v.stderr
+    # relocated system paths travel in the unit: apply there, and may write there
+    env = {**os.environ, "RECONCILE_SYSTEM_DIR": "/srv/models dir",
+           "RECONCILE_SYSTEM_MANIFEST": "/srv/etc/models.toml"}
+    r = subprocess.run([sys.executable, "-m", "reconcile", "--system", "systemd", "--unit",
+                        "service"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert 'Environment="RECONCILE_SYSTEM_DIR=/srv/models dir"' in r.stdout
+    assert 'Environment="RECONCILE_SYSTEM_MANIFEST=/srv/etc/models.toml"' in r.stdout
+    assert "ReadWritePaths=/etc/profile.d" not in r.stdout
+    assert '"/srv/models dir"' in r.stdout.split("ReadWritePaths=")[1].splitlines()[0]
+    (tmp_path / "system" / "reconcile.service").write_text(r.stdout)
+    v = subprocess.run(["systemd-analyze", "verify", "--man=no",
+                        str(tmp_path / "system" / "reconcile.service")],
+                       capture_output=True, text=True)
+    assert v.returncode == 0 and not v.stderr.strip(), v.stderr
     r = subprocess.run([sys.executable, "-m", "reconcile", "--user", "systemd", "--unit", "timer"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "no timer unit" in r.stderr

@@ -138,3 +138,45 @@ def test_manifest_hook_names_the_key(repo):
     r = _pre_commit(repo, "reconcile-check")
     assert r.returncode == 1 and "Failed" in r.stdout and "- exit code: 2" in r.stdout
     assert "models.toml:3: models.minimal.source.mock.colour: unknown key" in r.stdout
+
+
+def test_lock_check_hook_checks_each_manifest_of_a_monorepo(tmp_path, hook_repo, pre_commit_home,
+                                                            monkeypatch):
+    """models.toml files in subdirectories, none or a fresh one at the root: each matched
+    file's own manifest is checked, once, and the one that failed is named."""
+    path, rev = hook_repo
+    d = tmp_path / "mono"
+    d.mkdir()
+    _git(d, "init", "-q")
+    (d / ".pre-commit-config.yaml").write_text(
+        f"repos:\n  - repo: {path}\n    rev: {rev}\n    hooks:\n"
+        "      - id: reconcile-lock-check\n")
+    for var in ("RECONCILE_MANIFEST", "HF_HUB_OFFLINE", "RECONCILE_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PRE_COMMIT_HOME", str(pre_commit_home))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RECONCILE_STORE", str(tmp_path / "store"))
+    for sub in ("ml", "services/x"):
+        (d / sub).mkdir(parents=True)
+        (d / sub / "models.toml").write_text(MANIFEST)
+        _reconcile(d / sub, "lock")
+    _git(d, "add", "-A")
+    _git(d, "commit", "-q", "-m", "models")
+
+    r = _pre_commit(d, "--all-files", "--verbose")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("models.lock is up to date\n") == 2  # ml/ once, though both its files matched
+    assert "ml/models.lock is up to date" in r.stdout
+    assert "services/x/models.lock is up to date" in r.stdout
+
+    # a fresh manifest at the root does not hide a stale one in ml/
+    (d / "models.toml").write_text(MANIFEST)
+    _reconcile(d, "lock")
+    (d / "ml" / "models.toml").write_text(MANIFEST + (
+        '\n[models.second]\nsource.mock = { org = "test", model = "second", files = ["a.txt"] }\n'))
+    _git(d, "add", "-A")
+    r = _pre_commit(d)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "new: second" in r.stdout
+    assert "ml/models.lock is out of date; run `reconcile -f ml/models.toml lock`" in r.stdout
+    assert "services/x" not in r.stdout  # not part of the commit: not checked

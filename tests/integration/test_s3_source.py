@@ -545,3 +545,21 @@ def test_a_servers_error_text_reaches_the_terminal_printable_only():
             "</Message></Error>").encode()
     code, message, region = _error_fields(body)
     assert (code, message, region) == ("AccessDenied2J", "no 31mentry", None)
+
+
+def test_add_writes_the_s3_compatible_endpoint_it_used(project, moto_endpoint, monkeypatch):
+    """`add s3://bucket/prefix/` with AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3, which wins)
+    set: locked from that endpoint, and the endpoint written into models.toml, so the
+    manifest means the same where the variable is not set."""
+    s3, bucket = fresh_bucket(moto_endpoint, versioned=False)
+    upload(s3, bucket, "bert/", FILES)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9/not-this-one")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_endpoint)
+    r = project.run("add", f"s3://{bucket}/bert/")
+    assert r.code == 0, r.err
+    assert f'endpoint = "{moto_endpoint}"' in project.manifest.read_text()
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    assert project.run("lock", "--check").code == 0
+    assert project.run("apply").code == 0
+    assert (installed(project) / "weights.bin").read_bytes() == FILES["weights.bin"]

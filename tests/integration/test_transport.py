@@ -396,3 +396,23 @@ def test_ctrl_c_does_not_wait_for_a_server_that_went_silent(project):
         os.close(master)
     assert p.returncode == 130
     assert stopped < 2.0, stopped
+
+
+@pytest.mark.parametrize("transport", ["httpx", "direct"])
+def test_https_to_a_plain_http_server_and_an_unknown_host_fail_at_once(project, monkeypatch,
+                                                                         transport):
+    """Neither is transient: no retries (no 'giving up after'), and each says what to do."""
+    monkeypatch.setenv("RECONCILE_DIRECT_MIN", "0" if transport == "direct" else str(1 << 62))
+    srv = RangeServer({"/small.bin": SMALL})
+    with srv as url:
+        tls = url.replace("http://", "https://")
+        project.write(decl(tls, "small.bin", SMALL))
+        r = project.run("apply")
+    assert r.code == 1
+    assert "giving up after" not in r.err and "Traceback" not in r.err, r.err
+    assert "speaks plain HTTP" in r.err and f"use {url}" in r.err, r.err
+    project.write(decl("https://no-such-host.invalid", "small.bin", SMALL))
+    r = project.run("apply")
+    assert r.code == 1
+    assert "giving up after" not in r.err and "Traceback" not in r.err, r.err
+    assert "no-such-host.invalid: the host name does not resolve" in r.err, r.err
