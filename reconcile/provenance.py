@@ -58,11 +58,14 @@ def recorded(store: Store, m: LockedModel, peers: list[Path] = ()) -> bool:
 def vouch(store: Store, manifest: Any, models: list[LockedModel], *, offline: bool,
           peers: list[Path] = (),
           resolve_at_pin: Callable[[Any, LockedModel], LockedModel],
-          needs_network: Callable[[Any], bool]) -> list[str]:
-    """Check every model that nothing vouches for yet by asking its source at the pin;
-    raise IntegrityError naming the first model whose lock entry the source contradicts,
-    LockError when offline leaves some unvouched. Returns the keys asked."""
-    asked, unreachable = [], []
+          needs_network: Callable[[Any], bool], jobs: int = 4) -> list[str]:
+    """Check every model that nothing vouches for yet by asking its source at the pin
+    (``jobs`` sources at once: each is a listing's round trips); raise IntegrityError
+    naming the first model whose lock entry the source contradicts, LockError when
+    offline leaves some unvouched. Returns the keys asked."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    todo, unreachable = [], []
     for m in models:
         decl = manifest.models[m.key]
         if recorded(store, m, peers) or (decl.hash and decl.hash == m.hash) \
@@ -71,23 +74,7 @@ def vouch(store: Store, manifest: Any, models: list[LockedModel], *, offline: bo
         if offline and needs_network(decl):
             unreachable.append(m.key)
             continue
-        try:
-            truth = resolve_at_pin(decl, m)
-        except ReconcileError as e:
-            raise type(e)(f"models.{m.key}: models.lock's entry could not be checked with"
-                          f" its source: {e.message}",
-                          hint="the source is asked once per new lock entry (its listing at"
-                          " the pin, not the weights); retry when it answers, or pin"
-                          " `hash = \"…\"` in models.toml to install from the store or team"
-                          " cache without it") from None
-        if truth.hash != m.hash:
-            raise IntegrityError(f"models.{m.key}: models.lock does not match what the source"
-                                 f" serves at {_pin_text(m)}: {difference(m, truth)}",
-                                 hint="nothing was installed; if models.lock came in a pull"
-                                 " request, do not merge it; `reconcile lock --upgrade"
-                                 f" {m.key}` writes what the source serves")
-        record(store, m)
-        asked.append(m.key)
+        todo.append((decl, m))
     if unreachable:
         raise LockError(f"--offline: nothing vouches for models.lock's entry of"
                         f" {', '.join(unreachable)} on this machine (it was not locked or"
@@ -95,7 +82,38 @@ def vouch(store: Store, manifest: Any, models: list[LockedModel], *, offline: bo
                         hint="run `reconcile apply` once with network access (the source is"
                         " asked for its listing, not the weights), or pin `hash = \"…\"` in"
                         " models.toml, or sign the model")
-    return asked
+    if not todo:
+        return []
+
+    def ask(item: tuple[Any, LockedModel]) -> LockedModel | ReconcileError:
+        try:
+            return resolve_at_pin(*item)
+        except ReconcileError as e:
+            return e
+
+    with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(todo)))) as pool:
+        answers = list(pool.map(ask, todo))
+    for (_decl, m), truth in zip(todo, answers, strict=True):
+        _judge(store, m, truth)
+    return [m.key for _d, m in todo]
+
+
+def _judge(store: Store, m: LockedModel, truth: LockedModel | ReconcileError) -> None:
+    """Record the entry the source confirmed; raise for one it could not or did not."""
+    if isinstance(truth, ReconcileError):
+        raise type(truth)(f"models.{m.key}: models.lock's entry could not be checked with its"
+                          f" source: {truth.message}",
+                          hint="the source is asked once per new lock entry (its listing at"
+                          " the pin, not the weights); retry when it answers, or pin"
+                          " `hash = \"…\"` in models.toml to install from the store or team"
+                          " cache without it") from None
+    if truth.hash != m.hash:
+        raise IntegrityError(f"models.{m.key}: models.lock does not match what the source"
+                             f" serves at {_pin_text(m)}: {difference(m, truth)}",
+                             hint="nothing was installed; if models.lock came in a pull"
+                             " request, do not merge it; `reconcile lock --upgrade"
+                             f" {m.key}` writes what the source serves")
+    record(store, m)
 
 
 def difference(claim: LockedModel, truth: LockedModel) -> str:

@@ -423,7 +423,8 @@ class Workspace:
         provenance.vouch(
             self.store, self.manifest, models, offline=offline, peers=peers,
             resolve_at_pin=lambda decl, m: resolve_model(decl, context, at=m, borrow=borrow),
-            needs_network=lambda decl: registry.get(decl.source_type).needs_network)
+            needs_network=lambda decl: registry.get(decl.source_type).needs_network,
+            jobs=context.jobs)
 
     def _check_signatures(self, lock: Lock, source_of: Any) -> None:
         """Every model models.toml wants signed is checked against the lock's file list
