@@ -23,6 +23,7 @@ from .config import NetworkConfig
 from .errors import (
     AuthRequired,
     IntegrityError,
+    Mismatch,
     ReconcileError,
     Restart,
     SourceError,
@@ -273,18 +274,23 @@ def fetch(
                 result = got
         if expected and result.sha256 != expected:
             part.unlink(missing_ok=True)
-            raise IntegrityError(
-                f"{file.path}: sha256 mismatch: the lock expects {expected}, the source sent"
-                f" {result.sha256} ({result.size} bytes)",
-                hint="the source changed since the lock was made, or the transfer was"
-                " corrupted; run `reconcile lock --upgrade` only if you trust the new content",
-            )
+            raise mismatch(file.path, expected, result.sha256, result.size)
         if file.size and result.size != file.size and expected:
             part.unlink(missing_ok=True)
             raise IntegrityError(f"{file.path}: expected {file.size} bytes, got {result.size}")
         store.publish_object(part, result.sha256)
         _entity_path(part).unlink(missing_ok=True)
         return result
+
+
+def mismatch(path: str, expected: str, sha256: str, size: int) -> Mismatch:
+    """The model's source sent other bytes than the lock's: the error, with what they were."""
+    return Mismatch(
+        f"{path}: sha256 mismatch: the lock expects {expected}, the source sent {sha256}"
+        f" ({size} bytes)",
+        sha256=sha256, size=size,
+        hint="the source changed since the lock was made, or the transfer was"
+        " corrupted; run `reconcile lock --upgrade` only if you trust the new content")
 
 
 def _fetch_small(source: Source, pin: dict[str, Any], file: LockedFile, store: Store,
@@ -304,11 +310,7 @@ def _fetch_small(source: Source, pin: dict[str, Any], file: LockedFile, store: S
     sha = hashlib.sha256(data).hexdigest()
     if expected and (sha != expected or len(data) != file.size):
         store.release_claim(expected)
-        raise IntegrityError(
-            f"{file.path}: sha256 mismatch: the lock expects {expected}, the source sent"
-            f" {sha} ({len(data)} bytes)",
-            hint="the source changed since the lock was made, or the transfer was"
-            " corrupted; run `reconcile lock --upgrade` only if you trust the new content")
+        raise mismatch(file.path, expected, sha, len(data))
     if progress:
         progress(len(data))
     if expected or store.claim_object(sha):  # unhashed (lock time): claimed now
