@@ -330,3 +330,22 @@ def test_mk_hugging_face_factory_with_default_auth(hf_env, monkeypatch):
                       "repo": "acme/gated", "revision": "main"}
     assert (m.path / "config.json").read_bytes() == b"{}"
     assert m.hf_cache_path == "models--acme--gated"
+
+
+def test_a_refused_fetch_leaves_no_empty_partial_and_promises_no_resume(project, hf_env, hub):
+    """A fetch that fails before its first byte keeps no 0-byte tmp/<sha>.part nor its
+    .entity, and says "kept and resumes" only when bytes were kept."""
+    hub.repo("acme/nine").commit({"weights.bin": os.urandom(9 << 20)})
+    project.write('[models.n]\nsource.huggingface = { repo = "acme/nine" }\n'
+                  'network = { retry = { maxAttempts = 1 } }\n')
+    assert project.run("lock").code == 0
+    hub.fault("/acme/nine/*", "status", code=503, count=100)
+    r = project.run("apply")
+    assert r.code == 1 and "giving up" in r.err, r.err
+    assert "kept and resumes" not in r.err, r.err
+    assert not list((project.store / "tmp").glob("*.part*"))
+    hub.faults.clear()
+    hub.fault("/acme/nine/*", "truncate", after=1 << 20)
+    r = project.run("apply")
+    assert r.code == 1 and "kept and resumes" in r.err, r.err
+    assert [p.stat().st_size for p in (project.store / "tmp").glob("*.part")] == [1 << 20]
