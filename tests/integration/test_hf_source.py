@@ -349,3 +349,18 @@ def test_a_refused_fetch_leaves_no_empty_partial_and_promises_no_resume(project,
     r = project.run("apply")
     assert r.code == 1 and "kept and resumes" in r.err, r.err
     assert [p.stat().st_size for p in (project.store / "tmp").glob("*.part")] == [1 << 20]
+
+
+def test_a_credential_error_is_printed_once_per_source(project, hf_env, hub, monkeypatch):
+    """Every file of a model refused for its credentials: one error with its hint and the
+    other files named, not the same paragraph once per file."""
+    files = {f"shard-{i}.bin": os.urandom(2 << 20) for i in range(4)}
+    hub.repo("acme/private4", gated=True, granted={TOKEN}).commit(files)
+    project.write('[models.p]\nsource.huggingface = { repo = "acme/private4" }\n')
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    assert project.run("lock").code == 0
+    monkeypatch.setenv("HF_TOKEN", "hf_revoked")
+    r = project.run("apply", "--locked")
+    assert r.code == 1, r.err
+    assert r.err.count("hint:") == 1 and r.err.count("HF_TOKEN") == 1, r.err
+    assert all(name in r.err for name in files), r.err
