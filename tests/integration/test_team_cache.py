@@ -459,3 +459,35 @@ def test_push_verify_reads_every_byte(project, hf_env, big_hub, tmp_path, monkey
     r = project.run("push", "--verify")
     assert r.code == 0 and "1 objects uploaded" in r.out, r.out
     assert p.read_bytes() == BIG
+
+
+def test_import_reads_a_gzip_or_zstd_compressed_export(project, hf_env, big_hub, monkeypatch,
+                                                       tmp_path):
+    """`gzip models.tar` / `zstd models.tar` on the way to the air-gapped machine: import
+    reads through it, each object still hashed; xz is named, to decompress first."""
+    import gzip
+    import lzma
+
+    zstandard = pytest.importorskip("zstandard")
+    project.write(MANIFEST.format(cache=""))
+    assert project.run("apply").code == 0
+    plain = tmp_path / "models.tar"
+    assert project.run("export", "tiny", "-o", str(plain)).code == 0
+    data = plain.read_bytes()
+    archives = {"tar.gz": gzip.compress(data),
+                "tar.zst": zstandard.ZstdCompressor().compress(data)}
+    for ext, packed in archives.items():
+        path = tmp_path / f"models.{ext}"
+        path.write_bytes(packed)
+        _switch(project, monkeypatch, f"imp-{ext}")
+        r = project.run("import", str(path))
+        assert r.code == 0, (ext, r.err)
+        store = Path(os.environ["RECONCILE_STORE"])
+        sha = next(f.sha256 for f in _lock(project).models["tiny"].files
+                   if f.path == "model.safetensors")
+        assert (store / "objects" / "sha256" / sha).read_bytes() == FILES["model.safetensors"]
+    xz = tmp_path / "models.tar.xz"
+    xz.write_bytes(lzma.compress(data))
+    r = project.run("import", str(xz))
+    assert r.code != 0 and "compressed with xz" in r.err and "unxz" in r.err, r.err
+    assert "Traceback" not in r.err
