@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import hfcache, ollamadir
-from .errors import ReconcileError
+from .errors import AuthRequired, ReconcileError
 from .plan import Action, Plan
 from .store import Store
 
@@ -293,14 +293,40 @@ def _descendants(succ: dict[str, list[str]], node: str) -> set[str]:
 
 
 def failure_message(report: ApplyReport) -> str:
+    """One line per failure, except credentials: every file of a model refused for them
+    is one error with its hint once (a real repository has hundreds of files), the
+    other files named after it."""
     lines = []
+    refused: dict[str, list[tuple[Any, AuthRequired]]] = {}
     for action, err in report.failures:
-        who = action.model.key if action.model else action.target
-        what = f"{action.kind} {action.file.path}" if action.file else action.kind
-        msg = str(err) if isinstance(err, ReconcileError) else f"{type(err).__name__}: {err}"
-        lines.append(f"{who}: {what} failed: {msg}")
+        if isinstance(err, AuthRequired) and action.model and action.file:
+            if action.model.key not in refused:
+                lines.append(action.model.key)  # its place in the output, filled below
+            refused.setdefault(action.model.key, []).append((action, err))
+            continue
+        lines.append(_failure_line(action, err))
+    lines = [_refused_line(refused[line]) if line in refused else line for line in lines]
     failed = sorted({a.model.key for a, _ in report.failures if a.model}
                     | {a.model.key for a in report.skipped if a.model})
     if failed:
         lines.append(f"not installed: {', '.join(failed)}")
     return "\n".join(lines)
+
+
+def _failure_line(action: Any, err: BaseException) -> str:
+    who = action.model.key if action.model else action.target
+    what = f"{action.kind} {action.file.path}" if action.file else action.kind
+    msg = str(err) if isinstance(err, ReconcileError) else f"{type(err).__name__}: {err}"
+    return f"{who}: {what} failed: {msg}"
+
+
+def _refused_line(items: list[tuple[Any, AuthRequired]]) -> str:
+    if len(items) == 1:
+        return _failure_line(*items[0])
+    action, err = items[0]
+    others = sorted(a.file.path for a, _ in items[1:])
+    named = ", ".join(others[:10]) + (f" and {len(others) - 10} more" if len(others) > 10
+                                      else "")
+    text = (f"{action.model.key}: fetch {action.file.path} failed: {err.message}\n"
+            f"  (the same refusal for {len(others)} more files: {named})")
+    return text + (f"\n  hint: {err.hint}" if err.hint else "")

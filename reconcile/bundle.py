@@ -125,7 +125,10 @@ def import_archive(source: str, store: Store) -> ImportReport:
     meta: dict[str, Any] | None = None
     seen: set[str] = set()
     try:
-        with tarfile.open(fileobj=stream, mode="r:" if seekable else "r|",
+        raw = stream
+        stream, mode = _decompressed(stream, source, seekable)
+        seekable = seekable and stream is raw and mode == "r|"  # plain: read by offset
+        with tarfile.open(fileobj=stream, mode="r:" if seekable else mode,
                           bufsize=_BUF) as tar:
             for member in tar:
                 name = member.name
@@ -164,8 +167,8 @@ def import_archive(source: str, store: Store) -> ImportReport:
     except tarfile.TarError as e:
         raise BundleError(f"{source}: not a readable tar archive ({e})") from None
     finally:
-        if stream is not sys.stdin.buffer:
-            stream.close()
+        if raw is not sys.stdin.buffer:
+            raw.close()
     if meta is None:
         raise BundleError(f"{source}: not a reconcile export (no {MANIFEST})")
     missing = sorted(set(meta["objects"]) - seen)
@@ -174,6 +177,35 @@ def import_archive(source: str, store: Store) -> ImportReport:
                              f" ({', '.join(s[:16] + '…' for s in missing[:3])}); truncated?",
                              hint="what was complete is in the store; export again")
     return report
+
+
+_MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"BZh": "bzip2",
+          b"\xfd7zXZ\x00": "xz"}
+
+
+def _decompressed(stream: IO[bytes], source: str, seekable: bool) -> tuple[IO[bytes], str]:
+    """An export someone compressed on its way (``gzip models.tar``, ``zstd``): read
+    through it, in order (a compressed stream has no offsets to read objects by), the
+    sha256 check unchanged; bzip2 and xz are named, to decompress first."""
+    head = stream.peek(6)[:6] if hasattr(stream, "peek") else b""
+    if seekable and not head:
+        head = stream.read(6)
+        stream.seek(0)
+    kind = next((k for magic, k in _MAGIC.items() if head.startswith(magic)), None)
+    if kind is None:
+        return stream, "r|"
+    if kind == "gzip":
+        return stream, "r|gz"
+    if kind == "zstd":
+        try:
+            import zstandard
+        except ImportError:
+            zstandard = None
+        if zstandard is not None:
+            return zstandard.ZstdDecompressor().stream_reader(stream), "r|"
+    raise BundleError(f"{source}: compressed with {kind}, which import does not read;"
+                      " decompress it first (e.g. `" + {"zstd": "zstd -d", "bzip2": "bunzip2",
+                                                        "xz": "unxz"}[kind] + f" {source}`)")
 
 
 def _check_room(meta: dict[str, Any], store: Store, source: str) -> None:

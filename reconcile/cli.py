@@ -119,6 +119,8 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("push", help="upload installed models to the team cache")
     s.add_argument("keys", nargs="*", metavar="KEY", help="only these models (default: all)")
     s.add_argument("--jobs", "-j", type=_jobs, default=4, help="uploads at once (default 4)")
+    s.add_argument("--verify", action="store_true",
+                   help="read every object the cache holds whole and replace a corrupt one")
 
     s = sub.add_parser("pull", help="fill the store from the team cache only")
     s.add_argument("keys", nargs="*", metavar="KEY", help="only these models (default: all)")
@@ -558,9 +560,11 @@ def cmd_push(args: argparse.Namespace) -> int:
     from .plan import human
 
     ws = _ws(args)
-    r = ws.push(args.keys or None, jobs=args.jobs)
+    r = ws.push(args.keys or None, jobs=args.jobs, verify=args.verify)
     print(f"pushed to {ws.remote.url}: {r.uploaded} objects uploaded ({human(r.bytes_sent)}),"
           f" {r.present} already there, {r.models} model entries written")
+    if r.replaced:
+        print(f"replaced a corrupt copy of {', '.join(sorted(r.replaced))}")
     return 0
 
 

@@ -109,6 +109,15 @@ class IntegrityError(ReconcileError):
     """Bytes or a tree do not match the hash that was expected."""
 
 
+class Mismatch(IntegrityError):
+    """Fetched bytes hash to another sha256 than the lock's: what they were, so a caller
+    that is not the model's source (the team cache) can say whose bytes they were."""
+
+    def __init__(self, message: str, *, sha256: str, size: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.sha256, self.size = sha256, size
+
+
 class ValidationFailed(ReconcileError):
     """A validator with onFailure = abort rejected a model."""
 

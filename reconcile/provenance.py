@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import IntegrityError, LockError, ReconcileError
+from .errors import IntegrityError, LockError, NotFound, ReconcileError
 from .fsutil import atomic_write_text
 from .lockfile import LockedModel
 from .store import Store
@@ -102,11 +102,7 @@ def _judge(store: Store, m: LockedModel, truth: LockedModel | ReconcileError) ->
     """Record the entry the source confirmed; raise for one it could not or did not."""
     if isinstance(truth, ReconcileError):
         raise type(truth)(f"models.{m.key}: models.lock's entry could not be checked with its"
-                          f" source: {truth.message}",
-                          hint="the source is asked once per new lock entry (its listing at"
-                          " the pin, not the weights); retry when it answers, or pin"
-                          " `hash = \"…\"` in models.toml to install from the store or team"
-                          " cache without it") from None
+                          f" source: {truth.message}", hint=_unchecked_hint(m, truth)) from None
     if truth.hash != m.hash:
         raise IntegrityError(f"models.{m.key}: models.lock does not match what the source"
                              f" serves at {_pin_text(m)}: {difference(m, truth)}",
@@ -114,6 +110,18 @@ def _judge(store: Store, m: LockedModel, truth: LockedModel | ReconcileError) ->
                              " request, do not merge it; `reconcile lock --upgrade"
                              f" {m.key}` writes what the source serves")
     record(store, m)
+
+
+def _unchecked_hint(m: LockedModel, e: ReconcileError) -> str:
+    """Waiting helps a source that did not answer; not one that answered that the pin is
+    gone (a rewritten branch, a deleted version): then the source's own hint, or the
+    relock."""
+    if isinstance(e, NotFound):
+        return e.hint or (f"the source no longer serves {_pin_text(m)}; `reconcile lock"
+                          f" --upgrade {m.key}` pins what it serves now (review the change)")
+    return ("the source is asked once per new lock entry (its listing at the pin, not the"
+            " weights); retry when it answers, or pin `hash = \"…\"` in models.toml to"
+            " install from the store or team cache without it")
 
 
 def difference(claim: LockedModel, truth: LockedModel) -> str:

@@ -37,12 +37,20 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from .config import CACHE_NETWORK, AuthConfig, CacheConfig, NetworkConfig, check_cache_url
-from .errors import IntegrityError, NotFound, ReconcileError, SourceError, Transient
+from .errors import (
+    IntegrityError,
+    Mismatch,
+    NotFound,
+    ReconcileError,
+    SourceError,
+    Transient,
+)
 from .lockfile import Lock, LockedFile, LockedModel, dumps
 from .sources.base import Source
 from .sources.distribution import Registry, RegistrySource
 
 PART = 16 << 20  # S3 multipart parts and registry upload chunks: bounded memory per upload
+SAMPLE = 64 << 10  # bytes compared at each of an object's sample points on push
 MODEL_TYPE = "application/vnd.reconcile.model.v1"
 ENTRY_TYPE = "application/vnd.reconcile.lock-entry.v1+toml"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -82,6 +90,16 @@ class PushReport:
     present: int = 0
     bytes_sent: int = 0
     models: int = 0
+    replaced: list[str] = field(default_factory=list)  # objects whose cached copy was bad
+
+
+def sample_ranges(size: int) -> list[tuple[int, int]]:
+    """Where push compares a present object with the store's: its start, middle and end
+    (a truncated, zeroed or overwritten copy differs there; ``--verify`` reads it all)."""
+    if size <= 3 * SAMPLE:
+        return [(0, size)]
+    mid = (size - SAMPLE) // 2
+    return [(0, SAMPLE), (mid, mid + SAMPLE), (size - SAMPLE, size)]
 
 
 class Remote(ABC):
@@ -97,6 +115,7 @@ class Remote(ABC):
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        self.corrupt: dict[str, str] = {}  # sha256 -> why the cache's copy was refused
 
     # --- reading ----------------------------------------------------------------------
 
@@ -127,9 +146,10 @@ class Remote(ABC):
                            f" holds more than the {file.size} bytes locked for it; cut off"
                            " there, skipped, fetched from the model's source")
             elif isinstance(e, IntegrityError):
+                self.corrupt[file.sha256] = self._corrupt_why(file, e)
                 self._warn(f"team cache {self.url}: {object_key(file.sha256)} ({file.path})"
-                           f" is corrupt ({e.message}); skipped, fetched from the model's"
-                           " source")
+                           f" is corrupt ({self.corrupt[file.sha256]}); skipped, fetched from"
+                           " the model's source")
             elif isinstance(e, NotFound):
                 with self._lock:
                     self.misses += 1
@@ -139,6 +159,15 @@ class Remote(ABC):
         with self._lock:
             self.hits += 1
         return got
+
+    @staticmethod
+    def _corrupt_why(file: LockedFile, e: IntegrityError) -> str:
+        """What the cache's copy is, in the cache's words: the transfer's own message
+        speaks of "the source", which is the model's, not this."""
+        if isinstance(e, Mismatch):
+            return (f"the team cache's copy hashes to {e.sha256} ({e.size} bytes); the lock"
+                    f" expects {file.sha256}")
+        return e.message
 
     def give_up(self, why: object) -> None:
         """Not asked again this run (once warned): the models' sources take over."""
@@ -153,9 +182,67 @@ class Remote(ABC):
             self.warnings.append(text)
 
     @abstractmethod
+    def state(self, sha256: str, size: int) -> str:
+        """What the cache holds under the object's name: "absent"; "wrong" (another size,
+        or a checksum the storage keeps that is not this one); "vouched" (the storage
+        states this sha256 itself, an S3 checksum); "sized" (the size is right, the
+        bytes unseen: push compares them, readers check them)."""
+
     def has_object(self, sha256: str, size: int) -> bool:
         """Whether the cache holds the whole object (its size checked; its bytes are
         checked when read)."""
+        return self.state(sha256, size) in ("vouched", "sized")
+
+    def _read(self, f: LockedFile, start: int, end: int) -> bytes:
+        """Bytes [start, end) of the cache's copy of ``f`` (empty when it is gone)."""
+        cached = replace(f, path=object_key(f.sha256), pin=None)
+        try:
+            return b"".join(bytes(c) for c in self.source.open({}, cached, start, end))
+        except (NotFound, IntegrityError, SourceError, Transient, OSError):
+            return b""
+
+    def holds(self, f: LockedFile, local: Path, verify: bool = False) -> bool:
+        """Whether the cache's copy of ``f`` is right: its stored checksum when the storage
+        keeps one, else its size and sample ranges compared with the store's own bytes;
+        ``verify``: all of its bytes hashed (a corrupt copy that pull reported, whatever
+        it differs in)."""
+        return self._checked(f, local, self.state(f.sha256, f.size), verify)
+
+    def _checked(self, f: LockedFile, local: Path, state: str, verify: bool) -> bool:
+        if state in ("absent", "wrong"):
+            return False
+        if verify:
+            return self._hashes_to(f)
+        if state == "vouched":
+            return True
+        with open(local, "rb") as mine:
+            for start, end in sample_ranges(f.size):
+                mine.seek(start)
+                if self._read(f, start, end) != mine.read(end - start):
+                    return False
+        return True
+
+    def _hashes_to(self, f: LockedFile) -> bool:
+        h, n = hashlib.sha256(), 0
+        cached = replace(f, path=object_key(f.sha256), pin=None)
+        try:
+            for chunk in self.source.open({}, cached, 0, None):
+                h.update(chunk)
+                n += len(chunk)
+                if n > f.size:
+                    return False
+        except (NotFound, IntegrityError, SourceError, Transient, OSError):
+            return False
+        return n == f.size and h.hexdigest() == f.sha256
+
+    def drop_object(self, sha256: str) -> None:
+        """Before a bad copy is replaced, where writing the same name again would keep it
+        (a registry keeps the first blob of a digest); nothing elsewhere."""
+        return None
+
+    def unfixable(self, f: LockedFile) -> str:
+        """The hint when a replaced object still reads wrong."""
+        return (f"remove {object_key(f.sha256)} from the cache by hand, then push again")
 
     @abstractmethod
     def has_model(self, m: LockedModel) -> bool:
@@ -171,10 +258,15 @@ class Remote(ABC):
     def put_model(self, m: LockedModel) -> None:
         """Record ``m`` as complete (after all its objects)."""
 
-    def push(self, models: list[LockedModel], store: Any, jobs: int = 4) -> PushReport:
+    def push(self, models: list[LockedModel], store: Any, jobs: int = 4,
+             verify: bool = False) -> PushReport:
         """Upload what the cache lacks of ``models`` (existence checks first, objects in
         parallel), then each model's entry. Two machines pushing at once is safe: an
-        object is content-addressed and written whole or not at all."""
+        object is content-addressed and written whole or not at all.
+
+        A present object is checked (``holds``): a corrupt copy under the right name
+        would otherwise stay forever, every reader refusing it and every push skipping
+        it. A bad copy is replaced and read back."""
         if not self.push_allowed:
             raise CacheError(f"team cache {self.url} is read-only here (push = false)",
                              hint="push from a machine whose models.toml allows it")
@@ -183,14 +275,25 @@ class Remote(ABC):
         lock = threading.Lock()
 
         def one(f: LockedFile) -> None:
-            if self.has_object(f.sha256, f.size):
+            local = store.object_path(f.sha256)
+            state = self.state(f.sha256, f.size)
+            if self._checked(f, local, state, verify):
                 with lock:
                     report.present += 1
                 return
-            sent = self.put_object(store.object_path(f.sha256), f.sha256, f.size, jobs)
+            bad = state != "absent"
+            if bad:
+                self.drop_object(f.sha256)
+            sent = self.put_object(local, f.sha256, f.size, jobs)
+            if bad and not self.holds(f, local, verify):
+                raise CacheError(f"team cache {self.url}: {object_key(f.sha256)} ({f.path})"
+                                 " is corrupt there and still reads wrong after it was"
+                                 " uploaded again", hint=self.unfixable(f))
             with lock:
                 report.uploaded += 1
                 report.bytes_sent += sent
+                if bad:
+                    report.replaced.append(f.path)
 
         big = [f for f in objects.values() if f.size > PART]
         small = [f for f in objects.values() if f.size <= PART]
@@ -238,11 +341,12 @@ class DirRemote(Remote):
         self.root = root
         self.source = _DirSource(root)
 
-    def has_object(self, sha256: str, size: int) -> bool:
+    def state(self, sha256: str, size: int) -> str:
         try:
-            return (self.root / object_key(sha256)).stat().st_size == size
+            return "sized" if (self.root / object_key(sha256)).stat().st_size == size \
+                else "wrong"
         except OSError:
-            return False
+            return "absent"
 
     def has_model(self, m: LockedModel) -> bool:
         return (self.root / "models" / f"{model_tag(m)}.lock").is_file()
@@ -297,16 +401,19 @@ class S3Remote(Remote):
         except NotFound:
             return None
 
-    def has_object(self, sha256: str, size: int) -> bool:
-        """Present whole: its size, and the checksum S3 keeps when one was uploaded with
-        it (ours are), so an object overwritten with other bytes is pushed again."""
+    def state(self, sha256: str, size: int) -> str:
+        """Its size, and the checksum S3 keeps when one was uploaded with it (ours are):
+        one HEAD tells an object overwritten with other bytes; one stored without a
+        checksum (by another tool, or a server that keeps none) is compared by push."""
         from .sources.s3 import _full_sha256
 
         r = self._head(object_key(sha256))
-        if r is None or r.headers.get("Content-Length") != str(size):
-            return False
+        if r is None:
+            return "absent"
         stated = _full_sha256(r.headers)
-        return stated is None or stated == sha256
+        if r.headers.get("Content-Length") != str(size) or stated not in (None, sha256):
+            return "wrong"
+        return "sized" if stated is None else "vouched"
 
     def has_model(self, m: LockedModel) -> bool:
         return self._head(f"models/{model_tag(m)}.lock") is not None
@@ -429,9 +536,21 @@ class OciRemote(Remote):
                              f" host ({there.netloc}); refused, our credentials stay here")
         return loc
 
-    def has_object(self, sha256: str, size: int) -> bool:
+    def state(self, sha256: str, size: int) -> str:
         r = self._request("HEAD", self.registry.url("blobs", f"sha256:{sha256}"))
-        return r.status_code == 200 and r.headers.get("Content-Length") == str(size)
+        if r.status_code != 200:
+            return "absent"
+        return "sized" if r.headers.get("Content-Length") == str(size) else "wrong"
+
+    def drop_object(self, sha256: str) -> None:
+        """Unlink the blob from the repository (a registry keeps the first bytes it got
+        for a digest; if it keeps them after this, ``unfixable`` says so)."""
+        self._request("DELETE", self.registry.url("blobs", f"sha256:{sha256}"))
+
+    def unfixable(self, f: LockedFile) -> str:
+        return (f"the registry keeps the bytes it first stored for sha256:{f.sha256[:12]}…"
+                " whatever is uploaded again: its operator must delete that blob from the"
+                " registry's storage (then `registry garbage-collect`), then push again")
 
     def has_model(self, m: LockedModel) -> bool:
         r = self._request("HEAD", self.registry.url("manifests", model_tag(m)),

@@ -23,6 +23,7 @@ from .config import NetworkConfig
 from .errors import (
     AuthRequired,
     IntegrityError,
+    Mismatch,
     ReconcileError,
     Restart,
     SourceError,
@@ -255,36 +256,69 @@ def fetch(
         entity = source.entity(pin, file)
         _forget_stale_partial(part, entity, trust_hash=bool(expected),
                               record=not (file.size and file.size < RECORD_MIN))
-        _check_room(file, part)
-        can_split = (jobs > 1 and source.supports_ranges and bool(expected)
-                     and not network.bandwidth_limit)
-        saved = _saved_ranges(_ranges_progress(part), file.size) if can_split else None
-        if can_split and (file.size >= parallel_min() or saved is not None):
+        try:
+            return _fetch_part(source, pin, file, store, network, progress, jobs, part,
+                               entity, expected)
+        except BaseException:
+            _drop_if_empty(part)
+            raise
+
+
+def _drop_if_empty(part: Path) -> None:
+    """After a failed fetch: a partial that holds no byte (refused before the first) is
+    nothing to resume; it and its entity marker go, so tmp/ keeps only what resumes."""
+    try:
+        if part.stat().st_size:
+            return
+    except FileNotFoundError:
+        pass
+    if part.with_name(part.name + ".ranges").exists():
+        return
+    part.unlink(missing_ok=True)
+    _entity_path(part).unlink(missing_ok=True)
+
+
+def _fetch_part(source: Source, pin: dict[str, Any], file: LockedFile, store: Store,
+                network: NetworkConfig, progress: Progress | None, jobs: int, part: Path,
+                entity: str | None, expected: str | None) -> FetchResult:
+    """The locked body of ``fetch``: into ``part`` by one stream or ranges, checked,
+    published."""
+    _check_room(file, part)
+    can_split = (jobs > 1 and source.supports_ranges and bool(expected)
+                 and not network.bandwidth_limit)
+    saved = _saved_ranges(_ranges_progress(part), file.size) if can_split else None
+    if can_split and (file.size >= parallel_min() or saved is not None):
+        result = _fetch_ranges(source, pin, file, part, network, progress, jobs,
+                               saved=saved)
+    else:
+        got = _fetch_stream(source, pin, file, part, network, progress,
+                            resumable=bool(expected) or entity is not None,
+                            probe=can_split and file.size >= SPLIT_MIN)
+        if isinstance(got, _Handover):
             result = _fetch_ranges(source, pin, file, part, network, progress, jobs,
-                                   saved=saved)
+                                   start=got.have, h=got.h, downloaded=got.downloaded)
         else:
-            got = _fetch_stream(source, pin, file, part, network, progress,
-                                resumable=bool(expected) or entity is not None,
-                                probe=can_split and file.size >= SPLIT_MIN)
-            if isinstance(got, _Handover):
-                result = _fetch_ranges(source, pin, file, part, network, progress, jobs,
-                                       start=got.have, h=got.h, downloaded=got.downloaded)
-            else:
-                result = got
-        if expected and result.sha256 != expected:
-            part.unlink(missing_ok=True)
-            raise IntegrityError(
-                f"{file.path}: sha256 mismatch: the lock expects {expected}, the source sent"
-                f" {result.sha256} ({result.size} bytes)",
-                hint="the source changed since the lock was made, or the transfer was"
-                " corrupted; run `reconcile lock --upgrade` only if you trust the new content",
-            )
-        if file.size and result.size != file.size and expected:
-            part.unlink(missing_ok=True)
-            raise IntegrityError(f"{file.path}: expected {file.size} bytes, got {result.size}")
-        store.publish_object(part, result.sha256)
-        _entity_path(part).unlink(missing_ok=True)
-        return result
+            result = got
+    if expected and result.sha256 != expected:
+        part.unlink(missing_ok=True)
+        raise mismatch(file.path, expected, result.sha256, result.size)
+    if file.size and result.size != file.size and expected:
+        part.unlink(missing_ok=True)
+        raise IntegrityError(f"{file.path}: size mismatch: the lock lists {file.size} bytes,"
+                             f" the source sent {result.size} (their sha256 is the lock's)")
+    store.publish_object(part, result.sha256)
+    _entity_path(part).unlink(missing_ok=True)
+    return result
+
+
+def mismatch(path: str, expected: str, sha256: str, size: int) -> Mismatch:
+    """The model's source sent other bytes than the lock's: the error, with what they were."""
+    return Mismatch(
+        f"{path}: sha256 mismatch: the lock expects {expected}, the source sent {sha256}"
+        f" ({size} bytes)",
+        sha256=sha256, size=size,
+        hint="the source changed since the lock was made, or the transfer was"
+        " corrupted; run `reconcile lock --upgrade` only if you trust the new content")
 
 
 def _fetch_small(source: Source, pin: dict[str, Any], file: LockedFile, store: Store,
@@ -304,11 +338,7 @@ def _fetch_small(source: Source, pin: dict[str, Any], file: LockedFile, store: S
     sha = hashlib.sha256(data).hexdigest()
     if expected and (sha != expected or len(data) != file.size):
         store.release_claim(expected)
-        raise IntegrityError(
-            f"{file.path}: sha256 mismatch: the lock expects {expected}, the source sent"
-            f" {sha} ({len(data)} bytes)",
-            hint="the source changed since the lock was made, or the transfer was"
-            " corrupted; run `reconcile lock --upgrade` only if you trust the new content")
+        raise mismatch(file.path, expected, sha, len(data))
     if progress:
         progress(len(data))
     if expected or store.claim_object(sha):  # unhashed (lock time): claimed now
@@ -596,9 +626,10 @@ def _fetch_stream(source, pin, file, part, network, progress, probe: bool = Fals
                         continue
                     _wait_or_give_up(
                         e, attempt, network, file,
-                        hint="the partial download is kept and resumes on the next run"
-                        if resumable else "nothing is kept: the server names no ETag or"
-                        " Last-Modified that a resume could be checked against")
+                        hint=("the partial download is kept and resumes on the next run"
+                              if have else None) if resumable else "nothing is kept: the"
+                        " server names no ETag or Last-Modified that a resume could be"
+                        " checked against")
         finally:
             out.close()
     finally:

@@ -463,12 +463,15 @@ class Workspace:
             raise ConfigError(f"no model named {', '.join(unknown)} in {self.lock_path}")
         return [m for k, m in lock.models.items() if not keys or k in keys]
 
-    def push(self, keys: list[str] | None = None, *, jobs: int = 4) -> Any:
+    def push(self, keys: list[str] | None = None, *, jobs: int = 4,
+             verify: bool = False) -> Any:
         """Upload the installed objects of the locked models (or ``keys``) the team cache
-        lacks, then each model's entry; nothing is sent twice."""
+        lacks or holds a bad copy of, then each model's entry; nothing right is sent
+        twice. ``verify``: read every present object whole (not only samples)."""
         remote = self._cache_or_fail()
         with self.store.session():
-            return remote.push(self.selected_models(keys), self.store, jobs=jobs)
+            return remote.push(self.selected_models(keys), self.store, jobs=jobs,
+                               verify=verify)
 
     def pull(self, keys: list[str] | None = None, *, jobs: int = 4) -> tuple[int, int]:
         """Fill the store from the team cache only (no source is asked); returns (objects
@@ -489,14 +492,17 @@ class Workspace:
                 got = list(pool.map(lambda kf: remote.fetch(kf[1], self.store, jobs=1,
                                                              stage=False), todo.values()))
             self.store.commit_staged()
-        missing = [f"{k}: {f.path}" for (k, f), r in zip(todo.values(), got, strict=True)
-                   if r is None]
+        missing = [f"{k}: {f.path}" + (f" (corrupt in the team cache: {remote.corrupt[f.sha256]})"
+                                       if f.sha256 in remote.corrupt else "")
+                   for (k, f), r in zip(todo.values(), got, strict=True) if r is None]
         if missing:
             why = remote.dead or "not in the cache, or corrupt there"
             raise CacheError(f"{len(missing)} objects could not be taken from {remote.url}"
                              f" ({why}): " + ", ".join(missing[:5])
                              + (" …" if len(missing) > 5 else ""),
-                             hint="`reconcile push` them from a machine that has them")
+                             hint="`reconcile push --verify` them from a machine that has"
+                             " them installed: it uploads what the cache lacks and replaces"
+                             " a corrupt copy")
         return len(todo), sum(f.size for _, f in todo.values())
 
     # --- inspection ----------------------------------------------------------------

@@ -269,10 +269,38 @@ def blob_stream(registry: Registry, client: Callable[[], Any], digest: str, file
     registry.authorize()
     what = f"{registry.name}@{digest[:19]}… ({file.path})"
     length = (file.size if end is None else end) - start
+
+    def raise_for_status(r: Any) -> None:
+        check_answer(r, what, missing="the registry no longer has this blob")
+        check_blob_size(r, what, file.size, ranged=bool(start or end is not None))
+
     yield from stream(client, registry.url("blobs", digest), start=start, end=end,
                       headers=registry.headers(), length=length, network=network,
-                      raise_for_status=lambda r: check_answer(
-                          r, what, missing="the registry no longer has this blob"))
+                      raise_for_status=raise_for_status)
+
+
+def blob_size(r: Any, ranged: bool) -> int | None:
+    """The blob's whole size as the answer states it (a range's total, or the length of
+    a whole answer), None when it does not say."""
+    total = (r.headers.get("Content-Range") or "").rpartition("/")[2]
+    if not total.isdigit() and not ranged and r.status_code == 200:
+        total = r.headers.get("Content-Length") or ""
+    return int(total) if total.isdigit() else None
+
+
+def check_blob_size(r: Any, what: str, size: int, ranged: bool) -> None:
+    """A descriptor whose size is not its blob's: said at the first answer, as what it
+    is. The bytes may well hash to the digest, so neither "sha256 mismatch" nor a relock
+    (which copies the same descriptor) is the fix; the artifact's manifest is."""
+    actual = blob_size(r, ranged)
+    if actual is None or actual == size or r.status_code >= 300:
+        return
+    raise IntegrityError(
+        f"{what}: size mismatch: the manifest states {size} bytes for this blob, the"
+        f" registry holds {actual}",
+        hint="the artifact's manifest is wrong, not its bytes, and relocking copies the same"
+        " size: push the artifact again with the tool that made it (it writes the blob's"
+        " size), then lock")
 
 
 class RegistrySource(HttpSource):

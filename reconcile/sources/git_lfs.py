@@ -248,7 +248,12 @@ class GitLfsSource(HttpSource):
             return NotFound(f"{self.url}: repository not found",
                             hint="check url in models.toml")
         if "couldn't find remote ref" in low or "not our ref" in low or "unadvertised" in low:
-            return NotFound(f"{self.url}: {what or 'the revision'} does not exist on the server")
+            gone = bool(re.search(r"\bcommit [0-9a-f]{40}\b", what or ""))
+            return NotFound(f"{self.url}: {what or 'the revision'} does not exist on the server",
+                            hint=f"the branch was rewritten (a force-push) and the server no"
+                            f" longer has the commit models.lock pins; `reconcile lock"
+                            f" --upgrade {self.decl.key}` pins what the branch names now"
+                            " (review the change)" if gone else None)
         if any(s in low for s in ("could not resolve host", "failed to connect",
                                   "connection refused", "timed out", "connection reset",
                                   "couldn't connect", "unable to access")):

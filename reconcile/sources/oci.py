@@ -2,8 +2,9 @@
 
     ref      [http(s)://]registry/repository[:tag | @sha256:…] (https unless said)
     formats  CNCF ModelPack (file paths from ``org.cncf.model.filepath``; raw, tar,
-             tar+gzip and tar+zstd layers), KitOps ModelKits (a Kitfile config, tar
-             layers) and Docker model artifacts (``application/vnd.docker.ai.*``).
+             tar+gzip and tar+zstd layers; a raw layer's mode from its file metadata),
+             KitOps ModelKits (a Kitfile config, raw and tar layers) and Docker model
+             artifacts (``application/vnd.docker.ai.*``).
              Anything else is refused, naming the media types found.
     lock     the manifest (by the registry protocol of ``distribution``); a raw
              layer's digest is its file's sha256, so nothing is downloaded for it; a
@@ -16,8 +17,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +38,12 @@ MODELPACK_CONFIG = "application/vnd.cncf.model.config.v1+json"
 MODELPACK_LAYER = re.compile(r"^application/vnd\.cncf\.model\.[a-z.]+\.v1\."
                              r"(?P<form>raw|tar|tar\+gzip|tar\+zstd)$")
 KITOPS_CONFIG = "application/vnd.kitops.modelkit.config.v1+json"
-KITOPS_LAYER = re.compile(r"^application/vnd\.kitops\.modelkit\.[a-z]+\.v1\.tar(\+gzip|\+zstd)?$")
+# `kit pack` writes raw layers now (kitops pkg/lib/constants/mediatype/kitops.go), tar before
+KITOPS_LAYER = re.compile(r"^application/vnd\.kitops\.modelkit\.[a-z]+\.v1\."
+                          r"(?P<form>raw|tar|tar\+gzip|tar\+zstd)$")
 DOCKER_AI = "application/vnd.docker.ai."
 FILEPATH = "org.cncf.model.filepath"
+FILE_METADATA = "org.cncf.model.file.metadata+json"
 TITLE = "org.opencontainers.image.title"
 # Docker model layers without a name: what they are called in the model tree
 DOCKER_NAMES = {"gguf": "model.gguf", "gguf.v3": "model.gguf", "safetensors": "model.safetensors",
@@ -107,8 +113,8 @@ class OciSource(RegistrySource):
             except SourceError as e:
                 raise SourceError(f"{self.where}: {e.message}") from None
             if form == "raw":
-                files.append(descriptor_file(self._raw_path(kind, layer, files), layer,
-                                             self.where))
+                f = descriptor_file(self._raw_path(kind, layer, files), layer, self.where)
+                files.append(replace(f, executable=raw_executable(layer)))
             else:
                 files.extend(self._members(layer))
         seen: set[str] = set()
@@ -216,6 +222,18 @@ def artifact_kind(doc: dict[str, Any], where: str) -> str:
                       " artifacts; use source.ollama for ollama models")
 
 
+def raw_executable(layer: dict[str, Any]) -> bool:
+    """A raw layer's file mode, from ModelPack's file metadata annotation (``"mode":
+    493`` is 0755): a script packed raw keeps its executable bit as a tar member does.
+    An annotation that is not that JSON says nothing (the file lands read-only)."""
+    text = (layer.get("annotations") or {}).get(FILE_METADATA)
+    try:
+        mode = json.loads(text).get("mode") if isinstance(text, str) else None
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(mode, int) and not isinstance(mode, bool) and bool(mode & 0o111)
+
+
 def layer_form(kind: str, layer: dict[str, Any]) -> str:
     """raw | tar (gzip and zstd are recognised by their bytes when unpacking)."""
     media = str(layer.get("mediaType", ""))
@@ -224,8 +242,9 @@ def layer_form(kind: str, layer: dict[str, Any]) -> str:
         if m:
             return "raw" if m.group("form") == "raw" else "tar"
     elif kind == "kitops":
-        if KITOPS_LAYER.match(media):
-            return "tar"
+        m = KITOPS_LAYER.match(media)
+        if m:
+            return "raw" if m.group("form") == "raw" else "tar"
     elif kind == "docker" and media.startswith(DOCKER_AI):
         return "tar" if media.endswith(".tar") else "raw"
     raise SourceError(f"layer media type {media[:120]!r} is not one a {kind} artifact has")

@@ -660,3 +660,22 @@ def test_a_second_revision_locks_its_new_lfs_files_as_lfs_whatever_the_clone_hol
     _git(env, "-c", "core.hooksPath=/dev/null", "push", "-q", url, "main", cwd=src)
     r = other.run("lock", "--upgrade")
     assert r.code == 1 and "ghost.dat" in r.err and "missing on the server" in r.err, r.err
+
+
+def test_a_force_pushed_branch_whose_locked_commit_is_gone_hints_the_upgrade(
+        project, forge, tmp_path, monkeypatch):
+    """main rewritten (force-push, then the server's gc): the locked commit is gone and
+    apply says how to take what the branch names now."""
+    shas = push_repo(forge, "rewritten", tmp_path / "pusher")
+    declare(project, forge.url("org/rewritten"), "main")
+    assert project.run("lock").code == 0
+    assert read_lock(project.lock).models["bert"].pin["commit"] == shas["v2"]
+    bare = forge.root / "repos/org/rewritten.git"
+    env = git_env(tmp_path / "pusher")
+    _git(env, "update-ref", "refs/heads/main", shas["v1"], cwd=bare)
+    _git(env, "reflog", "expire", "--expire=now", "--all", cwd=bare)
+    _git(env, "gc", "-q", "--prune=now", cwd=bare)
+    monkeypatch.setenv("RECONCILE_STORE", str(tmp_path / "other-store"))
+    r = project.run("apply", "--locked")
+    assert r.code == 1 and shas["v2"][:12] in r.err, r.err
+    assert "`reconcile lock --upgrade bert`" in r.err and "Traceback" not in r.err, r.err

@@ -330,3 +330,37 @@ def test_mk_hugging_face_factory_with_default_auth(hf_env, monkeypatch):
                       "repo": "acme/gated", "revision": "main"}
     assert (m.path / "config.json").read_bytes() == b"{}"
     assert m.hf_cache_path == "models--acme--gated"
+
+
+def test_a_refused_fetch_leaves_no_empty_partial_and_promises_no_resume(project, hf_env, hub):
+    """A fetch that fails before its first byte keeps no 0-byte tmp/<sha>.part nor its
+    .entity, and says "kept and resumes" only when bytes were kept."""
+    hub.repo("acme/nine").commit({"weights.bin": os.urandom(9 << 20)})
+    project.write('[models.n]\nsource.huggingface = { repo = "acme/nine" }\n'
+                  'network = { retry = { maxAttempts = 1 } }\n')
+    assert project.run("lock").code == 0
+    hub.fault("/acme/nine/*", "status", code=503, count=100)
+    r = project.run("apply")
+    assert r.code == 1 and "giving up" in r.err, r.err
+    assert "kept and resumes" not in r.err, r.err
+    assert not list((project.store / "tmp").glob("*.part*"))
+    hub.faults.clear()
+    hub.fault("/acme/nine/*", "truncate", after=1 << 20)
+    r = project.run("apply")
+    assert r.code == 1 and "kept and resumes" in r.err, r.err
+    assert [p.stat().st_size for p in (project.store / "tmp").glob("*.part")] == [1 << 20]
+
+
+def test_a_credential_error_is_printed_once_per_source(project, hf_env, hub, monkeypatch):
+    """Every file of a model refused for its credentials: one error with its hint and the
+    other files named, not the same paragraph once per file."""
+    files = {f"shard-{i}.bin": os.urandom(2 << 20) for i in range(4)}
+    hub.repo("acme/private4", gated=True, granted={TOKEN}).commit(files)
+    project.write('[models.p]\nsource.huggingface = { repo = "acme/private4" }\n')
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    assert project.run("lock").code == 0
+    monkeypatch.setenv("HF_TOKEN", "hf_revoked")
+    r = project.run("apply", "--locked")
+    assert r.code == 1, r.err
+    assert r.err.count("hint:") == 1 and r.err.count("HF_TOKEN") == 1, r.err
+    assert all(name in r.err for name in files), r.err

@@ -209,3 +209,71 @@ def test_a_model_cannot_plant_a_git_repository(project, registry, tmp_path, repo
     assert r.code != 0 and ".git" in r.err.lower() and "not allowed" in r.err, r.err
     assert "Traceback" not in r.err and not project.lock.exists()
     assert not list(project.store.glob("models/*")), "no model tree was made"
+
+
+MP_ART = MP + "manifest.v1+json"
+FP = "org.cncf.model.filepath"
+
+
+@pytest.mark.parametrize("delta", [-7, 7])
+def test_a_descriptor_size_that_differs_from_its_blob_is_said_so(project, registry, delta):
+    """The blob's bytes hash to its digest; only the size the manifest states is wrong:
+    say that, and do not advise `lock --upgrade` (it would relock the same size)."""
+    p = Pusher(registry)
+    config = {"mediaType": MP + "config.v1+json", **p.blob("models/sized", b"{}")}
+    blob = p.blob("models/sized", WEIGHTS)
+    tag = f"d{delta + 10}"
+    p.manifest("models/sized", tag, {
+        "schemaVersion": 2, "mediaType": OCI, "artifactType": MP_ART, "config": config,
+        "layers": [{"mediaType": MP + "weight.v1.raw", "digest": blob["digest"],
+                    "size": blob["size"] + delta, "annotations": {FP: "model.safetensors"}}]},
+        media=OCI)
+    declare(project, f"{registry}/models/sized:{tag}")
+    r = project.run("apply")
+    assert r.code == 1, r.err
+    assert "size mismatch" in r.err and str(blob["size"] + delta) in r.err, r.err
+    assert str(blob["size"]) in r.err and "giving up" not in r.err, r.err
+    assert "sha256 mismatch" not in r.err and "lock --upgrade" not in r.err, r.err
+
+
+def test_kitops_raw_layers_as_current_kit_pack_makes_them(project, registry):
+    """`kit pack` (kitops ≥ 1.x) stores files as `.raw` layers titled by path."""
+    p = Pusher(registry)
+    kit = "application/vnd.kitops.modelkit."
+    kitfile = json.dumps({"manifestVersion": "1.0", "package": {"name": "raw"},
+                          "model": {"path": "model.gguf"}}).encode()
+    title = "org.opencontainers.image.title"
+    push(p, "kit/raw", "v1", (kit + "config.v1+json", kitfile),
+         [(kit + "model.v1.raw", GGUF, {title: "model.gguf"}),
+          (kit + "docs.v1.raw", b"kit\n", {title: "README.md"}),
+          (kit + "mcpb.v1.raw", b"{}", {title: "server.mcpb"})])
+    declare(project, registry + "/kit/raw:v1")
+    r = project.run("apply")
+    assert r.code == 0, r.err
+    root = installed(project)
+    assert (root / "model.gguf").read_bytes() == GGUF
+    assert (root / "README.md").read_bytes() == b"kit\n"
+
+
+def test_modelpack_raw_layers_keep_their_file_mode(project, registry):
+    """`org.cncf.model.file.metadata+json` on a raw layer carries the file's mode:
+    `run.sh` with mode 493 (0755) lands executable, as it would from a tar layer."""
+    p = Pusher(registry)
+    meta = "org.cncf.model.file.metadata+json"
+    script = b"#!/bin/sh\necho run\n"
+    push(p, "models/mode", "v1", (MP + "config.v1+json", b"{}"),
+         [(MP + "weight.v1.raw", WEIGHTS, {FP: "model.safetensors",
+                                           meta: json.dumps({"name": "model.safetensors",
+                                                             "mode": 420})}),
+          (MP + "code.v1.raw", script, {FP: "run.sh",
+                                        meta: json.dumps({"name": "run.sh", "mode": 493,
+                                                          "size": len(script)})})],
+         artifact=MP_ART)
+    declare(project, registry + "/models/mode:v1")
+    r = project.run("apply")
+    assert r.code == 0, r.err
+    files = {f.path: f for f in read_lock(project.lock).models["m"].files}
+    assert files["run.sh"].executable and not files["model.safetensors"].executable
+    root = installed(project)
+    assert (root / "run.sh").stat().st_mode & 0o111
+    assert not (root / "model.safetensors").stat().st_mode & 0o111

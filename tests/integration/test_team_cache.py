@@ -410,3 +410,84 @@ def test_import_refuses_altered_and_truncated_archives(project, hf_env, big_hub,
     r = project.run("import", str(evil))
     assert r.code == 2 and "unexpected member '../../outside.txt'" in r.err
     assert not (tmp_path.parent / "outside.txt").exists()
+
+
+def test_push_replaces_a_corrupt_object_and_pull_then_works(project, hf_env, big_hub,
+                                                            backend, monkeypatch):
+    """A corrupt copy under the right name is not "already there": push compares a
+    present object (its stored checksum, else sample ranges against the store's bytes)
+    and uploads it again; a registry, which keeps the first bytes of a digest, says so."""
+    project.write(MANIFEST.format(cache=backend.table))
+    assert project.run("apply").code == 0
+    assert project.run("push").code == 0
+    weights = next(f for f in _lock(project).models["tiny"].files if f.path == "model.safetensors")
+    backend.corrupt(weights.sha256)
+    _switch(project, monkeypatch, "g")
+    r = project.run("pull")
+    assert r.code == 1 and "model.safetensors" in r.err
+    assert "`reconcile push --verify`" in r.err, r.err
+    assert "the source sent" not in r.err and "the team cache's copy hashes to" in r.err, r.err
+    monkeypatch.setenv("RECONCILE_STORE", str(project.store))  # the machine that pushed
+    monkeypatch.setenv("HF_HUB_CACHE", str(project.cache))
+    r = project.run("push")
+    if backend.kind == "registry":
+        assert r.code == 1 and "still reads wrong" in r.err and "garbage-collect" in r.err, r.err
+        return
+    assert r.code == 0, r.err
+    assert "1 objects uploaded" in r.out and "replaced a corrupt copy of model.safetensors" \
+        in r.out, r.out
+    _switch(project, monkeypatch, "h")
+    big_hub.fault("*", "status", code=503, count=100_000)
+    r = project.run("pull")
+    assert r.code == 0, r.err
+
+
+def test_push_verify_reads_every_byte(project, hf_env, big_hub, tmp_path, monkeypatch):
+    """A byte changed between push's sample ranges is found by `push --verify`."""
+    root = tmp_path / "team-cache"
+    project.write(MANIFEST.format(cache=f'[cache]\nurl = "{root}"\n'))
+    assert project.run("apply").code == 0
+    assert project.run("push").code == 0
+    weights = next(f for f in _lock(project).models["big"].files if f.path == "weights.bin")
+    p = root / "objects" / "sha256" / weights.sha256
+    p.chmod(0o644)
+    with open(p, "r+b") as f:
+        f.seek(1 << 20)
+        f.write(bytes([BIG[1 << 20] ^ 0xFF]))
+    r = project.run("push")
+    assert r.code == 0 and "0 objects uploaded" in r.out, r.out
+    r = project.run("push", "--verify")
+    assert r.code == 0 and "1 objects uploaded" in r.out, r.out
+    assert p.read_bytes() == BIG
+
+
+def test_import_reads_a_gzip_or_zstd_compressed_export(project, hf_env, big_hub, monkeypatch,
+                                                       tmp_path):
+    """`gzip models.tar` / `zstd models.tar` on the way to the air-gapped machine: import
+    reads through it, each object still hashed; xz is named, to decompress first."""
+    import gzip
+    import lzma
+
+    zstandard = pytest.importorskip("zstandard")
+    project.write(MANIFEST.format(cache=""))
+    assert project.run("apply").code == 0
+    plain = tmp_path / "models.tar"
+    assert project.run("export", "tiny", "-o", str(plain)).code == 0
+    data = plain.read_bytes()
+    archives = {"tar.gz": gzip.compress(data),
+                "tar.zst": zstandard.ZstdCompressor().compress(data)}
+    for ext, packed in archives.items():
+        path = tmp_path / f"models.{ext}"
+        path.write_bytes(packed)
+        _switch(project, monkeypatch, f"imp-{ext}")
+        r = project.run("import", str(path))
+        assert r.code == 0, (ext, r.err)
+        store = Path(os.environ["RECONCILE_STORE"])
+        sha = next(f.sha256 for f in _lock(project).models["tiny"].files
+                   if f.path == "model.safetensors")
+        assert (store / "objects" / "sha256" / sha).read_bytes() == FILES["model.safetensors"]
+    xz = tmp_path / "models.tar.xz"
+    xz.write_bytes(lzma.compress(data))
+    r = project.run("import", str(xz))
+    assert r.code != 0 and "compressed with xz" in r.err and "unxz" in r.err, r.err
+    assert "Traceback" not in r.err

@@ -332,3 +332,4 @@ def test_an_html_answer_to_a_file_download_fails_at_fetch_with_a_hint(transport,
     # a file that is itself named .html may be HTML
     project.write(f'[models.w]\nsource.url = {{ url = "{url}/login/index.html" }}\n')
     assert project.run("apply").code == 0
+
