@@ -17,8 +17,9 @@ from reconcile.paths import check_relpath
 from reconcile.reuse import HF_CACHE, OLLAMA, PEER, Elsewhere
 from reconcile.store import Store
 
-TMP = settings(max_examples=60, deadline=None,
-               suppress_health_check=[HealthCheck.function_scoped_fixture])
+TMP = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 def state(p: Path) -> tuple[int, int, int, bytes]:
@@ -27,8 +28,11 @@ def state(p: Path) -> tuple[int, int, int, bytes]:
 
 
 @TMP
-@given(data=st.binary(max_size=3000), change=st.sampled_from(
-    ["none", "flip", "truncate", "append"]), where=st.integers(min_value=0))
+@given(
+    data=st.binary(max_size=3000),
+    change=st.sampled_from(["none", "flip", "truncate", "append"]),
+    where=st.integers(min_value=0),
+)
 def test_take_copy_names_an_object_only_for_the_locked_bytes(tmp_path, data, change, where):
     store = Store(tmp_path / f"store-{os.urandom(4).hex()}").ensure()
     sha = hashlib.sha256(data).hexdigest()
@@ -36,7 +40,7 @@ def test_take_copy_names_an_object_only_for_the_locked_bytes(tmp_path, data, cha
     if change == "flip" and data:
         found[where % len(data)] ^= 0xFF
     elif change == "truncate" and data:
-        del found[where % len(data):]
+        del found[where % len(data) :]
     elif change == "append":
         found += b"x"
     src = tmp_path / f"theirs-{os.urandom(4).hex()}"
@@ -85,14 +89,22 @@ def _write(p: Path, data: bytes) -> Path:
 
 def model(path: str, sha: str, blob: str | None = None) -> LockedModel:
     f = LockedFile(path=path, size=3, sha256=sha, blob=blob)
-    return LockedModel(key="m", name="m", source_type="huggingface", fingerprint="",
-                       hash="sha256-AAAA", pin={}, files=(f,),
-                       hf=HFLink("acme/tiny", "model", "c" * 40, ("main",)))
+    return LockedModel(
+        key="m",
+        name="m",
+        source_type="huggingface",
+        fingerprint="",
+        hash="sha256-AAAA",
+        pin={},
+        files=(f,),
+        hf=HFLink("acme/tiny", "model", "c" * 40, ("main",)),
+    )
 
 
 SHA = "a" * 64
-REL = st.lists(st.text(alphabet="ab./\\-_ .~gitGIT:", min_size=1, max_size=8),
-               min_size=1, max_size=4).map("/".join)
+REL = st.lists(
+    st.text(alphabet="ab./\\-_ .~gitGIT:", min_size=1, max_size=8), min_size=1, max_size=4
+).map("/".join)
 
 
 @given(path=REL)

@@ -28,14 +28,21 @@ BIG = os.urandom(30 << 20)  # the issue's "30 MB file huggingface_hub just downl
 
 def hf_download(hub: Hub, cache: Path, repo: str, *, offline: bool = False) -> Path:
     """huggingface_hub's snapshot_download in a clean process; returns the snapshot dir."""
-    code = ("import sys; from huggingface_hub import snapshot_download as s; "
-            "print(s(sys.argv[1], cache_dir=sys.argv[2]))")
-    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_TELEMETRY": "1",
-           "HF_HUB_DISABLE_XET": "1"}
+    code = (
+        "import sys; from huggingface_hub import snapshot_download as s; "
+        "print(s(sys.argv[1], cache_dir=sys.argv[2]))"
+    )
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": hub.url,
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_XET": "1",
+    }
     if offline:
         env.update(HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9")
-    r = subprocess.run([sys.executable, "-c", code, repo, str(cache)], capture_output=True,
-                       text=True, env=env)
+    r = subprocess.run(
+        [sys.executable, "-c", code, repo, str(cache)], capture_output=True, text=True, env=env
+    )
     assert r.returncode == 0, r.stderr
     return Path(r.stdout.strip())
 
@@ -59,7 +66,8 @@ def blob_states(cache: Path, folder: str) -> dict[str, tuple[int, int, int, int]
 
 
 def test_apply_takes_a_repo_huggingface_hub_downloaded_and_fetches_none_of_it(
-        hf_env, hub, tmp_path, monkeypatch):
+    hf_env, hub, tmp_path, monkeypatch
+):
     repo = hub.repo("acme/big")
     commit = repo.commit({**FILES, "model.safetensors": BIG})
     hf_env.write('[models.big]\nsource.huggingface = { repo = "acme/big" }\n')
@@ -103,7 +111,8 @@ def test_apply_takes_a_repo_huggingface_hub_downloaded_and_fetches_none_of_it(
 
 
 def test_a_tampered_blob_in_the_hf_cache_is_refused_and_fetched_from_the_hub(
-        hf_env, hub, tmp_path, monkeypatch):
+    hf_env, hub, tmp_path, monkeypatch
+):
     hf_env.write('[models.m]\nsource.huggingface = { repo = "acme/tiny" }\n')
     lock_elsewhere(hf_env, tmp_path, monkeypatch)
     hf_download(hub, hf_env.cache, "acme/tiny")
@@ -131,8 +140,12 @@ def test_a_snapshot_without_symlinks_is_taken_too(hf_env, hub, tmp_path, monkeyp
     hf_env.write('[models.m]\nsource.huggingface = { repo = "acme/tiny" }\n')
     lock_elsewhere(hf_env, tmp_path, monkeypatch)
     hf_download(hub, hf_env.cache, "acme/tiny")
-    snap = hf_env.cache / "models--acme--tiny" / "snapshots" / read_lock(
-        hf_env.lock).models["m"].hf.commit
+    snap = (
+        hf_env.cache
+        / "models--acme--tiny"
+        / "snapshots"
+        / read_lock(hf_env.lock).models["m"].hf.commit
+    )
     for p in sorted(snap.rglob("*")):
         if p.is_symlink():
             target = p.resolve()
@@ -146,7 +159,8 @@ def test_a_snapshot_without_symlinks_is_taken_too(hf_env, hub, tmp_path, monkeyp
 
 
 def test_reused_bytes_still_need_the_source_to_vouch_for_the_lock(
-        hf_env, hub, tmp_path, monkeypatch):
+    hf_env, hub, tmp_path, monkeypatch
+):
     """A forged lock entry naming bytes the HF cache holds is refused before anything is
     taken: the cache gives bytes, never the right to install them."""
     hf_env.write('[models.m]\nsource.huggingface = { repo = "acme/tiny" }\n')
