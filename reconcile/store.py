@@ -20,6 +20,7 @@ import errno
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -134,30 +135,54 @@ class Store:
         """Copy an object another store on this machine holds (the system store, for a
         user's): hashed while copied, since that store is another user's and a bad copy
         must not become ours. Returns False when no peer has it whole."""
-        for peer in peers:
-            src = Store(peer).object_path(sha256)
+        return any(self.take_copy(Store(peer).object_file(sha256), sha256, executable)
+                   for peer in peers)
+
+    def take_copy(self, src: str | Path, sha256: str, executable: bool = False, *,
+                  size: int | None = None) -> bool:
+        """Make an object of a file another tool or store holds (see reuse.py), when its
+        bytes hash to ``sha256`` (and it has ``size`` bytes): a copy or a reflink, never
+        a hard link, so the object is our own inode and the file stays as its maker left
+        it. Returns False when it is absent, not a regular file (a FIFO would block the
+        read forever), or other bytes; raises StoreError only for our own disk."""
+        try:
+            fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or size not in (None, st.st_size):
+                return False
+            tmp = self._copy_hashed(fd, sha256, st.st_size)
+        finally:
+            os.close(fd)
+        if tmp is None:
+            return False
+        self.publish_object(tmp, sha256, executable)
+        return True
+
+    def _copy_hashed(self, src_fd: int, sha256: str, size: int) -> Path | None:
+        """A copy of ``src_fd`` in tmp/ whose bytes hash to ``sha256``, else None (and no
+        file left). The copy is what gets hashed (a reflink's clone is read back): the
+        source may change meanwhile, the object cannot."""
+        fd, name = tempfile.mkstemp(dir=self.tmp, prefix=f"take-{sha256[:12]}-")
+        tmp = Path(name)
+        try:
             try:
-                fin = open(src, "rb")  # noqa: SIM115 - closed below, with the temp file
-            except OSError:
-                continue
-            fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix=f"peer-{sha256[:12]}-")
-            h = hashlib.sha256()
-            try:
-                with fin, os.fdopen(fd, "wb") as out:
-                    while chunk := fin.read(1 << 20):
-                        h.update(chunk)
-                        out.write(chunk)
-            except OSError as e:
-                os.unlink(tmp)
-                if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise disk_error(e, self.root) from None
-                continue
-            if h.hexdigest() != sha256:
-                os.unlink(tmp)
-                continue
-            self.publish_object(Path(tmp), sha256, executable)
-            return True
-        return False
+                h = _reflink_hash(src_fd, fd, size)
+                if h is None:
+                    h = _copy_hash(src_fd, fd, size)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise disk_error(e, self.root) from None
+            return None
+        if h != sha256:
+            tmp.unlink(missing_ok=True)
+            return None
+        return tmp
 
     # --- small objects: claimed, staged, committed in groups -----------------------------
     #
@@ -525,6 +550,36 @@ def _name_object(tmp: Path, dest: str | Path) -> None:
         os.replace(tmp, dest)
         return
     os.unlink(tmp)
+
+
+FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+
+
+def _reflink_hash(src_fd: int, dst_fd: int, size: int) -> str | None:
+    """Clone ``src_fd`` into ``dst_fd`` (btrfs, XFS, bcachefs: shared extents, copied on
+    write) and hash the clone; None where the filesystem cannot clone."""
+    import fcntl
+
+    try:
+        fcntl.ioctl(dst_fd, FICLONE, src_fd)
+    except OSError:
+        return None
+    return _copy_hash(dst_fd, None, size)
+
+
+def _copy_hash(src_fd: int, dst_fd: int | None, size: int) -> str | None:
+    """sha256 of what is read from ``src_fd`` (from offset 0), written to ``dst_fd`` on the
+    way; None when it is not ``size`` bytes (a file growing under us is not the lock's)."""
+    h = hashlib.sha256()
+    done = 0
+    while chunk := os.pread(src_fd, 1 << 20, done):
+        done += len(chunk)
+        if done > size:
+            return None
+        h.update(chunk)
+        if dst_fd is not None:
+            write_all(dst_fd, chunk)
+    return h.hexdigest() if done == size else None
 
 
 def link_or_copy(src: str | Path, dst: str | Path) -> None:

@@ -301,9 +301,35 @@ class Workspace:
 
         dirs = {k: models_dir(d.ollama.models_dir) for k, d in self.manifest.models.items()
                 if d.ollama.enable}
-        return make_plan(lock, self.store, self.cache, project=self.project,
+        plan = make_plan(lock, self.store, self.cache, project=self.project,
                          needs_validation=runner.needs, prune=prune, ollama_dirs=dirs,
                          origin=self._origin)
+        return self._local_origins(plan)
+
+    def elsewhere(self) -> Any:
+        """Where on this machine apply may copy objects from instead of downloading them
+        (reuse.Elsewhere): peer stores, the HF cache, ollama's models directories."""
+        from .ollamadir import models_dir
+        from .reuse import Elsewhere, existing_dirs
+
+        dirs = [models_dir(d.ollama.models_dir) for d in self.manifest.models.values()
+                if d.ollama.enable]
+        return Elsewhere(hf_cache=self.cache, peers=tuple(settings.peer_stores()),
+                         ollama_dirs=existing_dirs([*dirs, models_dir(None)]))
+
+    def _local_origins(self, plan: Any) -> Any:
+        """Name the place on this machine each fetch will be copied from, where one holds
+        a file of its size (`plan` shows "from the HF cache"); apply checks the bytes."""
+        from dataclasses import replace
+
+        fetches = [(n, a) for n, a in plan.nodes.items() if a.kind == "fetch"]
+        if not fetches:
+            return plan  # a converged plan stats nothing more
+        elsewhere = self.elsewhere()
+        for node, a in fetches:
+            if place := elsewhere.where(a.model, a.file):
+                plan.nodes[node] = replace(a, origin=place)
+        return plan
 
     def _origin(self, m: LockedModel) -> str:
         """Where apply will take a model's missing objects from (shown by `plan`)."""
@@ -351,16 +377,17 @@ class Workspace:
         plan = self.plan(lock, prune=prune, revalidate=revalidate)
         runner = self.validation(revalidate)
 
-        peers = settings.peer_stores()
+        elsewhere = self.elsewhere()
+        peers = elsewhere.peers
         remote = self.remote
         if remote is not None and offline and remote.source.needs_network:
             remote = None
 
         def fetch_object(action, advance) -> Any:
             m = action.model
-            if peers and self.store.take_from_peer(peers, action.file.sha256,
-                                                   action.file.executable):
-                # copied from another store on this machine: nothing downloaded
+            if elsewhere and elsewhere.take(self.store, m, action.file):
+                # copied from a store, the HF cache or ollama on this machine: nothing
+                # downloaded (a copy that is not the lock's bytes was dropped: fetched below)
                 return FetchResult(action.file.sha256, action.file.size, 0, fetched=False)
             if remote is not None and (got := remote.fetch(action.file, self.store, advance,
                                                             jobs)) is not None:
@@ -409,20 +436,21 @@ class Workspace:
         from .sources import registry
 
         models = [m for k, m in lock.models.items() if k in self.manifest.models]
-        peers = settings.peer_stores()
+        elsewhere = self.elsewhere()
         remote = self.remote if not offline else None
 
-        def borrow(f: LockedFile) -> bool:
-            """A small git file's claimed object from a peer store or the team cache:
-            the source's listing gives its git blob id, which the bytes must then match,
-            so they need not come from the source."""
-            if peers and self.store.take_from_peer(peers, f.sha256, f.executable):
+        def borrow(m: LockedModel, f: LockedFile) -> bool:
+            """A small git file's claimed object from a peer store, the HF cache, ollama's
+            directory or the team cache: the source's listing gives its git blob id,
+            which the bytes must then match, so they need not come from the source."""
+            if elsewhere and elsewhere.take(self.store, m, f):
                 return True
             return remote is not None and remote.fetch(f, self.store, stage=False) is not None
 
         provenance.vouch(
-            self.store, self.manifest, models, offline=offline, peers=peers,
-            resolve_at_pin=lambda decl, m: resolve_model(decl, context, at=m, borrow=borrow),
+            self.store, self.manifest, models, offline=offline, peers=list(elsewhere.peers),
+            resolve_at_pin=lambda decl, m: resolve_model(
+                decl, context, at=m, borrow=lambda f: borrow(m, f)),
             needs_network=lambda decl: registry.get(decl.source_type).needs_network,
             jobs=context.jobs)
 

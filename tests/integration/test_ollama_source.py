@@ -433,3 +433,33 @@ def test_basic_auth_and_a_redirect_to_storage_that_never_sees_the_credentials(
     finally:
         for s in servers:
             s.shutdown()
+
+
+def test_apply_takes_blobs_ollama_pulled_and_refuses_a_bad_one(project, registry, ollama_dir,
+                                                               tmp_path, monkeypatch):
+    """#34: the blobs `ollama pull` left in its models directory are copied (hashed on the
+    way) instead of downloaded; one whose bytes are not the lock's is fetched again."""
+    url, _ = registry
+    declare(project, url)
+    monkeypatch.setenv("RECONCILE_STORE", str(tmp_path / "elsewhere"))  # locked elsewhere
+    assert project.run("lock").code == 0
+    monkeypatch.setenv("RECONCILE_STORE", str(project.store))
+    blobs = ollama_dir / "blobs"
+    blobs.mkdir(parents=True)
+    for data in [CONFIG, *(d for _, d in LAYERS)]:
+        (blobs / f"sha256-{hashlib.sha256(data).hexdigest()}").write_bytes(data)
+    bad = blobs / f"sha256-{hashlib.sha256(LAYERS[3][1]).hexdigest()}"
+    bad.write_bytes(b"MIT Licanse\n")  # the same size, other bytes
+    before = {p.name: (p.stat().st_ino, p.read_bytes()) for p in blobs.iterdir()}
+
+    r = project.run("plan")
+    assert "model.gguf" in r.out and "from ollama's models directory" in r.out, r.out
+    r = project.run("apply", "--progress", "json")
+    assert r.code == 0, r.err
+    summary = [json.loads(x) for x in r.err.splitlines() if '"summary"' in x][-1]
+    assert summary["bytes"] == len(LAYERS[3][1])  # the bad blob's, from the registry
+    root = installed(project)
+    assert (root / "model.gguf").read_bytes() == GGUF
+    assert (root / "license").read_bytes() == LAYERS[3][1]
+    after = {p.name: (p.stat().st_ino, p.read_bytes()) for p in blobs.iterdir()}
+    assert after == before  # ollama's files: never replaced, linked or rewritten
