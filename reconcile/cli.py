@@ -146,6 +146,8 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("status", help="show each model's state")
     s.add_argument("--json", action="store_true", help="one JSON array on stdout")
+    s.add_argument("--exit-code", action="store_true",
+                   help="exit 1 when a model is not installed and linked (0 otherwise)")
 
     s = sub.add_parser("verify", help="re-hash installed models")
     s.add_argument("keys", nargs="*", metavar="KEY", help="only these models (default: all)")
@@ -368,12 +370,12 @@ def manifest_path(args: argparse.Namespace) -> Path:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from .integration import default_manifest_text
+    from .integration import starter_manifest_text
 
     path = Path(args.manifest or os.environ.get("RECONCILE_MANIFEST") or "models.toml")
     if path.exists() and not args.force:
         raise UsageError(f"{path} already exists", hint="use --force to overwrite it")
-    path.write_text(default_manifest_text(), "utf-8")
+    path.write_text(starter_manifest_text(), "utf-8")
     print(f"wrote {path}; next: `reconcile lock` then `reconcile apply`")
     return 0
 
@@ -498,8 +500,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
             print(f"  {symbol} {key}: {what}")
         print()
     plan = ws.plan(lock, prune=args.prune, revalidate=args.revalidate)
-    print(render(plan))
-    return 1 if (args.exit_code and (changes or not plan.empty)) else 0
+    if changes and plan.empty:  # "No changes" would contradict the lines above
+        print(f"The store and HF cache match already: apply only writes {ws.lock_path}.")
+    else:
+        print(render(plan))
+    return pending_exit(args.exit_code, bool(changes or not plan.empty))
+
+
+def pending_exit(asked: bool, pending: bool) -> int:
+    """The one rule of `status` and `plan`: pending work is not a failure (0), unless
+    --exit-code asks scripts to be told (1), as Terraform's -detailed-exitcode and
+    `git diff --exit-code` do. A failure (a model that failed validation) is 1 anyway."""
+    return 1 if asked and pending else 0
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -669,16 +681,19 @@ def cmd_status(args: argparse.Namespace) -> int:
                 print(f"          conflict: {c} (left alone)")
             for w in r.get("warnings", []):
                 print(f"          warning: {w}")
-    return 0 if all(r["state"] == "ok" for r in rows) else 1
+    if any(r["state"] == "invalid" for r in rows):
+        return 1  # failed validation: apply cannot fix it, a person must look
+    return pending_exit(args.exit_code, any(r["state"] != "ok" for r in rows))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    bad = _ws(args).verify(args.keys, repair=args.repair)
-    for key, paths in sorted(bad.items()):
+    r = _ws(args).verify(args.keys, repair=args.repair)
+    for key, paths in sorted(r.corrupt.items()):
         print(f"corrupt: {key}: {', '.join(paths)}" + (" (repaired)" if args.repair else ""))
-    if not bad:
-        print("all installed models verified")
-    return 1 if bad and not args.repair else 0
+    if not r.corrupt:
+        none = " (none installed)" if not r.checked else ""
+        print(f"verified {len(r.checked)} of {r.selected} locked models{none}")
+    return 1 if r.corrupt and not args.repair else 0
 
 
 def cmd_gc(args: argparse.Namespace) -> int:

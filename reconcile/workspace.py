@@ -39,6 +39,16 @@ class GcReport:
     bytes: int = 0
 
 
+@dataclass
+class VerifyReport:
+    """What `verify` did: corrupt paths by model, the models it could check (installed
+    ones), and how many locked models were asked about."""
+
+    corrupt: dict[str, list[str]]
+    checked: list[str]
+    selected: int
+
+
 def check_pins(lock: Lock, manifest: Manifest, path: Path) -> None:
     """Each source checks the pins it will put into URLs and requests (a hand-edited
     lock must not send a request, or a token, anywhere the declaration does not)."""
@@ -208,12 +218,16 @@ class Workspace:
         try:
             self.manifest  # noqa: B018 - the declaration's options are checked here
             return self.lock(only=[decl.key], offline=offline) if lock else None
-        except BaseException:
+        except BaseException as e:
             if before is None:
                 self.manifest_path.unlink(missing_ok=True)
             else:
                 atomic_write_text(self.manifest_path, before)
             self.__dict__.pop("manifest", None)
+            if isinstance(e, ConfigError) and (e.key or "").startswith(f"models.{decl.key}."):
+                # the declaration was refused: a models.toml line would name text that
+                # was taken out again (or a file that no longer exists)
+                raise ConfigError(e.reason, key=e.key, hint=e.hint) from None
             raise
 
     def remove(self, key: str) -> bool:
@@ -619,8 +633,10 @@ class Workspace:
             raise ValidationFailed(f"model '{m.key}' has not passed this project's validators"
                                    " yet", hint="run `reconcile apply`")
 
-    def verify(self, keys: list[str] | None = None, *, repair: bool = False) -> dict[str, list[str]]:
-        """Re-hash installed models; returns key -> corrupt paths (repaired when asked)."""
+    def verify(self, keys: list[str] | None = None, *, repair: bool = False) -> VerifyReport:
+        """Re-hash installed models: which were checked (a model not installed has
+        nothing to check, and saying "all verified" of it would be false) and which
+        paths were corrupt (repaired when asked)."""
         from .treehash import sha256_file
 
         lock = self.read_lock()
@@ -629,9 +645,10 @@ class Workspace:
         for k in keys or ():
             self.model(k)
         bad: dict[str, list[str]] = {}
-        for key, m in lock.models.items():
-            if (keys and key not in keys) or not self.store.has_model(m):
-                continue
+        selected = [k for k in lock.models if not keys or k in keys]
+        checked = [k for k in selected if self.store.has_model(lock.models[k])]
+        for key in checked:
+            m = lock.models[key]
             root = self.store.model_path(m)
             for f in m.regular_files():
                 p = root / f.path
@@ -656,7 +673,7 @@ class Workspace:
                 from .apply import failure_message
 
                 raise IntegrityError("repair failed:\n" + failure_message(report))
-        return bad
+        return VerifyReport(bad, checked, len(selected))
 
     def _in_use(self, tmp: Path) -> bool:
         """A partial download whose lock someone holds, or any other temp younger than an hour."""
