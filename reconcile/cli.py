@@ -515,6 +515,44 @@ def pending_exit(asked: bool, pending: bool) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    mode = args.progress
+    if mode == "auto":
+        mode = "bars" if sys.stderr.isatty() else "plain"
+    if mode != "json":
+        return _apply(args, mode)
+    from . import ui
+
+    sink = ui.JsonProgress()
+    try:
+        return _apply(args, mode, sink)
+    except ReconcileError as e:  # an event, not an `error:` line among the events
+        sink.emit("error", message=e.message, hint=e.hint, exit_code=e.exit_code)
+        return e.exit_code
+
+
+def _peers_name() -> str:
+    """The stores objects were copied from, as one phrase ("the system store")."""
+    from . import settings
+    from .modes import store_name
+
+    names = sorted({store_name(p) for p in settings.peer_stores()})
+    return names[0] if len(names) == 1 else "other stores on this machine"
+
+
+def _failures(report: Any) -> list[dict[str, Any]]:
+    """Each failed action for programs: the model and file, not an object id."""
+    out = []
+    for a, err in report.failures:
+        msg = str(err) if isinstance(err, ReconcileError) else f"{type(err).__name__}: {err}"
+        out.append({"model": a.model.key if a.model else None,
+                    "file": a.file.path if a.file else None, "action": a.kind, "message": msg})
+    return out
+
+
+def _apply(args: argparse.Namespace, mode: str, sink: Any = None) -> int:
+    """apply with bars, lines, nothing, or ``sink`` (NDJSON): then every word meant for
+    stderr is an event, so a program reading it meets nothing but JSON."""
+    from . import ui
     from .apply import failure_message
     from .plan import human
 
@@ -523,45 +561,43 @@ def cmd_apply(args: argparse.Namespace) -> int:
         from .modes import check_writable
 
         check_writable(args.mode_info, ws.lock_path)  # apply would lock first
-    mode = args.progress
-    if mode == "auto":
-        mode = "bars" if sys.stderr.isatty() else "plain"
-    from . import ui
-
     run = dict(jobs=args.jobs, offline=args.offline, prune=args.prune, locked=args.locked,
                revalidate=args.revalidate)
-    sink: Any = None
-    try:
-        if mode == "bars":
-            with ui.RichProgress(color=args.color) as sink:
-                report = ws.apply(**run, progress=sink)
-        else:
-            sink = {"plain": ui.LineProgress, "json": ui.JsonProgress}.get(mode, lambda: None)()
-            report = ws.apply(**run, progress=sink)
-    except ReconcileError as e:
-        if isinstance(sink, ui.JsonProgress):
-            sink.emit("error", message=str(e), exit_code=e.exit_code)
-        raise
-    if isinstance(sink, ui.JsonProgress):
+    if mode == "bars":
+        with ui.RichProgress(color=args.color) as bars:
+            report = ws.apply(**run, progress=bars)
+    else:
+        if sink is None and mode == "plain":
+            sink = ui.LineProgress()
+        report = ws.apply(**run, progress=sink)
+    json_mode = isinstance(sink, ui.JsonProgress)
+    if json_mode:
         sink.emit("summary", ok=report.ok, done=report.done, bytes=report.bytes_fetched,
-                  failures=[f"{a.kind} {a.target}: {err}" for a, err in report.failures])
+                  failures=_failures(report))
     for w in report.warnings:
-        print(f"warning: {w}", file=sys.stderr)
+        if json_mode:
+            sink.emit("warning", message=w)
+        else:
+            print(f"warning: {w}", file=sys.stderr)
     if report.ok and args.mode_info is not None:
         from .modes import write_profile
 
         if said := write_profile(args.mode_info):
             print(said)
     if not report.ok:
-        print(f"error: {failure_message(report)}", file=sys.stderr)
+        if json_mode:
+            sink.emit("error", message=failure_message(report), hint=None, exit_code=1)
+        else:
+            print(f"error: {failure_message(report)}", file=sys.stderr)
         return 1
     d = report.done
     if not d:
         print(f"Nothing to do: {len(report.plan.lock.models)} models up to date.")
     else:
         cached = f", {report.cache_hits} from the team cache" if report.cache_hits else ""
+        copied = f" {d['copied']} copied from {_peers_name()}," if d.get("copied") else ""
         print(f"Applied: {d.get('fetch', 0)} fetched ({human(report.bytes_fetched)}{cached}),"
-              f" {d.get('assemble', 0)} assembled, {d.get('validate', 0)} validated,"
+              f"{copied} {d.get('assemble', 0)} assembled, {d.get('validate', 0)} validated,"
               f" {d.get('link', 0)} linked, {d.get('unlink', 0)} unlinked.")
     return 0
 

@@ -130,10 +130,12 @@ class Store:
         _name_object(tmp_file, dest)
         return dest
 
-    def take_from_peer(self, peers: list[Path], sha256: str, executable: bool = False) -> bool:
+    def take_from_peer(self, peers: list[Path], sha256: str,
+                       executable: bool = False) -> Path | None:
         """Copy an object another store on this machine holds (the system store, for a
         user's): hashed while copied, since that store is another user's and a bad copy
-        must not become ours. Returns False when no peer has it whole."""
+        must not become ours. Returns the store it came from (to say so), None when no
+        peer has it whole."""
         for peer in peers:
             src = Store(peer).object_path(sha256)
             try:
@@ -156,8 +158,8 @@ class Store:
                 os.unlink(tmp)
                 continue
             self.publish_object(Path(tmp), sha256, executable)
-            return True
-        return False
+            return peer
+        return None
 
     # --- small objects: claimed, staged, committed in groups -----------------------------
     #

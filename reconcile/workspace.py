@@ -320,7 +320,13 @@ class Workspace:
                          origin=self._origin)
 
     def _origin(self, m: LockedModel) -> str:
-        """Where apply will take a model's missing objects from (shown by `plan`)."""
+        """Where apply will take a model's missing objects from (shown by `plan`): a
+        store on this machine that holds them all (--user's system store), the team
+        cache, or the source."""
+        if (peer := self._peer_with(m)) is not None:
+            from .modes import store_name
+
+            return store_name(peer)
         remote = self.remote
         if remote is None:
             return ""
@@ -330,6 +336,15 @@ class Workspace:
             except ReconcileError as e:
                 remote.give_up(e)  # asked once: the next models do not wait for it too
         return "source (team cache unreachable)"
+
+    def _peer_with(self, m: LockedModel) -> Path | None:
+        """The first peer store holding every object of ``m`` this store lacks."""
+        missing = [f.sha256 for f in m.regular_files() if not self.store.has_object(f.sha256)]
+        for peer in settings.peer_stores():
+            other = Store(peer)
+            if all(other.object_path(h).exists() for h in missing):
+                return peer
+        return None
 
     def apply(self, *, jobs: int = 4, offline: bool = False, prune: bool = False,
               locked: bool = False, revalidate: bool = False, progress: Any = None) -> Any:
@@ -371,14 +386,19 @@ class Workspace:
             remote = None
 
         def fetch_object(action, advance) -> Any:
+            from dataclasses import replace
+
+            from .modes import store_name
+
             m = action.model
-            if peers and self.store.take_from_peer(peers, action.file.sha256,
-                                                   action.file.executable):
+            if peers and (peer := self.store.take_from_peer(peers, action.file.sha256,
+                                                            action.file.executable)):
                 # copied from another store on this machine: nothing downloaded
-                return FetchResult(action.file.sha256, action.file.size, 0, fetched=False)
+                return FetchResult(action.file.sha256, action.file.size, 0,
+                                   origin=store_name(peer))
             if remote is not None and (got := remote.fetch(action.file, self.store, advance,
                                                             jobs)) is not None:
-                return got
+                return replace(got, origin="team cache")
             decl = self.manifest.models[m.key]
             src = source_of(m)
             if offline and src.needs_network:

@@ -4,9 +4,13 @@ completion that knows values and files, a starter models.toml for the user's pro
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import tomllib
 
 from reconcile.schema import models_schema
+from tests.servers import RangeServer
 
 TWO = """
 [models.tiny]
@@ -93,3 +97,87 @@ def test_status_and_plan_share_one_exit_code_rule(project):
     assert project.run("apply").code == 0
     for command in ("status", "plan"):
         assert project.run(command, "--exit-code").code == 0, command
+
+
+# --- --progress json: only NDJSON on stderr -------------------------------------------------
+
+def _events(err: str) -> list[dict]:
+    """Every stderr line is one JSON object (a stray `error:` line fails here)."""
+    return [json.loads(line) for line in err.splitlines()]
+
+
+def test_progress_json_file_events_name_model_and_file(project):
+    project.write(TWO)
+    r = project.sh("apply", "--progress", "json")
+    assert r.code == 0, r.err
+    starts = [e for e in _events(r.err) if e["event"] == "start"]
+    assert {(e["model"], e["file"]) for e in starts} == {
+        ("tiny", "config.json"), ("tiny", "model.safetensors"), ("other", "config.json")}
+    done = [e for e in _events(r.err) if e["event"] == "done"]
+    assert {(e["model"], e["file"]) for e in done} == {(e["model"], e["file"]) for e in starts}
+
+
+def test_progress_json_failures_and_errors_are_events_naming_model_and_file(project):
+    data = os.urandom(1000)
+    srv = RangeServer({"/w.bin": data})
+    with srv as url:
+        project.write(TWO + f'[models.w]\nsource.url = {{ url = "{url}/w.bin", sha256 ='
+                      f' "{hashlib.sha256(data).hexdigest()}" }}\nvalidation.preset = "none"\n'
+                      'network.retry = { maxAttempts = 1 }\n')
+        assert project.run("lock").code == 0
+        del srv.files["/w.bin"]  # gone from the server since it was locked
+        r = project.sh("apply", "--progress", "json")
+    assert r.code == 1
+    events = _events(r.err)  # no `error:` or `not installed` line in between
+    summary = next(e for e in events if e["event"] == "summary")
+    (failure,) = summary["failures"]
+    assert failure["model"] == "w" and failure["file"] == "w.bin", failure
+    assert failure["action"] == "fetch" and "404" in failure["message"], failure
+    assert events[-1]["event"] == "error" and events[-1]["exit_code"] == 1
+    assert "not installed: w" in events[-1]["message"]
+    # an error before anything runs (a stale lock with --locked) is one event too
+    project.write(TWO)
+    r = project.sh("apply", "--progress", "json", "--locked")
+    assert r.code == 1
+    (event,) = _events(r.err)
+    assert event["event"] == "error" and "out of date" in event["message"]
+    assert event["hint"].startswith("run `reconcile lock`"), event
+
+
+# --- --user: what came from the system store says so ----------------------------------------
+
+def test_objects_copied_from_the_system_store_are_not_called_fetched(project, tmp_path,
+                                                                     monkeypatch):
+    """plan names where each fetch comes from; the log and the summary say "copied from
+    the system store", not "fetched" (nothing crossed the network)."""
+    system = tmp_path / "system"
+    monkeypatch.setenv("RECONCILE_SYSTEM_DIR", str(system))
+    monkeypatch.setenv("RECONCILE_STORE", str(system / "store"))
+    project.write(TWO)
+    assert project.run("apply").code == 0
+    monkeypatch.setenv("RECONCILE_STORE", str(tmp_path / "mine"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "my-hub"))
+    monkeypatch.setenv("RECONCILE_PEER_STORES", str(system / "store"))
+    r = project.run("plan")
+    assert "config.json  (" in r.out and "for tiny from the system store" in r.out, r.out
+    r = project.sh("apply", "--progress", "plain")
+    assert r.code == 0, r.err
+    assert "copied model.safetensors from the system store (168 B)" in r.err, r.err
+    assert "\nfetched " not in "\n" + r.err, r.err
+    assert "Applied: 0 fetched (0 B), 3 copied from the system store," in r.out, r.out
+    assert "fetching 3 files" in r.err
+
+
+def test_sizes_are_one_unit_and_one_file_is_singular(project):
+    project.write('[models.one]\nsource.mock = { files = [{ path = "w.bin", size = 3145728 }] }\n'
+                  'validation.preset = "none"\n')
+    r = project.sh("apply", "--progress", "plain")
+    assert r.code == 0, r.err
+    assert "fetching 1 file (3.0 MiB)" in r.err, r.err
+    from reconcile.ui import RichProgress
+
+    bars = RichProgress(color="never")
+    columns = [type(c).__name__ for c in bars.progress.columns]
+    assert "TransferSpeedColumn" not in columns  # rich's MB/s
+    download = next(c for c in bars.progress.columns if type(c).__name__ == "DownloadColumn")
+    assert download.binary_units  # MiB, as the lines and the summary say
