@@ -7,7 +7,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tomllib
+
+import pytest
 
 from reconcile.schema import models_schema
 from tests.servers import RangeServer
@@ -181,3 +184,46 @@ def test_sizes_are_one_unit_and_one_file_is_singular(project):
     assert "TransferSpeedColumn" not in columns  # rich's MB/s
     download = next(c for c in bars.progress.columns if type(c).__name__ == "DownloadColumn")
     assert download.binary_units  # MiB, as the lines and the summary say
+
+
+# --- completion: values, files, keys for remove ---------------------------------------------
+
+def _bash_complete(project, *words: str) -> list[str]:
+    import subprocess
+    import sys
+
+    script = project.sh("completion", "bash").out
+    line = " ".join(f'"{w}"' for w in words)
+    code = (f'reconcile() {{ {sys.executable} -m reconcile "$@"; }}\n{script}\n'
+            f"COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; _reconcile;"
+            ' printf "%s\\n" "${COMPREPLY[@]}"')
+    r = subprocess.run(["bash", "-c", code], capture_output=True, text=True, cwd=project.dir)
+    return r.stdout.split()
+
+
+def test_bash_completion_knows_values_files_and_keys_for_remove(project):
+    project.write(TWO)
+    (project.dir / "team.toml").write_text("")
+    assert _bash_complete(project, "reconcile", "remove", "ti") == ["tiny"]
+    assert _bash_complete(project, "reconcile", "apply", "--progress", "") == [
+        "auto", "bars", "plain", "json", "none"]
+    assert _bash_complete(project, "reconcile", "apply", "--color", "n") == ["never"]
+    # the word after --cache is its value, not the command: apply's options follow
+    assert _bash_complete(project, "reconcile", "--cache", "off", "apply", "--pr") == [
+        "--progress", "--prune"]
+    assert _bash_complete(project, "reconcile", "-f", "te") == ["team.toml"]
+
+
+@pytest.mark.skipif(shutil.which("fish") is None, reason="needs fish")
+def test_fish_completion_knows_values_and_files(project, tmp_path):
+    import subprocess
+
+    fish = tmp_path / "c.fish"
+    fish.write_text(project.sh("completion", "fish").out)
+    (project.dir / "team.toml").write_text("")
+    r = subprocess.run(["fish", "-c", f"source {fish}; complete -C 'reconcile apply --progress ';"
+                        " complete -C 'reconcile --manifest te'"],
+                       capture_output=True, text=True, cwd=project.dir,
+                       env={**os.environ, "HOME": str(tmp_path)})
+    got = [line.split("\t")[0] for line in r.stdout.splitlines()]
+    assert got == ["auto", "bars", "json", "none", "plain", "team.toml"], r.stdout + r.stderr
