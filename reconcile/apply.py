@@ -60,11 +60,16 @@ class ProgressSink:
     def begin(self, plan: Plan) -> None:
         """The plan about to run."""
 
-    def task(self, description: str, total: int) -> Callable[[int], None]:
+    def task(self, description: str, total: int, *, model: str | None = None,
+             file: str | None = None) -> Callable[[int], None]:
+        """A transfer starts. ``description`` is the display label (and names the task
+        to ``finish``); ``model`` and ``file`` say what it is, for programs (the NDJSON
+        events). ``file`` is None for a model's small files shown as one task."""
         return lambda n: None
 
-    def finish(self, description: str) -> None:
-        pass
+    def finish(self, description: str, *, origin: str = "source") -> None:
+        """The task ended. ``origin``: where the bytes came from ("source", "team
+        cache", "peer store", "store": another process put it there meanwhile)."""
 
 
 @dataclass
@@ -118,12 +123,15 @@ class Executor:
         if group is not None and action.size <= SMALL_MAX:
             with self._groups_lock:
                 if group.advance is None:
-                    group.advance = self.progress.task(group.label, group.total)
+                    group.advance = self.progress.task(group.label, group.total,
+                                                       model=action.model.key)
             return group.advance, None
         label = action.file.path if action.file else action.target[:12]
         if label in self._shared_paths and action.model:
             label = f"{action.model.key}: {label}"
-        return self.progress.task(label, action.size), label
+        return self.progress.task(label, action.size,
+                                  model=action.model.key if action.model else None,
+                                  file=action.file.path if action.file else None), label
 
     def _small_done(self, action: Action) -> None:
         group = self._groups.get(action.model.key) if action.model else None
@@ -139,12 +147,15 @@ class Executor:
         if action.kind == "fetch":
             advance, label = self._advance_for(action)
             result = self.fetch_object(action, advance)
+            origin = result.origin if result.fetched else "store"
             if label is None:
                 self._small_done(action)
             else:
-                self.progress.finish(label)
-            # an object another process fetched while we waited for its lock is not ours
-            report.count("fetch" if result.fetched else "shared", result.downloaded)
+                self.progress.finish(label, origin=origin)
+            # an object another process fetched while we waited for its lock is not ours;
+            # one copied from a store on this machine was not fetched either
+            kind = {"source": "fetch", "team cache": "fetch", "store": "shared"}.get(origin, "copied")
+            report.count(kind, result.downloaded)
             return
         elif action.kind == "assemble":
             assert action.model

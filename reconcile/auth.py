@@ -33,10 +33,13 @@ def _from_file(path_text: str, what: str) -> str:
     path = Path(path_text).expanduser()
     try:
         value = path.read_text("utf-8").strip()
-    except OSError as e:
-        raise AuthRequired(f"auth.{what} {path}: cannot read it ({e.strerror})") from None
+    except OSError as e:  # a hint of its own: the network is not to blame (#33)
+        raise AuthRequired(f"auth.{what} {path}: cannot read it ({e.strerror})",
+                           hint=f"create it with the secret inside, or point auth.{what}"
+                           " at the file that holds it") from None
     if not value:
-        raise AuthRequired(f"auth.{what} {path} is empty")
+        raise AuthRequired(f"auth.{what} {path} is empty",
+                           hint="write the secret into it (one line)")
     return value
 
 

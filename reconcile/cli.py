@@ -148,6 +148,8 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("status", help="show each model's state")
     s.add_argument("--json", action="store_true", help="one JSON array on stdout")
+    s.add_argument("--exit-code", action="store_true",
+                   help="exit 1 when a model is not installed and linked (0 otherwise)")
 
     s = sub.add_parser("verify", help="re-hash installed models")
     s.add_argument("keys", nargs="*", metavar="KEY", help="only these models (default: all)")
@@ -370,12 +372,12 @@ def manifest_path(args: argparse.Namespace) -> Path:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from .integration import default_manifest_text
+    from .integration import starter_manifest_text
 
     path = Path(args.manifest or os.environ.get("RECONCILE_MANIFEST") or "models.toml")
     if path.exists() and not args.force:
         raise UsageError(f"{path} already exists", hint="use --force to overwrite it")
-    path.write_text(default_manifest_text(), "utf-8")
+    path.write_text(starter_manifest_text(), "utf-8")
     print(f"wrote {path}; next: `reconcile lock` then `reconcile apply`")
     return 0
 
@@ -500,11 +502,59 @@ def cmd_plan(args: argparse.Namespace) -> int:
             print(f"  {symbol} {key}: {what}")
         print()
     plan = ws.plan(lock, prune=args.prune, revalidate=args.revalidate)
-    print(render(plan))
-    return 1 if (args.exit_code and (changes or not plan.empty)) else 0
+    if changes and plan.empty:  # "No changes" would contradict the lines above
+        print(f"The store and HF cache match already: apply only writes {ws.lock_path}.")
+    else:
+        print(render(plan))
+    return pending_exit(args.exit_code, bool(changes or not plan.empty))
+
+
+def pending_exit(asked: bool, pending: bool) -> int:
+    """The one rule of `status` and `plan`: pending work is not a failure (0), unless
+    --exit-code asks scripts to be told (1), as Terraform's -detailed-exitcode and
+    `git diff --exit-code` do. A failure (a model that failed validation) is 1 anyway."""
+    return 1 if asked and pending else 0
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    mode = args.progress
+    if mode == "auto":
+        mode = "bars" if sys.stderr.isatty() else "plain"
+    if mode != "json":
+        return _apply(args, mode)
+    from . import ui
+
+    sink = ui.JsonProgress()
+    try:
+        return _apply(args, mode, sink)
+    except ReconcileError as e:  # an event, not an `error:` line among the events
+        sink.emit("error", message=e.message, hint=e.hint, exit_code=e.exit_code)
+        return e.exit_code
+
+
+def _peers_name() -> str:
+    """The stores objects were copied from, as one phrase ("the system store")."""
+    from . import settings
+    from .modes import store_name
+
+    names = sorted({store_name(p) for p in settings.peer_stores()})
+    return names[0] if len(names) == 1 else "other stores on this machine"
+
+
+def _failures(report: Any) -> list[dict[str, Any]]:
+    """Each failed action for programs: the model and file, not an object id."""
+    out = []
+    for a, err in report.failures:
+        msg = str(err) if isinstance(err, ReconcileError) else f"{type(err).__name__}: {err}"
+        out.append({"model": a.model.key if a.model else None,
+                    "file": a.file.path if a.file else None, "action": a.kind, "message": msg})
+    return out
+
+
+def _apply(args: argparse.Namespace, mode: str, sink: Any = None) -> int:
+    """apply with bars, lines, nothing, or ``sink`` (NDJSON): then every word meant for
+    stderr is an event, so a program reading it meets nothing but JSON."""
+    from . import ui
     from .apply import failure_message
     from .plan import human
 
@@ -513,45 +563,43 @@ def cmd_apply(args: argparse.Namespace) -> int:
         from .modes import check_writable
 
         check_writable(args.mode_info, ws.lock_path)  # apply would lock first
-    mode = args.progress
-    if mode == "auto":
-        mode = "bars" if sys.stderr.isatty() else "plain"
-    from . import ui
-
     run = dict(jobs=args.jobs, offline=args.offline, prune=args.prune, locked=args.locked,
                revalidate=args.revalidate)
-    sink: Any = None
-    try:
-        if mode == "bars":
-            with ui.RichProgress(color=args.color) as sink:
-                report = ws.apply(**run, progress=sink)
-        else:
-            sink = {"plain": ui.LineProgress, "json": ui.JsonProgress}.get(mode, lambda: None)()
-            report = ws.apply(**run, progress=sink)
-    except ReconcileError as e:
-        if isinstance(sink, ui.JsonProgress):
-            sink.emit("error", message=str(e), exit_code=e.exit_code)
-        raise
-    if isinstance(sink, ui.JsonProgress):
+    if mode == "bars":
+        with ui.RichProgress(color=args.color) as bars:
+            report = ws.apply(**run, progress=bars)
+    else:
+        if sink is None and mode == "plain":
+            sink = ui.LineProgress()
+        report = ws.apply(**run, progress=sink)
+    json_mode = isinstance(sink, ui.JsonProgress)
+    if json_mode:
         sink.emit("summary", ok=report.ok, done=report.done, bytes=report.bytes_fetched,
-                  failures=[f"{a.kind} {a.target}: {err}" for a, err in report.failures])
+                  failures=_failures(report))
     for w in report.warnings:
-        print(f"warning: {w}", file=sys.stderr)
+        if json_mode:
+            sink.emit("warning", message=w)
+        else:
+            print(f"warning: {w}", file=sys.stderr)
     if report.ok and args.mode_info is not None:
         from .modes import write_profile
 
         if said := write_profile(args.mode_info):
             print(said)
     if not report.ok:
-        print(f"error: {failure_message(report)}", file=sys.stderr)
+        if json_mode:
+            sink.emit("error", message=failure_message(report), hint=None, exit_code=1)
+        else:
+            print(f"error: {failure_message(report)}", file=sys.stderr)
         return 1
     d = report.done
     if not d:
         print(f"Nothing to do: {len(report.plan.lock.models)} models up to date.")
     else:
         cached = f", {report.cache_hits} from the team cache" if report.cache_hits else ""
+        copied = f" {d['copied']} copied from {_peers_name()}," if d.get("copied") else ""
         print(f"Applied: {d.get('fetch', 0)} fetched ({human(report.bytes_fetched)}{cached}),"
-              f" {d.get('assemble', 0)} assembled, {d.get('validate', 0)} validated,"
+              f"{copied} {d.get('assemble', 0)} assembled, {d.get('validate', 0)} validated,"
               f" {d.get('link', 0)} linked, {d.get('unlink', 0)} unlinked.")
     return 0
 
@@ -673,16 +721,19 @@ def cmd_status(args: argparse.Namespace) -> int:
                 print(f"          conflict: {c} (left alone)")
             for w in r.get("warnings", []):
                 print(f"          warning: {w}")
-    return 0 if all(r["state"] == "ok" for r in rows) else 1
+    if any(r["state"] == "invalid" for r in rows):
+        return 1  # failed validation: apply cannot fix it, a person must look
+    return pending_exit(args.exit_code, any(r["state"] != "ok" for r in rows))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    bad = _ws(args).verify(args.keys, repair=args.repair)
-    for key, paths in sorted(bad.items()):
+    r = _ws(args).verify(args.keys, repair=args.repair)
+    for key, paths in sorted(r.corrupt.items()):
         print(f"corrupt: {key}: {', '.join(paths)}" + (" (repaired)" if args.repair else ""))
-    if not bad:
-        print("all installed models verified")
-    return 1 if bad and not args.repair else 0
+    if not r.corrupt:
+        none = " (none installed)" if not r.checked else ""
+        print(f"verified {len(r.checked)} of {r.selected} locked models{none}")
+    return 1 if r.corrupt and not args.repair else 0
 
 
 def cmd_gc(args: argparse.Namespace) -> int:

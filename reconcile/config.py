@@ -324,7 +324,8 @@ class _Checker:
         header = None
         if len(parts) >= 2 and parts[0] == "models":
             header = re.compile(rf'^\s*\[+\s*models\.("?){re.escape(parts[1])}\1(\s*\]|\.)')
-        pat = re.compile(rf'(^|[{{,.\s])"?{last}"?\s*=')
+        # `key =`, or a dotted key going on (`sourc.mock = …`, the typo of `source`)
+        pat = re.compile(rf'(^|[{{,.\s])"?{last}"?\s*(=|\.\s*["\w-])')
         start = 0
         if header:
             for i, line in enumerate(self.lines):

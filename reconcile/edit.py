@@ -217,15 +217,24 @@ def remove_text(text: str, key: str) -> str:
     del doc["models"][key]
     out = tomlkit.dumps(doc)
     if text.startswith(out) or text.startswith(out.rstrip("\n")):
-        # it was the last entry: the blank lines before it go too, and the file ends as
-        # it did (with or without a final newline)
-        end = "\n" if text.endswith("\n") else ""
-        out = out.rstrip("\n") + end if out.strip() else ""
+        out = _without_separator(text[:len(out)] if text.startswith(out) else out,
+                                 final_newline=text.endswith("\n"))
     after = _parse_toml(out)
     if after.get("models", {}) != {k: v for k, v in models.items() if k != key}:
         raise UsageError(f"cannot remove models.{key} cleanly from models.toml",
                          hint="remove the declaration by hand")
     return out
+
+
+def _without_separator(before: str, *, final_newline: bool) -> str:
+    """The text before the last entry, without the separator `add_text` put there: one
+    newline when the file ended with one (the entry kept its own), two when it did not
+    (the entry's final newline was dropped). So `add` then `remove` is the identity even
+    with trailing blank lines or no final newline; a separator add did not write (a
+    hand-made entry after a single newline) leaves that line ending alone."""
+    if final_newline:
+        return before[:-1] if before.endswith("\n\n") else before
+    return before[:-2] if before.endswith("\n\n") else before.rstrip("\n")
 
 
 def _parse_toml(text: str) -> dict[str, Any]:

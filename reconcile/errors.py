@@ -45,6 +45,7 @@ class ConfigError(ReconcileError):
             where += f"{': ' if where else ''}{key}"
         super().__init__(f"{where}: {message}" if where else message, hint=hint)
         self.file, self.key, self.line = file, key, line
+        self.reason = message  # without the place: for callers that name it otherwise
 
 
 class UsageError(ConfigError):

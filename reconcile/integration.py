@@ -70,3 +70,13 @@ def mk_link_script(model: Any, cache_dir: str = "$HOME/.cache/huggingface/hub") 
 
 def default_manifest_text() -> str:
     return resources.files("reconcile").joinpath("default_models.toml").read_text("utf-8")
+
+
+def starter_manifest_text() -> str:
+    """What `reconcile init` writes into the user's project: no models (a fake one
+    would land in their HF cache), and a `#:schema` line editors can follow from any
+    directory: the schema's own URL, not a path only reconcile's repository has."""
+    from .schema import models_schema
+
+    text = resources.files("reconcile").joinpath("starter_models.toml").read_text("utf-8")
+    return f"#:schema {models_schema()['$id']}\n{text}"

@@ -145,6 +145,8 @@ def lock_from_doc(doc: dict[str, Any], path: Path = Path(LOCK_NAME), *,
             hint="regenerate it with `reconcile lock` (or `git checkout` it if you edited it)",
         )
 
+    if not doc:  # a truncated file or a merge gone wrong: "version None" would puzzle
+        raise bad("is empty: no lock format version, no models")
     version = doc.get("version")
     if version != LOCK_VERSION:
         raise bad(f"lock format version {version!r} is not supported (expected {LOCK_VERSION})")

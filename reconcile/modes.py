@@ -97,6 +97,12 @@ def user_mode() -> Mode:
                 peers=tuple(p for p in peers if not _same(p, settings.store_dir())))
 
 
+def store_name(path: Path) -> str:
+    """How messages name a store objects are copied from: --user's peer is the system
+    store; RECONCILE_PEER_STORES may name any other."""
+    return "the system store" if _same(path, system_mode().store) else f"the store {path}"
+
+
 def _same(a: Path, b: Path) -> bool:
     return os.path.abspath(a) == os.path.abspath(b)
 

@@ -32,7 +32,6 @@ from .store import Store
 
 HF_CACHE = "the HF cache"
 OLLAMA = "ollama's models directory"
-PEER = "a peer store"
 
 
 @dataclass(frozen=True)
@@ -51,8 +50,10 @@ class Elsewhere:
     def candidates(self, m: LockedModel, f: LockedFile) -> Iterator[tuple[str, str]]:
         """(place, path) that may hold ``f``'s bytes. Every part of a path comes from
         checked lock fields (repo folder, hex blob names, a relative path)."""
+        from .modes import store_name
+
         for peer in self.peers:
-            yield PEER, Store(peer).object_file(f.sha256)
+            yield store_name(peer), Store(peer).object_file(f.sha256)
         if self.hf_cache is not None and m.hf is not None:
             repo = f"{self.hf_cache}/{m.hf.folder}"
             for name in dict.fromkeys((f.blob_name, f.sha256)):

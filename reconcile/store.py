@@ -131,12 +131,16 @@ class Store:
         _name_object(tmp_file, dest)
         return dest
 
-    def take_from_peer(self, peers: list[Path], sha256: str, executable: bool = False) -> bool:
+    def take_from_peer(self, peers: list[Path], sha256: str,
+                       executable: bool = False) -> Path | None:
         """Copy an object another store on this machine holds (the system store, for a
         user's): hashed while copied, since that store is another user's and a bad copy
-        must not become ours. Returns False when no peer has it whole."""
-        return any(self.take_copy(Store(peer).object_file(sha256), sha256, executable)
-                   for peer in peers)
+        must not become ours. Returns the store it came from (to say so), None when no
+        peer has it whole."""
+        for peer in peers:
+            if self.take_copy(Store(peer).object_file(sha256), sha256, executable):
+                return peer
+        return None
 
     def take_copy(self, src: str | Path, sha256: str, executable: bool = False, *,
                   size: int | None = None) -> bool:

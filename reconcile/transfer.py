@@ -86,6 +86,7 @@ class FetchResult:
     size: int
     downloaded: int  # bytes that crossed the network this time (resume makes it smaller)
     fetched: bool = True  # False: another process put it in the store while we waited
+    origin: str = "source"  # or "team cache", or the store on this machine it was copied from
 
 
 class _Throttle:

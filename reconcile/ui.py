@@ -3,8 +3,9 @@ dev container's setup), NDJSON for programs (`--progress json`).
 
 NDJSON events, one object per line on stderr, fields stable (README documents them):
 ``plan`` (counts and bytes), ``start`` / ``bytes`` (at most once a second or per 1 %) /
-``done`` per file, then ``summary`` or ``error`` from the CLI. Every event has ``event``
-and ``t`` (seconds since the run started).
+``done`` per file (each naming ``model`` and ``file``), ``warning``, then ``summary``
+and/or ``error`` from the CLI. Every event has ``event`` and ``t`` (seconds since the run
+started). In that mode nothing else is written to stderr: a program reads every line.
 """
 
 from __future__ import annotations
@@ -49,9 +50,12 @@ class JsonProgress(ProgressSink):
                   assemble=c.get("assemble", 0), validate=c.get("validate", 0),
                   link=c.get("link", 0), unlink=c.get("unlink", 0))
 
-    def task(self, description: str, total: int) -> Callable[[int], None]:
-        self.emit("start", file=description, total=total)
-        state = {"done": 0, "last_t": time.monotonic(), "last_pct": 0}
+    def task(self, description: str, total: int, *, model: str | None = None,
+             file: str | None = None) -> Callable[[int], None]:
+        who = {"model": model, "file": file, "label": description}
+        self.emit("start", **who, total=total)
+        state: dict[str, Any] = {"done": 0, "last_t": time.monotonic(), "last_pct": 0,
+                                 "who": who}
 
         def advance(n: int) -> None:
             state["done"] += n
@@ -59,14 +63,14 @@ class JsonProgress(ProgressSink):
             pct = state["done"] * 100 // total if total else 0
             if now - state["last_t"] >= 1.0 or pct > state["last_pct"]:
                 state["last_t"], state["last_pct"] = now, pct
-                self.emit("bytes", file=description, done=state["done"], total=total)
+                self.emit("bytes", **who, done=state["done"], total=total)
 
         self.states[description] = state
         return advance
 
-    def finish(self, description: str) -> None:
-        state = self.states.pop(description, {"done": 0})
-        self.emit("done", file=description, bytes=state["done"])
+    def finish(self, description: str, *, origin: str = "source") -> None:
+        state = self.states.pop(description, {"done": 0, "who": {"label": description}})
+        self.emit("done", **state["who"], bytes=state["done"], origin=origin)
 
 
 class LineProgress(ProgressSink):
@@ -87,10 +91,11 @@ class LineProgress(ProgressSink):
 
     def begin(self, plan: Plan) -> None:
         c = plan.counts()
-        if c.get("fetch"):
-            self.say(f"fetching {c['fetch']} files ({human(plan.fetch_bytes())})")
+        if n := c.get("fetch"):
+            self.say(f"fetching {n} file{'s' if n > 1 else ''} ({human(plan.fetch_bytes())})")
 
-    def task(self, description: str, total: int) -> Callable[[int], None]:
+    def task(self, description: str, total: int, *, model: str | None = None,
+             file: str | None = None) -> Callable[[int], None]:
         state = {"done": 0, "last": time.monotonic(), "total": total}
         self.states[description] = state
 
@@ -103,9 +108,16 @@ class LineProgress(ProgressSink):
 
         return advance
 
-    def finish(self, description: str) -> None:
+    def finish(self, description: str, *, origin: str = "source") -> None:
         state = self.states.pop(description, {"done": 0, "total": 0})
-        self.say(f"fetched {description} ({human(state['total'] or state['done'])})")
+        size = human(state["total"] or state["done"])
+        if origin == "store":  # another process fetched it while this one waited
+            self.say(f"{description}: in the store already ({size})")
+        elif origin not in ("source", "team cache"):
+            self.say(f"copied {description} from {origin} ({size})")
+        else:
+            self.say(f"fetched {description} ({size}"
+                     + (", from the team cache)" if origin == "team cache" else ")"))
 
 
 class RichProgress(ProgressSink):
@@ -120,14 +132,13 @@ class RichProgress(ProgressSink):
             Progress,
             TextColumn,
             TimeRemainingColumn,
-            TransferSpeedColumn,
         )
 
         self.progress = Progress(
             TextColumn("{task.description}", justify="left"),
             BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
+            DownloadColumn(binary_units=True),  # MiB, as the plain lines and summaries say
+            _speed_column(),
             TimeRemainingColumn(),
             transient=True,
             console=Console(stderr=True, no_color=True if color == "never" else None,
@@ -143,14 +154,34 @@ class RichProgress(ProgressSink):
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
-    def task(self, description: str, total: int) -> Callable[[int], None]:
+    def task(self, description: str, total: int, *, model: str | None = None,
+             file: str | None = None) -> Callable[[int], None]:
         with self.lock:
             tid = self.progress.add_task(description[-40:], total=total or None)
             self.tasks[description] = tid
         return lambda n: self.progress.advance(tid, n)
 
-    def finish(self, description: str) -> None:
+    def finish(self, description: str, *, origin: str = "source") -> None:
         with self.lock:
             tid = self.tasks.pop(description, None)
         if tid is not None:
             self.progress.remove_task(tid)
+
+
+def _speed_column_class() -> type:
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class SpeedColumn(ProgressColumn):
+        """rich's TransferSpeedColumn counts in MB/s; this one in MiB/s, like the rest."""
+
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("?" if speed is None else f"{human(int(speed))}/s",
+                        style="progress.data.speed")
+
+    return SpeedColumn
+
+
+def _speed_column() -> Any:
+    return _speed_column_class()()

@@ -39,6 +39,16 @@ class GcReport:
     bytes: int = 0
 
 
+@dataclass
+class VerifyReport:
+    """What `verify` did: corrupt paths by model, the models it could check (installed
+    ones), and how many locked models were asked about."""
+
+    corrupt: dict[str, list[str]]
+    checked: list[str]
+    selected: int
+
+
 def check_pins(lock: Lock, manifest: Manifest, path: Path) -> None:
     """Each source checks the pins it will put into URLs and requests (a hand-edited
     lock must not send a request, or a token, anywhere the declaration does not)."""
@@ -208,12 +218,16 @@ class Workspace:
         try:
             self.manifest  # noqa: B018 - the declaration's options are checked here
             return self.lock(only=[decl.key], offline=offline) if lock else None
-        except BaseException:
+        except BaseException as e:
             if before is None:
                 self.manifest_path.unlink(missing_ok=True)
             else:
                 atomic_write_text(self.manifest_path, before)
             self.__dict__.pop("manifest", None)
+            if isinstance(e, ConfigError) and (e.key or "").startswith(f"models.{decl.key}."):
+                # the declaration was refused: a models.toml line would name text that
+                # was taken out again (or a file that no longer exists)
+                raise ConfigError(e.reason, key=e.key, hint=e.hint) from None
             raise
 
     def remove(self, key: str) -> bool:
@@ -332,7 +346,13 @@ class Workspace:
         return plan
 
     def _origin(self, m: LockedModel) -> str:
-        """Where apply will take a model's missing objects from (shown by `plan`)."""
+        """Where apply will take a model's missing objects from (shown by `plan`): a
+        store on this machine that holds them all (--user's system store), the team
+        cache, or the source."""
+        if (peer := self._peer_with(m)) is not None:
+            from .modes import store_name
+
+            return store_name(peer)
         remote = self.remote
         if remote is None:
             return ""
@@ -342,6 +362,15 @@ class Workspace:
             except ReconcileError as e:
                 remote.give_up(e)  # asked once: the next models do not wait for it too
         return "source (team cache unreachable)"
+
+    def _peer_with(self, m: LockedModel) -> Path | None:
+        """The first peer store holding every object of ``m`` this store lacks."""
+        missing = [f.sha256 for f in m.regular_files() if not self.store.has_object(f.sha256)]
+        for peer in settings.peer_stores():
+            other = Store(peer)
+            if all(other.object_path(h).exists() for h in missing):
+                return peer
+        return None
 
     def apply(self, *, jobs: int = 4, offline: bool = False, prune: bool = False,
               locked: bool = False, revalidate: bool = False, progress: Any = None) -> Any:
@@ -384,14 +413,16 @@ class Workspace:
             remote = None
 
         def fetch_object(action, advance) -> Any:
+            from dataclasses import replace
+
             m = action.model
-            if elsewhere and elsewhere.take(self.store, m, action.file):
+            if elsewhere and (place := elsewhere.take(self.store, m, action.file)):
                 # copied from a store, the HF cache or ollama on this machine: nothing
                 # downloaded (a copy that is not the lock's bytes was dropped: fetched below)
-                return FetchResult(action.file.sha256, action.file.size, 0, fetched=False)
+                return FetchResult(action.file.sha256, action.file.size, 0, origin=place)
             if remote is not None and (got := remote.fetch(action.file, self.store, advance,
                                                             jobs)) is not None:
-                return got
+                return replace(got, origin="team cache")
             decl = self.manifest.models[m.key]
             src = source_of(m)
             if offline and src.needs_network:
@@ -654,8 +685,10 @@ class Workspace:
             raise ValidationFailed(f"model '{m.key}' has not passed this project's validators"
                                    " yet", hint="run `reconcile apply`")
 
-    def verify(self, keys: list[str] | None = None, *, repair: bool = False) -> dict[str, list[str]]:
-        """Re-hash installed models; returns key -> corrupt paths (repaired when asked)."""
+    def verify(self, keys: list[str] | None = None, *, repair: bool = False) -> VerifyReport:
+        """Re-hash installed models: which were checked (a model not installed has
+        nothing to check, and saying "all verified" of it would be false) and which
+        paths were corrupt (repaired when asked)."""
         from .treehash import sha256_file
 
         lock = self.read_lock()
@@ -664,9 +697,10 @@ class Workspace:
         for k in keys or ():
             self.model(k)
         bad: dict[str, list[str]] = {}
-        for key, m in lock.models.items():
-            if (keys and key not in keys) or not self.store.has_model(m):
-                continue
+        selected = [k for k in lock.models if not keys or k in keys]
+        checked = [k for k in selected if self.store.has_model(lock.models[k])]
+        for key in checked:
+            m = lock.models[key]
             root = self.store.model_path(m)
             for f in m.regular_files():
                 p = root / f.path
@@ -691,7 +725,7 @@ class Workspace:
                 from .apply import failure_message
 
                 raise IntegrityError("repair failed:\n" + failure_message(report))
-        return bad
+        return VerifyReport(bad, checked, len(selected))
 
     def _in_use(self, tmp: Path) -> bool:
         """A partial download whose lock someone holds, or any other temp younger than an hour."""

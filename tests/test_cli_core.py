@@ -193,11 +193,12 @@ def test_env_prints_exports(project):
     assert f"export HF_HUB_CACHE={project.cache}" in r.out and "HF_HUB_OFFLINE=1" in r.out
 
 
-def test_init_writes_the_embedded_default(project):
+def test_init_writes_a_starter_that_applies(project):
     assert project.run("init").code == 0
-    assert "test-minimal" in project.manifest.read_text()
+    assert "reconcile add" in project.manifest.read_text()
     assert project.run("init").code == 2
-    assert project.run("apply").code == 0
+    r = project.run("apply")
+    assert r.code == 0 and "0 models up to date" in r.out
 
 
 @pytest.mark.parametrize("args", [["bogus"], ["apply", "--jobs", "x"], ["path"]])
@@ -396,7 +397,7 @@ def test_narrowing_files_removes_what_the_lock_no_longer_lists(project):
     snap = Path(project.run("path", "tiny").out.strip())
     assert not (snap / "sub").exists()
     assert (snap / "config.json").exists() and (snap / "model.safetensors").exists()
-    assert project.run("status").code == 0
+    assert project.run("status", "--exit-code").code == 0
     assert "unlink" not in project.run("plan").out
 
 

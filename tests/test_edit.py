@@ -181,3 +181,29 @@ def test_add_then_remove_is_byte_for_byte_without_a_final_newline():
     assert not added.endswith("\n") and added.startswith(text + "\n\n")
     assert remove_text(added, "new-model") == text
     assert remove_text(add_text(EXAMPLE, d), "new-model") == EXAMPLE
+
+
+_tail = st.sampled_from(["", "\n", "\n\n", "\n\n\n", "\r\n", "\n \n", " ", "\t", "  # end"])
+_line = st.sampled_from(["#:schema x", "# a comment", "", "   ", "[models.a]",
+                         "source.mock = { files = [] }", "source.mock = { files = [] }   # c",
+                         "[models.a.validation]", 'preset = "none"', "[cache]", 'url = "x"',
+                         "models.b = { source.mock = { files = [] } }"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_line, max_size=8), _tail)
+def test_add_then_remove_restores_any_ending(lines, tail):
+    """However the file ends (no final newline, blank lines, spaces, CRLF, a comment),
+    add then remove gives it back byte for byte: an empty file, or one ending in blank
+    lines, lost a byte before (#33)."""
+    text = "\n".join(lines) + tail
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        assume(False)
+    d = declaration("acme/zz-added-model")
+    try:
+        added = add_text(text, d)
+    except UsageError:  # a key declared already, or a form that cannot take a table
+        return
+    assert remove_text(added, d.key) == text

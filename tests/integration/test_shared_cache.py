@@ -46,7 +46,7 @@ def test_prune_leaves_huggingface_hubs_own_snapshot_alone(hf_env, hub):
     theirs = owned_by_hf(hf_env.cache)
     hf_env.write('[models.m]\nsource.huggingface = { repo = "acme/tiny" }\n')
     assert hf_env.run("apply").code == 0
-    assert hf_env.run("status").code == 0
+    assert hf_env.run("status", "--exit-code").code == 0
     hf_env.write("")
     r = hf_env.run("apply", "--prune")
     assert r.code == 0, r.err
@@ -162,7 +162,7 @@ def test_a_filtered_model_does_not_hide_the_rest_of_the_repo_from_the_official_c
     assert hf_env.run("apply").code == 0
     snap = Path(official(hub, hf_env.cache, "acme/tiny"))
     assert sorted(str(p.relative_to(snap)) for p in snap.rglob("*") if p.is_file()) == sorted(FILES)
-    assert hf_env.run("status").code == 0
+    assert hf_env.run("status", "--exit-code").code == 0
 
 
 def test_files_with_the_same_content_share_one_blob_as_huggingface_hub_lays_them_out(hf_env, hub):
@@ -179,7 +179,7 @@ def test_files_with_the_same_content_share_one_blob_as_huggingface_hub_lays_them
     ours = {k: v for k, v in cache_listing(hf_env.cache).items() if "twins" in k}
     blobs = [k for k in ours if "/blobs/" in k]
     assert len(blobs) == 2, ours
-    assert hf_env.run("status").code == 0
+    assert hf_env.run("status", "--exit-code").code == 0
     other = hf_env.cache.parent / "official"
     official(hub, other, "acme/twins")
     theirs = {k: v for k, v in cache_listing(other).items() if "twins" in k}
