@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from reconcile.lockfile import HFLink, LockedFile, LockedModel
 from reconcile.paths import check_relpath
-from reconcile.reuse import HF_CACHE, OLLAMA, PEER, Elsewhere
+from reconcile.reuse import HF_CACHE, OLLAMA, Elsewhere
 from reconcile.store import Store
 
 TMP = settings(
@@ -118,12 +118,13 @@ def test_candidates_stay_in_their_places_for_any_checked_path(path):
     m = model(path, SHA, blob="b" * 40)
     where = Elsewhere(hf_cache=Path("/c"), ollama_dirs=(Path("/o"),), peers=(Path("/p"),))
     got = list(where.candidates(m, m.files[0]))
-    roots = {PEER: "/p/objects/", HF_CACHE: "/c/models--acme--tiny/", OLLAMA: "/o/blobs/"}
+    peer = "the store /p"  # a peer is named as messages name it (modes.store_name)
+    roots = {peer: "/p/objects/", HF_CACHE: "/c/models--acme--tiny/", OLLAMA: "/o/blobs/"}
     for place, p in got:
         assert os.path.normpath(p).startswith(roots[place]), (place, p)
     snap = [p for place, p in got if "/snapshots/" in p]
     assert snap == [f"/c/models--acme--tiny/snapshots/{'c' * 40}/{path}"]
-    assert [place for place, _ in got] == [PEER, HF_CACHE, HF_CACHE, HF_CACHE, OLLAMA]
+    assert [place for place, _ in got] == [peer, HF_CACHE, HF_CACHE, HF_CACHE, OLLAMA]
 
 
 def test_where_names_the_first_place_holding_the_locked_size(tmp_path):
