@@ -2,18 +2,21 @@
 branch and `lock --upgrade`, lock a second revision in another project on the same store,
 apply, `apply --locked` on a forged lock, prune, gc and a team cache round trip, against
 the real local servers the suite already starts: the git forge with giftless
-(tests/gitforge.py) and the stand-in Hub (tests/hub.py).
+(tests/gitforge.py), the stand-in Hub (tests/hub.py) and moto's S3 server (a versioned
+bucket).
 
 After every step, read back from the servers and never from the lock:
 - each installed file's bytes are the source's bytes at the locked pin (the real
-  `git clone` + `git lfs pull`; huggingface_hub's `snapshot_download`);
+  `git clone` + `git lfs pull`; huggingface_hub's `snapshot_download`; boto3's
+  `get_object` at each version);
 - a lock made from a fresh store at the same pin equals the lock made here;
 - nothing outside the store and the HF caches changed (a sentinel directory and every
   other file under the example's root are snapshotted).
 
-Its CI share is bounded: a few examples of a few steps (derandomized when $CI is set);
-RECONCILE_STATEFUL_EXAMPLES=N asks for more. The failures it found are the plain
-regression tests at the end of this file.
+Its CI share is bounded: by default a few derandomized examples of at most eight steps,
+no shrinking; RECONCILE_STATEFUL_EXAMPLES=N explores N random examples and shrinks a
+failure to its shortest sequence. The failures it found are the plain regression tests
+at the end of this file, marked xfail(strict) until #31 is fixed.
 """
 
 from __future__ import annotations
@@ -443,8 +446,10 @@ class Reconciler(RuleBasedStateMachine):
     @precondition(lambda self: any(self.applied.values()))
     @rule(p=st.sampled_from("ab"))
     def push_and_pull_through_a_team_cache(self, p: str) -> None:
-        """push to a directory cache, then a fresh store pulls and applies offline."""
-        if not self.applied[p]:
+        """push to a directory cache, then a fresh store pulls and applies offline.
+        (push sends installed objects: a lock not yet applied is refused, by design.)"""
+        lock = self._lock(p)
+        if not lock or self.applied[p] != {k: m.hash for k, m in lock.models.items()}:
             return
         cache = self.root / "fresh" / "team-cache"
         self._run(p, "push", "--cache", str(cache))
