@@ -257,8 +257,9 @@ KEYS = "ghs"  # a git-lfs model, a Hugging Face model, an S3 model
 
 
 class Reconciler(RuleBasedStateMachine):
-    """Two projects (a, b) on one store and one HF cache, a git-lfs and a Hugging Face
-    model each may declare. ``forge``, ``hub``, ``capsys`` and ``base`` are set by the test."""
+    """Two projects (a, b) on one store and one HF cache; each may declare a git-lfs (g),
+    a Hugging Face (h) and an S3 (s) model, every example on repositories of its own.
+    ``forge``, ``hub``, ``s3``, ``capsys`` and ``base`` are set by the test."""
 
     forge: Forge
     hub: Hub
