@@ -354,7 +354,8 @@ class Reconciler(RuleBasedStateMachine):
     )
     def declare(self, p: str, key: str, rev: str) -> None:
         """Declare (or re-declare at another revision) a model, then lock."""
-        tag = {"g": "v1.0", "h": "v1"}[key] if rev == "first" else "main"
+        first = {"g": "v1.0", "h": "v1", "s": "-"}  # S3 has no revision to name
+        tag = first[key] if rev == "first" else "main"
         self.decls[p][key] = self.sources[key].decl(tag)
         self._write(p)
         self._run(p, "lock")
