@@ -15,8 +15,8 @@ After every step, read back from the servers and never from the lock:
 
 Its CI share is bounded: by default a few derandomized examples of at most eight steps,
 no shrinking; RECONCILE_STATEFUL_EXAMPLES=N explores N random examples and shrinks a
-failure to its shortest sequence. The failures it found are the plain regression tests
-at the end of this file, marked xfail(strict) until #31 is fixed.
+failure to its shortest sequence. The failures it found (#31 cases 1 and 2) are the
+plain regression tests at the end of this file.
 """
 
 from __future__ import annotations
@@ -602,13 +602,6 @@ def machine_settings() -> settings:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="#31 case 1: the derandomized sequence pushes a new "
-    "symlink and lock --upgrade fails ('a symlink target over 1 KiB'); cases 1 "
-    "and 2 then break the byte invariant. Remove this mark once they are fixed",
-)
 @pytest.mark.timeout(0 if EXPLORE else 300)  # exploring and shrinking take their time
 def test_the_reconciler_keeps_its_promise_whatever_the_sequence(
     forge, hub, moto, tmp_path, capsys, monkeypatch
@@ -664,12 +657,6 @@ def _locked(project, key: str) -> LockedModel:
     return read_lock(project.lock).models[key]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="#31 case 1: the second revision's new LFS files are "
-    "locked as their pointers when the clone cache already holds the first",
-)
 @pytest.mark.parametrize("where", ["another project", "lock --upgrade"])
 def test_new_lfs_files_of_a_second_revision_lock_as_weights_not_pointers(
     env, forge, tmp_path, where
@@ -699,12 +686,6 @@ def test_new_lfs_files_of_a_second_revision_lock_as_weights_not_pointers(
     assert _tree(Store(env.store).model_path(m)) == truth
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="#31 case 1: a new in-tree symlink of a second revision "
-    "fails the lock as 'a symlink target over 1 KiB'",
-)
 def test_a_new_symlink_in_a_second_revision_locks(env, forge, tmp_path):
     git = GitRepo(forge, tmp_path)
     env.write(f"[models.g]\n{git.decl('main')}\n")
@@ -745,11 +726,6 @@ def _forge_lock(project, key: str, path: str, other_sha: str) -> LockedModel:
     return forged
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="#31 case 2: a forged lock installs a store object the source never served at the pin",
-)
 @pytest.mark.parametrize("key", ["h", "g", "s"])
 def test_a_forged_lock_never_installs_bytes_the_source_did_not_serve(
     env, forge, hub, moto, tmp_path, monkeypatch, key
@@ -786,12 +762,6 @@ def test_a_forged_lock_never_installs_bytes_the_source_did_not_serve(
         assert victim in r.err and "Traceback" not in r.err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="#31 case 1: an LFS object missing on the server is not "
-    "caught when a second revision is locked on a used clone cache",
-)
 def test_an_lfs_object_missing_on_the_server_fails_the_lock_of_a_second_revision(
     env, forge, tmp_path, monkeypatch
 ):
