@@ -199,6 +199,7 @@ def test_a_validator_does_not_see_variables_models_toml_names_for_secrets(projec
         'auth = { usernameEnvVar = "PLAIN_USER", passwordEnvVar = "MY_REGISTRY_PW" }\n'
         'validation = { skipDefaults = true, validators = ["env-check"] }\n'
         '[validators.env-check]\n'
+        'env = ["PLAIN_SETTING", "MY_REGISTRY_PW"]\n'  # a secret's variable passes never
         'command = \'test -z "${MY_REGISTRY_PW:-}" && test "$PLAIN_SETTING" = visible\'\n')
     monkeypatch.setenv("PLAIN_USER", "bob")
     r = project.run("apply")
