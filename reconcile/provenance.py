@@ -69,8 +69,9 @@ def vouch(store: Store, manifest: Any, models: list[LockedModel], *, offline: bo
     for m in models:
         decl = manifest.models[m.key]
         if recorded(store, m, peers) or (decl.hash and decl.hash == m.hash) \
-                or decl.signature is not None:
+                or (decl.signature is not None and not decl.signature.ignore):
             continue  # a signature was checked against these very files before this
+            # (one that leaves files out vouches for none of those: the source is asked)
         if offline and needs_network(decl):
             unreachable.append(m.key)
             continue
