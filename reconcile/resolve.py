@@ -198,7 +198,7 @@ def resolve_model(
         return LockedFile(**{**lf.__dict__, "sha256": got.sha256, "size": got.size})
 
     try:
-        res = source.resolve_pinned(at.pin) if at else source.resolve()
+        res = source.resolve_pinned(at.pin, at.files) if at else source.resolve()
         files = [
             LockedFile(path=rf.path, size=rf.size or 0, sha256=rf.sha256 or "",
                        executable=rf.executable, blob=rf.blob, lfs=rf.lfs, git_oid=rf.git_oid,

@@ -160,10 +160,12 @@ class Source(ABC):
     def resolve(self) -> Resolution:
         """Pin the declaration and list its files (network allowed)."""
 
-    def resolve_pinned(self, pin: dict[str, Any]) -> Resolution:
+    def resolve_pinned(self, pin: dict[str, Any], files: Any = ()) -> Resolution:
         """The declaration resolved again at a lock's ``pin``, not at what its branch or
         tag names now: the source's own word on a locked tree (see provenance). Sources
-        whose revisions move override it; for the rest, resolving again is that question."""
+        whose revisions move override it; for the rest, resolving again is that question.
+        ``files``: the lock's claim, for a source that keeps no listing of the past (S3)
+        but can answer for each locked file's own revision."""
         return self.resolve()
 
     def _resolve_with(self, **options: Any) -> Resolution:

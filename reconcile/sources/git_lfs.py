@@ -443,7 +443,7 @@ class GitLfsSource(HttpSource):
             pin["subdir"] = self.subdir
         return Resolution(pin=pin, files=files)
 
-    def resolve_pinned(self, pin: dict[str, Any]) -> Resolution:
+    def resolve_pinned(self, pin: dict[str, Any], files: Any = ()) -> Resolution:
         return self._resolve_with(rev=pin["commit"])
 
     def default_hf_name(self) -> tuple[str, str]:

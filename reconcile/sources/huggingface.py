@@ -163,7 +163,7 @@ class HuggingFaceSource(HttpSource):
                           complete=len(selected) == len(files)),
         )
 
-    def resolve_pinned(self, pin: dict[str, Any]) -> Resolution:
+    def resolve_pinned(self, pin: dict[str, Any], files: Any = ()) -> Resolution:
         return self._resolve_with(revision=pin["commit"])
 
     def _list_tree(self, commit: str) -> list[dict[str, Any]]:

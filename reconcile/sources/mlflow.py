@@ -205,7 +205,7 @@ class MlflowSource(HttpSource):
                            f" {location}")
         return Resolution(pin=pin, files=files)
 
-    def resolve_pinned(self, pin: dict[str, Any]) -> Resolution:
+    def resolve_pinned(self, pin: dict[str, Any], files: Any = ()) -> Resolution:
         return self._resolve_with(version=pin["version"], alias=None, stage=None)
 
     def version(self) -> dict[str, Any]:

@@ -127,7 +127,7 @@ class OciSource(RegistrySource):
         return Resolution(pin={"ref": self.options["ref"], "digest": manifest.digest,
                                "format": kind}, files=files)
 
-    def resolve_pinned(self, pin: dict[str, Any]) -> Resolution:
+    def resolve_pinned(self, pin: dict[str, Any], files: Any = ()) -> Resolution:
         saved = self.ref
         self.ref = {**saved, "reference": pin["digest"]}
         try:

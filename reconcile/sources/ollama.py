@@ -149,7 +149,7 @@ class OllamaSource(RegistrySource):
                "tag": self.options["tag"], "digest": manifest.digest}
         return Resolution(pin=pin, files=files, ollama=self.ollama_name(pin))
 
-    def resolve_pinned(self, pin: dict[str, Any]) -> Resolution:
+    def resolve_pinned(self, pin: dict[str, Any], files: Any = ()) -> Resolution:
         return self._resolution(self.registry.manifest(pin["digest"]))  # served by digest
 
     @staticmethod

@@ -208,6 +208,31 @@ class S3Source(HttpSource):
             files = list(pool.map(self._head, listed))
         return Resolution(pin={"bucket": self.bucket, "prefix": self.prefix}, files=files)
 
+    def resolve_pinned(self, pin: dict[str, Any], files: Any = ()) -> Resolution:
+        """S3 keeps no listing of the past. A versioned bucket answers for each locked
+        (key, versionId): a HEAD of that version gives its size and, when it was uploaded
+        with one, its sha256 (else the version's bytes are hashed); an unversioned one
+        only for what it serves now (listed again)."""
+        regular = [f for f in files if f.type == "f"]
+        if not regular or len(regular) != len(files) \
+                or not all((f.pin or {}).get("versionId") for f in regular):
+            return self.resolve()
+        with ThreadPoolExecutor(max_workers=max(1, min(16, len(regular)))) as pool:
+            heads = list(pool.map(self._head_version, regular))
+        return Resolution(pin={"bucket": self.bucket, "prefix": self.prefix}, files=heads)
+
+    def _head_version(self, f: Any) -> RemoteFile:
+        key, version = self.key_of(f.path), f.pin["versionId"]
+        r = self._call("HEAD", "head_object", {"Key": key, "VersionId": version,
+                                               "ChecksumMode": "ENABLED"},
+                       self.url_of(key), {"x-amz-checksum-mode": "ENABLED"})
+        size = r.headers.get("Content-Length", "")
+        if not size.isdigit():
+            raise SourceError(f"{self.url_of(key)}: the server gave no size for version"
+                              f" {version[:40]} (Content-Length {size[:20]!r})")
+        return RemoteFile(f.path, int(size), _full_sha256(r.headers),
+                          pin={"versionId": version})
+
     def _list(self) -> Iterator[tuple[str, str]]:
         """(path, key) of every object under the prefix; refuses keys that would name a
         place outside the model tree, skips folder markers."""

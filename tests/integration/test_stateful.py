@@ -445,8 +445,10 @@ class Reconciler(RuleBasedStateMachine):
     @precondition(lambda self: any(self.applied.values()))
     @rule(p=st.sampled_from("ab"))
     def push_and_pull_through_a_team_cache(self, p: str) -> None:
-        """push to a directory cache, then a fresh store pulls and applies offline.
-        (push sends installed objects: a lock not yet applied is refused, by design.)"""
+        """push to a directory cache, then a fresh store pulls and applies: offline,
+        nothing vouches for the lock there (refused, by name); online, the sources'
+        listings do, and the pulled bytes are installed. (push sends installed objects:
+        a lock not yet applied is refused, by design.)"""
         lock = self._lock(p)
         if not lock or self.applied[p] != {k: m.hash for k, m in lock.models.items()}:
             return
@@ -455,7 +457,10 @@ class Reconciler(RuleBasedStateMachine):
         other = self.root / "fresh" / f"pulled-{next(_names)}"
         with self._elsewhere(other / "store", other / "hf"):
             self._run(p, "pull", "--cache", str(cache))
-            self._run(p, "apply", "--offline", "--cache", "off")
+            r = self.projects[p].run("apply", "--offline", "--cache", "off")
+            assert r.code == 1 and "--offline: nothing vouches" in r.err, r.err
+            # (an S3 entry the bucket has moved past is vouched for by its versions)
+            self._run(p, "apply", "--cache", "off")
         for key, m in self._lock(p).models.items():
             self._check_installed(key, m, Store(other / "store").model_path(m))
 
@@ -785,3 +790,32 @@ def test_an_lfs_object_missing_on_the_server_fails_the_lock_of_a_second_revision
     monkeypatch.setenv("RECONCILE_STORE", str(env.store))
     r = env.run("lock", "--upgrade")
     assert r.code == 1 and "ghost.bin" in r.err and "missing on the server" in r.err, r.err
+
+
+def test_an_s3_lock_made_elsewhere_installs_its_versions_after_the_bucket_moved_on(
+    env, moto, tmp_path, monkeypatch
+):
+    """A versioned bucket vouches for each locked (key, versionId), not only for what it
+    lists now: a lock made on another machine installs the versions it pins on a fresh
+    store after new objects were put, and a forged versionId is refused by name."""
+    aws(tmp_path, monkeypatch)
+    s3 = S3Repo(moto)
+    env.write(f"[models.s]\n{s3.decl('main')}\n")
+    assert env.run("lock").code == 0
+    m = _locked(env, "s")
+    s3.push()  # the bucket moves on: a new object, a new config.json version
+    monkeypatch.setenv("RECONCILE_STORE", str(tmp_path / "other-store"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "other-hf"))
+    r = env.run("apply", "--locked")
+    assert r.code == 0, r.err
+    got = _tree(Store(tmp_path / "other-store").model_path(m), follow=True)
+    assert {k: v[1] for k, v in got.items()} == {
+        k: v[1] for k, v in s3.files_at(s3.generation(m)).items()}
+
+    text = env.lock.read_text()
+    version = next(f.pin["versionId"] for f in m.files if f.path == "config.json")
+    latest = s3.gens[-1]["config.json"][0]
+    env.lock.write_text(text.replace(version, latest))  # a real version of another state
+    monkeypatch.setenv("RECONCILE_STORE", str(tmp_path / "third-store"))
+    r = env.run("apply", "--locked")
+    assert r.code == 1 and "config.json" in r.err and "does not match" in r.err, r.err
