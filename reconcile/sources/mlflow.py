@@ -25,6 +25,7 @@ import json
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -44,6 +45,8 @@ STAGES = ("None", "Staging", "Production", "Archived")
 # million entries is refused past these caps, far above any model.
 MAX_DEPTH = 64
 MAX_ENTRIES = 100_000
+# where an S3-compatible artifact store is named (mlflow's variable, then boto3's)
+S3_ENDPOINT_VARS = ("MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 AUTH_HINT = ("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or"
              " MLFLOW_TRACKING_TOKEN), or auth in models.toml")
 
@@ -197,7 +200,8 @@ class MlflowSource(HttpSource):
             if k in self.options:
                 pin[k] = self.options[k]
         if location.startswith("s3://"):
-            files = self.s3(location).resolve().files
+            with self._on_s3(location):
+                files = self.s3(location).resolve().files
         else:
             files = self.listing(location)
         if not files:
@@ -337,6 +341,26 @@ class MlflowSource(HttpSource):
             self._s3 = S3Source(decl, self.context)
         return self._s3
 
+    @contextmanager
+    def _on_s3(self, location: str) -> Iterator[None]:
+        """With no endpoint set, S3 means AWS's own: artifacts on MinIO or another
+        S3-compatible store then fail as an unknown host or a refused key. The mlflow
+        client needs MLFLOW_S3_ENDPOINT_URL there, and so does reconcile: say so."""
+        try:
+            yield
+        except SourceError as e:
+            if any(settings.env_value(v) for v in S3_ENDPOINT_VARS):
+                raise
+            # the S3 source's own hint is kept unless it points at models.toml, where an
+            # mlflow model has no endpoint to set
+            aws = f"; if they are on AWS: {e.hint}" if e.hint and "models.toml" not in e.hint \
+                else ""
+            e.hint = (f"the artifacts are at {location.split('?')[0][:200]} and no S3 endpoint"
+                      " is set, so AWS's own S3 was asked: for MinIO or another S3-compatible"
+                      " store set MLFLOW_S3_ENDPOINT_URL (as the mlflow client does) or"
+                      " AWS_ENDPOINT_URL_S3 to its URL" + aws)
+            raise
+
     # --- apply --------------------------------------------------------------------------
 
     def entity(self, pin: dict[str, Any], file: Any = None) -> str | None:
@@ -346,7 +370,8 @@ class MlflowSource(HttpSource):
     def open(self, pin, file, start=0, end=None) -> Iterator[bytes]:
         location = str(pin.get("artifacts", ""))
         if location.startswith("s3://"):
-            yield from self.s3(location).open(pin, file, start, end)
+            with self._on_s3(location):
+                yield from self.s3(location).open(pin, file, start, end)
             return
         from ..http import check_answer, stream
 

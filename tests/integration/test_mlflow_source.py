@@ -227,6 +227,13 @@ def test_artifacts_on_s3_come_through_the_s3_source(project, tmp_path, monkeypat
                            env=env) as url:
             name = seed(url, tmp_path)
             declare(project, url, name, 'alias = "champion"')
+            monkeypatch.delenv("MLFLOW_S3_ENDPOINT_URL")  # reconcile's side only: AWS's S3
+            for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+                monkeypatch.delenv(var, raising=False)
+            r = project.run("lock")
+            assert r.code == 1 and "Traceback" not in r.err, r.err
+            assert "MLFLOW_S3_ENDPOINT_URL" in r.err and "AWS_ENDPOINT_URL_S3" in r.err, r.err
+            monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", endpoint)
             r = project.run("lock")
             assert r.code == 0, r.err
             m = read_lock(project.lock).models["clf"]
