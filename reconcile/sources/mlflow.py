@@ -139,6 +139,23 @@ class MlflowSource(HttpSource):
                 auth, lambda: settings.env_value("MLFLOW_TRACKING_TOKEN"))
         return self._credentials
 
+    def _sent(self) -> tuple[str, str] | None:
+        """What a refused request carried, named by where it was read (never its value),
+        and what to check: a wrong password is not answered with "set
+        MLFLOW_TRACKING_USERNAME" when that is set already. None: nothing was sent."""
+        a = self.credentials.auth
+        if self.credentials.anonymous:
+            return None
+        if a.username_env_var:
+            where = a.password_env_var or a.password_file
+            but = (": MLFLOW_TRACKING_TOKEN is not used while both are set, as in mlflow"
+                   if a.username_env_var == "MLFLOW_TRACKING_USERNAME" else "")
+            return (f"the password in {where} (user from {a.username_env_var})",
+                    f"check {where} and {a.username_env_var}{but}")
+        where = a.token_env_var or a.token_file or "MLFLOW_TRACKING_TOKEN"
+        return (f"the token in {where}", f"check {where}: a wrong or expired token, or one"
+                " for another server")
+
     def api(self, endpoint: str, what: str, **params: str) -> dict[str, Any]:
         """GET a REST endpoint; its error named, with what was asked for."""
         from ..http import call
@@ -168,8 +185,12 @@ class MlflowSource(HttpSource):
                 pass
         message = "".join(c for c in message[:200] if c.isprintable())
         if r.status_code == 401:
-            return AuthRequired(f"{self.base}: {what}: not authenticated (HTTP 401)",
-                                hint=AUTH_HINT)
+            sent = self._sent()
+            if sent is None:
+                return AuthRequired(f"{self.base}: {what}: not authenticated (HTTP 401)",
+                                    hint=AUTH_HINT)
+            return AuthRequired(f"{self.base}: {what}: not authenticated (HTTP 401): the"
+                                f" server refused {sent[0]}", hint=sent[1])
         if r.status_code == 403:
             return AuthRequired(f"{self.base}: {what}: permission denied (HTTP 403)",
                                 hint="ask the server's admin for READ on the model")

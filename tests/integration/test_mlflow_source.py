@@ -189,6 +189,14 @@ def test_basic_auth_from_mlflows_variables_never_written_anywhere(project, auth_
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "ignored-when-a-password-is-set")
     r = project.run("lock")
     assert r.code == 1 and "not authenticated" in r.err
+    # a password was sent: it is the one to check, not a variable already set (#33)
+    assert "refused" in r.err and "MLFLOW_TRACKING_PASSWORD" in r.err, r.err
+    assert "set MLFLOW_TRACKING_USERNAME" not in r.err and "wrong-password" not in r.err, r.err
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
+    r = project.run("lock")
+    assert r.code == 1 and "refused" in r.err and "MLFLOW_TRACKING_TOKEN" in r.err, r.err
+    assert "ignored-when" not in r.err, r.err
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
     r = project.run("lock")
     assert r.code == 0, r.err
