@@ -206,11 +206,7 @@ class MlflowSource(HttpSource):
     def resolve(self) -> Resolution:
         version = self.version()
         name, number = self.options["modelName"], version["version"]
-        status = version.get("status")
-        if status != "READY":
-            raise SourceError(f"{self.base}: model {name!r} version {number} is {status}, not"
-                              " READY", hint="wait for it to finish registering, or pick another"
-                              " version")
+        self._check_ready(version)
         uri = self.api(f"{API}/model-versions/get-download-uri", f"model {name!r} version"
                        f" {number}", name=name, version=number).get("artifact_uri", "")
         location = self.location(str(uri), version)
@@ -229,6 +225,24 @@ class MlflowSource(HttpSource):
             raise NotFound(f"{self.base}: model {name!r} version {number}: no artifacts at"
                            f" {location}")
         return Resolution(pin=pin, files=files)
+
+    def _check_ready(self, version: dict[str, Any]) -> None:
+        """Only a READY version has its artifacts in place. PENDING_REGISTRATION may
+        become READY; FAILED_REGISTRATION is final in MLflow: waiting never helps."""
+        name, number = self.options["modelName"], version["version"]
+        status = str(version.get("status"))
+        if status == "READY":
+            return
+        why = "".join(c for c in str(version.get("status_message") or "")[:200]
+                      if c.isprintable())
+        said = f"{self.base}: model {name!r} version {number} is {status}" + (
+            f" ({why})" if why else "")
+        if status == "FAILED_REGISTRATION":
+            raise SourceError(f"{said}: its registration failed and it will not become READY",
+                              hint="pick another version (or move the alias or stage to one),"
+                              " or register the model again as a new version")
+        raise SourceError(f"{said}, not READY", hint="wait for it to finish registering, or"
+                          " pick another version")
 
     def resolve_pinned(self, pin: dict[str, Any]) -> Resolution:
         return self._resolve_with(version=pin["version"], alias=None, stage=None)
