@@ -16,7 +16,7 @@ from typing import Any
 
 from . import hfcache, ollamadir
 from .errors import AuthRequired, ReconcileError
-from .plan import Action, Plan
+from .plan import Action, Plan, conflict_note
 from .store import Store
 
 GROUP_MIN = 16  # a model with more small files than this shows them as one task …
@@ -178,7 +178,8 @@ class Executor:
             conflicts = ollamadir.link(Path(action.where), action.model, self.store,
                                        self.project)
             with report._lock:
-                report.warnings.extend(f"{action.model.key}: {c}; left alone" for c in conflicts)
+                report.warnings.extend(f"{action.model.key}: {conflict_note(c, ollama=True)}"
+                                       for c in conflicts)
         elif action.kind == "link":
             assert action.model
             hfcache.link(self.cache, action.model, self.store, self.project)

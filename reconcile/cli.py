@@ -718,7 +718,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             if r.get("validation"):
                 print(f"          failed validation: {r['validation']}")
             for c in r.get("conflicts", []):
-                print(f"          conflict: {c} (left alone)")
+                print(f"          conflict: {c}")
             for w in r.get("warnings", []):
                 print(f"          warning: {w}")
     if any(r["state"] == "invalid" for r in rows):

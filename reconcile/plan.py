@@ -73,6 +73,12 @@ class Plan:
     def empty(self) -> bool:
         return not self.nodes
 
+    def conflict_notes(self) -> list[tuple[str, str]]:
+        """(key, what and what to do) for each conflict: the words plan, apply and status
+        all use, so a tag held by another version reads the same wherever it is met."""
+        return [(key, conflict_note(what, ollama=self.lock.models[key].ollama is not None))
+                for key, what in self.conflicts]
+
     def fetch_bytes(self) -> int:
         return sum(a.size for a in self.nodes.values() if a.kind == "fetch")
 
@@ -83,6 +89,13 @@ class Plan:
         for a in self.nodes.values():
             out[a.kind] = out.get(a.kind, 0) + 1
         return out
+
+
+def conflict_note(what: str, *, ollama: bool) -> str:
+    """A conflict, said to be left alone, with how to let reconcile take the place over."""
+    if ollama:
+        return f"{what}: left alone; `ollama rm` it to let reconcile install the locked version"
+    return f"{what} (left alone; name the ref in integration.huggingface.refs to take it over)"
 
 
 def _add(plan: Plan, action: Action, after: list[str] | None = None) -> str:
@@ -173,10 +186,7 @@ def render(plan: Plan) -> str:
         elif a.kind == "unlink":
             lines.append(f"  - unlink   {a.note}")
     c = plan.counts()
-    notes = [f"  ! {key}: {what} (left alone; name the ref in"
-             " integration.huggingface.refs to take it over)" if "ollama" not in what
-             else f"  ! {key}: {what}: left alone; `ollama rm` it to let reconcile install"
-             " the locked version" for key, what in plan.conflicts]
+    notes = [f"  ! {key}: {note}" for key, note in plan.conflict_notes()]
     if not lines:
         return "\n".join([*notes, "No changes. The store and HF cache match models.lock."])
     summary = (f"Plan: {c.get('fetch', 0)} to fetch ({human(plan.fetch_bytes())}),"

@@ -456,6 +456,10 @@ class Workspace:
         if remote is not None:
             report.warnings.extend(remote.warnings)
             report.cache_hits = remote.hits
+        # an ollama tag held by another version gets no link action: say it here, or
+        # only plan would (an HF ref another tool holds is linked around, not skipped)
+        report.warnings.extend(f"{key}: {note}" for key, note in plan.conflict_notes()
+                               if plan.lock.models[key].ollama is not None)
         report.plan = plan
         return report
 
@@ -567,6 +571,8 @@ class Workspace:
     # --- inspection ----------------------------------------------------------------
 
     def status(self) -> list[dict[str, Any]]:
+        from .plan import conflict_note
+
         lock = self.read_lock()
         stale = self.stale()
         runner = self.validation()
@@ -610,12 +616,25 @@ class Workspace:
                     entry["snapshot_path"] = str(hfcache.snapshot_dir(self.cache, m))
             if self.remote is not None:
                 entry["cache"] = self._origin(m) == "team cache"
-            if link.conflicts:
-                entry["conflicts"] = link.conflicts
+            conflicts = [conflict_note(c, ollama=False) for c in link.conflicts]
+            conflicts += [conflict_note(c, ollama=True) for c in self._ollama_conflicts(m)]
+            if conflicts:
+                entry["conflicts"] = conflicts
             if warnings:
                 entry["warnings"] = warnings
             out.append(entry)
         return out
+
+    def _ollama_conflicts(self, m: LockedModel) -> list[str]:
+        """What plan reports for the model's tag in ollama's models directory (a tag
+        ollama pulled at another version), so status says it too."""
+        from .ollamadir import link_state, models_dir
+
+        decl = self.manifest.models.get(m.key)
+        if m.ollama is None or decl is None or not decl.ollama.enable:
+            return []
+        mdir = models_dir(decl.ollama.models_dir)
+        return link_state(mdir, m, self.store, self.project).conflicts
 
     def validate(self, target: str, *, preset: str | None = None,
                  validators: list[str] | None = None, continue_on_error: bool = False) -> list[Any]:

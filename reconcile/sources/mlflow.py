@@ -25,6 +25,7 @@ import json
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -44,6 +45,8 @@ STAGES = ("None", "Staging", "Production", "Archived")
 # million entries is refused past these caps, far above any model.
 MAX_DEPTH = 64
 MAX_ENTRIES = 100_000
+# where an S3-compatible artifact store is named (mlflow's variable, then boto3's)
+S3_ENDPOINT_VARS = ("MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 AUTH_HINT = ("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or"
              " MLFLOW_TRACKING_TOKEN), or auth in models.toml")
 
@@ -136,6 +139,23 @@ class MlflowSource(HttpSource):
                 auth, lambda: settings.env_value("MLFLOW_TRACKING_TOKEN"))
         return self._credentials
 
+    def _sent(self) -> tuple[str, str] | None:
+        """What a refused request carried, named by where it was read (never its value),
+        and what to check: a wrong password is not answered with "set
+        MLFLOW_TRACKING_USERNAME" when that is set already. None: nothing was sent."""
+        a = self.credentials.auth
+        if self.credentials.anonymous:
+            return None
+        if a.username_env_var:
+            where = a.password_env_var or a.password_file
+            but = (": MLFLOW_TRACKING_TOKEN is not used while both are set, as in mlflow"
+                   if a.username_env_var == "MLFLOW_TRACKING_USERNAME" else "")
+            return (f"the password in {where} (user from {a.username_env_var})",
+                    f"check {where} and {a.username_env_var}{but}")
+        where = a.token_env_var or a.token_file or "MLFLOW_TRACKING_TOKEN"
+        return (f"the token in {where}", f"check {where}: a wrong or expired token, or one"
+                " for another server")
+
     def api(self, endpoint: str, what: str, **params: str) -> dict[str, Any]:
         """GET a REST endpoint; its error named, with what was asked for."""
         from ..http import call
@@ -165,8 +185,12 @@ class MlflowSource(HttpSource):
                 pass
         message = "".join(c for c in message[:200] if c.isprintable())
         if r.status_code == 401:
-            return AuthRequired(f"{self.base}: {what}: not authenticated (HTTP 401)",
-                                hint=AUTH_HINT)
+            sent = self._sent()
+            if sent is None:
+                return AuthRequired(f"{self.base}: {what}: not authenticated (HTTP 401)",
+                                    hint=AUTH_HINT)
+            return AuthRequired(f"{self.base}: {what}: not authenticated (HTTP 401): the"
+                                f" server refused {sent[0]}", hint=sent[1])
         if r.status_code == 403:
             return AuthRequired(f"{self.base}: {what}: permission denied (HTTP 403)",
                                 hint="ask the server's admin for READ on the model")
@@ -182,11 +206,7 @@ class MlflowSource(HttpSource):
     def resolve(self) -> Resolution:
         version = self.version()
         name, number = self.options["modelName"], version["version"]
-        status = version.get("status")
-        if status != "READY":
-            raise SourceError(f"{self.base}: model {name!r} version {number} is {status}, not"
-                              " READY", hint="wait for it to finish registering, or pick another"
-                              " version")
+        self._check_ready(version)
         uri = self.api(f"{API}/model-versions/get-download-uri", f"model {name!r} version"
                        f" {number}", name=name, version=number).get("artifact_uri", "")
         location = self.location(str(uri), version)
@@ -197,13 +217,32 @@ class MlflowSource(HttpSource):
             if k in self.options:
                 pin[k] = self.options[k]
         if location.startswith("s3://"):
-            files = self.s3(location).resolve().files
+            with self._on_s3(location):
+                files = self.s3(location).resolve().files
         else:
             files = self.listing(location)
         if not files:
             raise NotFound(f"{self.base}: model {name!r} version {number}: no artifacts at"
                            f" {location}")
         return Resolution(pin=pin, files=files)
+
+    def _check_ready(self, version: dict[str, Any]) -> None:
+        """Only a READY version has its artifacts in place. PENDING_REGISTRATION may
+        become READY; FAILED_REGISTRATION is final in MLflow: waiting never helps."""
+        name, number = self.options["modelName"], version["version"]
+        status = str(version.get("status"))
+        if status == "READY":
+            return
+        why = "".join(c for c in str(version.get("status_message") or "")[:200]
+                      if c.isprintable())
+        said = f"{self.base}: model {name!r} version {number} is {status}" + (
+            f" ({why})" if why else "")
+        if status == "FAILED_REGISTRATION":
+            raise SourceError(f"{said}: its registration failed and it will not become READY",
+                              hint="pick another version (or move the alias or stage to one),"
+                              " or register the model again as a new version")
+        raise SourceError(f"{said}, not READY", hint="wait for it to finish registering, or"
+                          " pick another version")
 
     def resolve_pinned(self, pin: dict[str, Any], files: Any = ()) -> Resolution:
         return self._resolve_with(version=pin["version"], alias=None, stage=None)
@@ -337,6 +376,26 @@ class MlflowSource(HttpSource):
             self._s3 = S3Source(decl, self.context)
         return self._s3
 
+    @contextmanager
+    def _on_s3(self, location: str) -> Iterator[None]:
+        """With no endpoint set, S3 means AWS's own: artifacts on MinIO or another
+        S3-compatible store then fail as an unknown host or a refused key. The mlflow
+        client needs MLFLOW_S3_ENDPOINT_URL there, and so does reconcile: say so."""
+        try:
+            yield
+        except SourceError as e:
+            if any(settings.env_value(v) for v in S3_ENDPOINT_VARS):
+                raise
+            # the S3 source's own hint is kept unless it points at models.toml, where an
+            # mlflow model has no endpoint to set
+            aws = f"; if they are on AWS: {e.hint}" if e.hint and "models.toml" not in e.hint \
+                else ""
+            e.hint = (f"the artifacts are at {location.split('?')[0][:200]} and no S3 endpoint"
+                      " is set, so AWS's own S3 was asked: for MinIO or another S3-compatible"
+                      " store set MLFLOW_S3_ENDPOINT_URL (as the mlflow client does) or"
+                      " AWS_ENDPOINT_URL_S3 to its URL" + aws)
+            raise
+
     # --- apply --------------------------------------------------------------------------
 
     def entity(self, pin: dict[str, Any], file: Any = None) -> str | None:
@@ -346,7 +405,8 @@ class MlflowSource(HttpSource):
     def open(self, pin, file, start=0, end=None) -> Iterator[bytes]:
         location = str(pin.get("artifacts", ""))
         if location.startswith("s3://"):
-            yield from self.s3(location).open(pin, file, start, end)
+            with self._on_s3(location):
+                yield from self.s3(location).open(pin, file, start, end)
             return
         from ..http import check_answer, stream
 

@@ -61,8 +61,14 @@ def seed(url: str, tmp: Path, *, logged_model: bool = False) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as url:
+def server_dir(tmp_path_factory) -> Path:
+    """The module's server's directory: its sqlite backend store is mlflow.db there."""
+    return tmp_path_factory.mktemp("mlflow")
+
+
+@pytest.fixture(scope="module")
+def server(server_dir):
+    with mlflow_server(server_dir) as url:
         yield url
 
 
@@ -189,6 +195,14 @@ def test_basic_auth_from_mlflows_variables_never_written_anywhere(project, auth_
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "ignored-when-a-password-is-set")
     r = project.run("lock")
     assert r.code == 1 and "not authenticated" in r.err
+    # a password was sent: it is the one to check, not a variable already set (#33)
+    assert "refused" in r.err and "MLFLOW_TRACKING_PASSWORD" in r.err, r.err
+    assert "set MLFLOW_TRACKING_USERNAME" not in r.err and "wrong-password" not in r.err, r.err
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
+    r = project.run("lock")
+    assert r.code == 1 and "refused" in r.err and "MLFLOW_TRACKING_TOKEN" in r.err, r.err
+    assert "ignored-when" not in r.err, r.err
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
     r = project.run("lock")
     assert r.code == 0, r.err
@@ -227,6 +241,13 @@ def test_artifacts_on_s3_come_through_the_s3_source(project, tmp_path, monkeypat
                            env=env) as url:
             name = seed(url, tmp_path)
             declare(project, url, name, 'alias = "champion"')
+            monkeypatch.delenv("MLFLOW_S3_ENDPOINT_URL")  # reconcile's side only: AWS's S3
+            for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+                monkeypatch.delenv(var, raising=False)
+            r = project.run("lock")
+            assert r.code == 1 and "Traceback" not in r.err, r.err
+            assert "MLFLOW_S3_ENDPOINT_URL" in r.err and "AWS_ENDPOINT_URL_S3" in r.err, r.err
+            monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", endpoint)
             r = project.run("lock")
             assert r.code == 0, r.err
             m = read_lock(project.lock).models["clf"]
@@ -281,6 +302,24 @@ def test_a_version_that_is_not_ready_is_refused_naming_its_status(project, serve
         assert r.code == 1 and "version 2 is PENDING_REGISTRATION, not READY" in r.err, r.err
     finally:
         front.shutdown()
+
+
+def test_a_version_whose_registration_failed_is_not_to_be_waited_for(project, server,
+                                                                      server_dir, tmp_path):
+    """FAILED_REGISTRATION is final in MLflow (a version's status only moves from
+    PENDING_REGISTRATION): the version is set so in the server's own backend store, as a
+    registry plugin whose copy failed leaves it, and read back through the REST API."""
+    import sqlite3
+
+    name = seed(server, tmp_path)
+    with sqlite3.connect(server_dir / "mlflow.db") as db:
+        db.execute("UPDATE model_versions SET status = 'FAILED_REGISTRATION', status_message ="
+                   " 'artifact copy failed' WHERE name = ? AND version = 2", (name,))
+    declare(project, server, name, 'version = "2"')
+    r = project.run("lock")
+    assert r.code == 1 and "version 2 is FAILED_REGISTRATION" in r.err, r.err
+    assert "artifact copy failed" in r.err and "will not become READY" in r.err, r.err
+    assert "wait" not in r.err and "register" in r.err, r.err
 
 
 def test_add_writes_the_tracking_uri_it_used_and_takes_latest(project, server, tmp_path,

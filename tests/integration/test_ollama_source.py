@@ -335,7 +335,13 @@ def test_a_tag_ollama_pulled_at_another_version_is_left_alone(project, registry,
     assert "holds another version" in r.out and "ollama rm" in r.out, r.out
     r = project.run("apply")
     assert r.code == 0, r.err
+    assert "holds another version" in r.err and "ollama rm" in r.err, r.err  # not plan only
     assert theirs.read_bytes() == b'{"schemaVersion": 2, "layers": []}'
+    r = project.run("status")
+    assert "holds another version" in r.out and "ollama rm" in r.out, r.out
+    r = project.run("status", "--json")
+    (row,) = json.loads(r.out)
+    assert any("holds another version" in c for c in row.get("conflicts", [])), row
     theirs.unlink()  # `ollama rm`: now reconcile installs the locked version
     assert project.run("apply").code == 0
     assert theirs.read_bytes() == served
