@@ -191,8 +191,9 @@ def resolve_model(
         """Download a file the source gave no sha256 for, straight into the store."""
         if lf.type != "f" or lf.sha256:
             return lf
-        if (sha := _same_git_blob(lf, claimed.get(lf.path), context.store, borrow)) is not None:
-            return LockedFile(**{**lf.__dict__, "sha256": sha, "size": lf.size})
+        if (same := _same_git_blob(lf, claimed.get(lf.path), context.store, borrow)):
+            # the size too: a listing may give none (git files over 1 KiB)
+            return LockedFile(**{**lf.__dict__, "sha256": same[0], "size": same[1]})
         got = fetch(source, res.pin, lf, context.store, decl.network, jobs=context.jobs,
                     stage=True)
         return LockedFile(**{**lf.__dict__, "sha256": got.sha256, "size": got.size})
@@ -251,9 +252,11 @@ def resolve_model(
 
 
 def _same_git_blob(listed: LockedFile, claimed: LockedFile | None, store: Store,
-                   borrow: Callable[[LockedFile], bool] | None = None) -> str | None:
-    """The claimed sha256 of a small git file, when the store's object of that sha256 is
-    the very blob the source lists (same git blob id): no need to download it again."""
+                   borrow: Callable[[LockedFile], bool] | None = None
+                   ) -> tuple[str, int] | None:
+    """The claimed sha256 (and the size) of a small git file, when the store's object of
+    that sha256 is the very blob the source lists (same git blob id): no need to
+    download it again."""
     if claimed is None or not listed.git_oid or claimed.git_oid != listed.git_oid \
             or not claimed.sha256 or claimed.size > GIT_BLOB_CHECK_MAX:
         return None
@@ -266,7 +269,7 @@ def _same_git_blob(listed: LockedFile, claimed: LockedFile | None, store: Store,
     oid = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
     if oid != listed.git_oid or hashlib.sha256(data).hexdigest() != claimed.sha256:
         return None
-    return claimed.sha256
+    return claimed.sha256, len(data)
 
 
 def hf_link(decl: ModelDecl, source: Source, res: Resolution, model_hash: str) -> HFLink | None:

@@ -679,3 +679,25 @@ def test_a_force_pushed_branch_whose_locked_commit_is_gone_hints_the_upgrade(
     r = project.run("apply", "--locked")
     assert r.code == 1 and shas["v2"][:12] in r.err, r.err
     assert "`reconcile lock --upgrade bert`" in r.err and "Traceback" not in r.err, r.err
+
+
+def test_a_lock_applied_on_a_store_filled_from_a_team_cache_is_vouched_for(
+        project, forge, tmp_path, monkeypatch):
+    """Found by the stateful test: git files over 1 KiB are listed without a size, and
+    the check of a lock made elsewhere took their size from the listing (0), so an
+    honest lock was refused on a store `pull` had filled."""
+    declare(project, forge.url("org/models"), "main")
+    assert project.run("apply").code == 0
+    cache = tmp_path / "team"
+    assert project.run("push", "--cache", str(cache)).code == 0
+    monkeypatch.setenv("RECONCILE_STORE", str(tmp_path / "s2"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "h2"))
+    assert project.run("pull", "--cache", str(cache)).code == 0
+    forge.clear_log()
+    r = project.run("apply", "--cache", "off")
+    assert r.code == 0, r.err
+    assert not forge.object_gets(), "the LFS objects came from the pulled store"
+    from reconcile.store import Store
+
+    root = Store(tmp_path / "s2").model_path(read_lock(project.lock).models["bert"])
+    assert (root / "tokenizer.json").read_bytes() == V1["bert/tokenizer.json"]
