@@ -268,3 +268,29 @@ def test_an_unsigned_link_into_github_locks_nothing(project, forge, keys, tmp_pa
     r = project.run("apply")
     assert r.code == 1 and "model.safetensors is a symbolic link" in r.err, r.err
     assert "Traceback" not in r.err and not project.lock.exists()
+
+
+def test_files_a_signature_ignores_are_vouched_for_by_the_source(project, hf_env, hub, keys,
+                                                                 tmp_path):
+    """A signature with `ignore` says nothing of the files it leaves out: a lock edited to
+    give one of them another object of the store (hash recomputed) passes the signature,
+    so the source is asked at the pin, and refuses it by name (#31 case 2)."""
+    _publish(hub, tmp_path, keys["publisher"], FILES)
+    project.write(MODEL.format(repo="acme/signed", key=keys["publisher.pub"]).replace(
+        'publicKey', 'ignore = ["sub/deeper/notes.md"], publicKey'))
+    assert project.run("apply").code == 0, "the store now holds config.json's object"
+    from reconcile import treehash
+    from reconcile.lockfile import Lock, LockedFile, write_lock
+
+    lock = read_lock(project.lock)
+    m = lock.models["signed"]
+    config = next(f for f in m.files if f.path == "config.json")
+    files = tuple(LockedFile(**{**f.__dict__, "sha256": config.sha256, "size": config.size})
+                  if f.path == "sub/deeper/notes.md" else f for f in m.files)
+    forged = m.__class__(**{**m.__dict__, "files": files,
+                            "hash": treehash.tree_hash(f.entry() for f in files)})
+    write_lock(project.lock, Lock({"signed": forged}))
+    r = project.run("apply", "--locked")
+    assert r.code == 1 and "does not match what the source serves" in r.err, r.err
+    assert "sub/deeper/notes.md" in r.err
+    assert not (project.store / "models" / forged.store_id).exists()
