@@ -450,7 +450,8 @@ class Reconciler(RuleBasedStateMachine):
         listings do, and the pulled bytes are installed. (push sends installed objects:
         a lock not yet applied is refused, by design.)"""
         lock = self._lock(p)
-        if not lock or self.applied[p] != {k: m.hash for k, m in lock.models.items()}:
+        if not lock or not lock.models \
+                or self.applied[p] != {k: m.hash for k, m in lock.models.items()}:
             return
         cache = self.root / "fresh" / "team-cache"
         self._run(p, "push", "--cache", str(cache))
