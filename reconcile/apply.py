@@ -258,7 +258,11 @@ class Executor:
                     start(nxt)
 
         try:
-            for node in sorted(n for n, d in waiting.items() if d == 0):
+            # biggest first: a big file's stream sets the pace, so it must not wait in
+            # the pool's queue behind dozens of small files (2 x 256 MiB + 30 small
+            # files: the second stream started 0.3-0.8 s late in name order)
+            for node in sorted((n for n, d in waiting.items() if d == 0),
+                               key=lambda n: (-(plan.nodes[n].size or 0), n)):
                 start(node)
             while pending or here:
                 if here:

@@ -9,6 +9,7 @@ source alike. Memory stays constant: chunks are written and hashed, never kept.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -450,11 +451,11 @@ class _Hasher:
 
     BATCH = 1 << 20
 
-    def __init__(self, h: Any) -> None:
+    def __init__(self, h: Any, depth: int = 16) -> None:
         import queue
 
         self.h = h
-        self.q: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=16)
+        self.q: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=depth)
         self.batch: list[bytes] = []
         self.size = 0
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -508,16 +509,47 @@ class PartWriter:
                 pass
 
     def write(self, chunk: Any) -> None:
-        done = 0
-        if self.dfd is not None and self.pos % self.ALIGN == 0 and BUFFERS.is_whole(chunk):
-            try:
-                done = os.pwrite(self.dfd, chunk, self.pos)
-            except OSError as e:
-                if e.errno != errno.EINVAL:
-                    raise
-                os.close(self.dfd)  # the filesystem takes O_DIRECT opens but not writes
-                self.dfd = None
+        self.write_many([chunk])
+
+    def write_many(self, chunks: list[Any]) -> None:
+        """Write ``chunks`` in order; a run of whole buffers goes down in one pwritev,
+        so the disk sees requests of several MiB rather than one at a time."""
+        i = 0
+        while i < len(chunks):
+            run = self._direct_run(chunks, i)
+            if run:
+                i += run
+                continue
+            self._buffered(chunks[i])
+            i += 1
+
+    def _direct_run(self, chunks: list[Any], i: int) -> int:
+        """How many chunks from ``i`` on went down with O_DIRECT (0: none could)."""
+        if self.dfd is None or self.pos % self.ALIGN:
+            return 0
+        j = i
+        while j < len(chunks) and BUFFERS.is_whole(chunks[j]):
+            j += 1
+        if j == i:
+            return 0
+        try:
+            done = os.pwritev(self.dfd, chunks[i:j], self.pos)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            os.close(self.dfd)  # the filesystem takes O_DIRECT opens but not writes
+            self.dfd = None
+            return 0
+        whole, rest = divmod(done, BUFFERS.size)
+        self.pos += whole * BUFFERS.size
+        if rest:  # a short write: the tail of that buffer goes the ordinary way
+            self._buffered(chunks[i + whole][rest:])
+            whole += 1
+        return whole
+
+    def _buffered(self, chunk: Any) -> None:
         view = memoryview(chunk)
+        done = 0
         while done < len(view):
             n = os.pwrite(self.fd, view[done:], self.pos + done)
             if n <= 0:  # a regular file that takes nothing more: out of space
@@ -529,6 +561,84 @@ class PartWriter:
         for fd in (self.fd, self.dfd):
             if fd is not None:
                 os.close(fd)
+
+
+class Sink:
+    """Writes a stream into a partial file and hashes it, each on a thread of its own.
+
+    The thread that receives only hands chunks on: with the write (an O_DIRECT write
+    waits for the disk) and the sha256 done where it receives, a stream ran at the sum
+    of the three stages' times, ~0.7 GB/s here against 1.2 GB/s for each stage alone.
+    Now receiving, writing and hashing overlap. Chunks go writer → hasher in order, so
+    the file is still always a prefix of the stream and the hash still covers it in
+    order; the hasher releases each buffer. Queues are short (a few MiB), so memory
+    stays constant. A write error (a full disk) is raised by the next ``put`` or by
+    ``close``, which waits until everything put is written and hashed.
+    """
+
+    DEPTH = 4  # batches in flight between two stages
+    COALESCE = 8  # chunks written by one pwritev at most
+
+    def __init__(self, part: Path, h: Any) -> None:
+        import queue
+
+        self.out = PartWriter(part)
+        self.hasher = _Hasher(h, depth=self.DEPTH)
+        self.error: OSError | None = None
+        self.q: queue.Queue[Any] = queue.Queue(maxsize=self.DEPTH)
+        self.batch: list[Any] = []
+        self.size = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import queue
+
+        done = False
+        while not done:
+            batch = self.q.get()
+            if batch is None:
+                break
+            while len(batch) < self.COALESCE:  # what else is waiting: one bigger write
+                try:
+                    more = self.q.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    done = True
+                    break
+                batch = batch + more
+            if self.error is None:
+                try:
+                    self.out.write_many(batch)
+                except OSError as e:
+                    self.error = e
+            for chunk in batch:  # hashed even after an error: the hasher frees the buffers
+                self.hasher.update(chunk)
+
+    def put(self, chunk: Any) -> None:
+        if self.error is not None:
+            raise self.error
+        self.batch.append(chunk)
+        self.size += len(chunk)
+        if self.size >= _Hasher.BATCH:
+            self.q.put(self.batch)
+            self.batch, self.size = [], 0
+
+    def close(self) -> Any:
+        """Wait for every write and the hash; the hash object, or the write error."""
+        if self.batch:
+            self.q.put(self.batch)
+            self.batch = []
+        self.q.put(None)
+        self.thread.join()
+        try:
+            self.out.close()
+        finally:
+            h = self.hasher.finish()
+        if self.error is not None:
+            raise self.error
+        return h
 
 
 @dataclass
@@ -555,89 +665,92 @@ def _fetch_stream(source, pin, file, part, network, progress, probe: bool = Fals
     throttle = _Throttle(network.bandwidth_limit)
     downloaded = 0
     attempt = 0
-    hasher = _Hasher(h)
     handover = False
     try:
-        out = PartWriter(part)
+        sink = Sink(part, h)
     except OSError as e:
-        hasher.finish()
         raise disk_error(e, part.parent) from None
     auth = _Auth(source)
 
     def restart(had: int) -> int:
         """Back to byte 0: truncate the partial, start a new hash."""
-        nonlocal out, hasher
+        nonlocal sink
         if progress and had:
             progress(-had)
-        out.close()
+        with contextlib.suppress(OSError):
+            sink.close()  # what it failed to write is truncated away
         os.truncate(part, 0)
-        out = PartWriter(part)
-        hasher.finish()
-        hasher = _Hasher(hashlib.sha256())
+        sink = Sink(part, hashlib.sha256())
         return 0
 
     try:
-        try:
-            while True:
-                attempt += 1
-                try:
-                    if file.size and have == file.size and file.sha256:
-                        break
-                    started, from_here, cpu = time.monotonic(), have, cpu_sample()
-                    stream = source.open(pin, file, have, None)
-                    for chunk in stream:
-                        _check_cancel()
-                        if have + len(chunk) > cap.limit:
-                            stream.close()
-                            raise _cut_off(cap, file, part)
-                        try:
-                            out.write(chunk)
-                        except OSError as e:
-                            raise disk_error(e, part.parent) from None
-                        hasher.update(chunk)
-                        have += len(chunk)
-                        downloaded += len(chunk)
-                        throttle(len(chunk))
-                        if progress:
-                            progress(len(chunk))
-                        if probe and have - from_here >= PROBE_BYTES:
-                            probe = False
-                            rate = (have - from_here) / max(time.monotonic() - started, 1e-6)
-                            if (rate < SLOW_RATE and file.size - have >= SPLIT_MIN
-                                    and idle_share(cpu, cpu_sample()) >= SPLIT_IDLE):
-                                stream.close()  # hang up; the rest comes as ranges
-                                handover = True
-                                break
-                    if handover:
-                        break
-                    if file.size and have < file.size:
-                        raise Transient(f"{file.path}: stream ended at {have} of {file.size} bytes")
+        while True:
+            attempt += 1
+            try:
+                if file.size and have == file.size and file.sha256:
                     break
-                except AuthRequired as e:
-                    if not auth.retry(e):
-                        raise
-                    attempt -= 1  # renewed credentials: this try does not count
-                except Transient as e:
-                    if isinstance(e, Restart) or not resumable:
-                        have = restart(have)
-                    if isinstance(e, Restart):
-                        if attempt > network.max_attempts:
-                            raise SourceError(f"{file.path}: the server keeps answering"
-                                              " resumes with the whole file") from None
-                        continue
-                    _wait_or_give_up(
-                        e, attempt, network, file,
-                        hint=("the partial download is kept and resumes on the next run"
-                              if have else None) if resumable else "nothing is kept: the"
-                        " server names no ETag or Last-Modified that a resume could be"
-                        " checked against")
-        finally:
-            out.close()
-    finally:
-        h = hasher.finish()
+                started, from_here, cpu = time.monotonic(), have, cpu_sample()
+                stream = source.open(pin, file, have, None)
+                for chunk in stream:
+                    _check_cancel()
+                    if have + len(chunk) > cap.limit:
+                        stream.close()
+                        raise _cut_off(cap, file, part)
+                    try:
+                        sink.put(chunk)
+                    except OSError as e:
+                        raise disk_error(e, part.parent) from None
+                    have += len(chunk)
+                    downloaded += len(chunk)
+                    throttle(len(chunk))
+                    if progress:
+                        progress(len(chunk))
+                    if probe and have - from_here >= PROBE_BYTES:
+                        probe = False
+                        rate = (have - from_here) / max(time.monotonic() - started, 1e-6)
+                        if (rate < SLOW_RATE and file.size - have >= SPLIT_MIN
+                                and idle_share(cpu, cpu_sample()) >= SPLIT_IDLE):
+                            stream.close()  # hang up; the rest comes as ranges
+                            handover = True
+                            break
+                if handover:
+                    break
+                if file.size and have < file.size:
+                    raise Transient(f"{file.path}: stream ended at {have} of {file.size} bytes")
+                break
+            except AuthRequired as e:
+                if not auth.retry(e):
+                    raise
+                attempt -= 1  # renewed credentials: this try does not count
+            except Transient as e:
+                if isinstance(e, Restart) or not resumable:
+                    have = restart(have)
+                if isinstance(e, Restart):
+                    if attempt > network.max_attempts:
+                        raise SourceError(f"{file.path}: the server keeps answering"
+                                          " resumes with the whole file") from None
+                    continue
+                _wait_or_give_up(
+                    e, attempt, network, file,
+                    hint=("the partial download is kept and resumes on the next run"
+                          if have else None) if resumable else "nothing is kept: the"
+                    " server names no ETag or Last-Modified that a resume could be"
+                    " checked against")
+    except BaseException:
+        with contextlib.suppress(OSError):
+            sink.close()  # its own error, if any, matters less than the one under way
+        raise
+    h = _close(sink, part)
     if handover:
         return _Handover(h, have, downloaded)
     return FetchResult(h.hexdigest(), have, downloaded)
+
+
+def _close(sink: Sink, part: Path) -> Any:
+    try:
+        return sink.close()
+    except OSError as e:
+        raise disk_error(e, part.parent) from None
 
 
 def _fetch_ranges(source, pin, file, part, network, progress, jobs, *, start: int = 0,
