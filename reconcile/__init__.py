@@ -80,11 +80,11 @@ def _normalise(key: str, config: dict[str, Any]) -> dict[str, Any]:
 def instantiate(defs: dict[str, dict[str, Any]], *, store: Any = None, cache: Path | None = None,
                 jobs: int = 4) -> dict[str, FetchedModel]:
     """Fetch, validate and link every definition; returns key -> FetchedModel."""
-    from . import hfcache
     from .apply import failure_message
     from .config import manifest_from_dict
     from .lockfile import dumps
     from .resolve import lock_models
+    from .targets import hf_cache
     from .validation.runner import Validator
     from .workspace import Workspace
 
@@ -126,7 +126,7 @@ def instantiate(defs: dict[str, dict[str, Any]], *, store: Any = None, cache: Pa
             key=key,
             locked=m,
             store_path=store_path,
-            path=hfcache.snapshot_dir(ws.cache, m) if linked else store_path,
+            path=hf_cache.snapshot_dir(ws.cache, m) if linked else store_path,
             meta={"org": org or None, "model": name, "sourceType": decl.source_type,
                   "repo": src.get("repo", m.hf.repo_id if m.hf else None),
                   "revision": src.get("revision", "main")},
