@@ -681,15 +681,22 @@ class Workspace:
         return lock.models[key]
 
     def path(self, key: str) -> Path:
-        """The seed's getModelPath: the HF snapshot dir, or the store tree when not linked."""
+        """The seed's getModelPath: where the model is handed out (``model_path``)."""
         m = self.model(key)
         self._check_passed(m)
         if not self.store.has_model(m):
             raise LockError(f"model '{key}' is not installed", hint="run `reconcile apply`")
-        for t, where in _targets.placed(self.targets(), m):
-            if t.name == "huggingface" and (path := t.user_path(m, where)) is not None:
-                return path
-        return self.store.model_path(m)
+        return self.model_path(m)
+
+    def model_path(self, m: LockedModel) -> Path:
+        """The path a user loads ``m`` from with its own tool: a declared project
+        directory, else the place the source names (an HF model's snapshot; an MLflow
+        model's store tree, which mlflow.pyfunc loads), else the store tree."""
+        from .sources import registry
+
+        cls = registry.get(m.source_type)
+        default = cls.path_target if cls is not None else "store"
+        return _targets.user_path(self.targets(), m, default) or self.store.model_path(m)
 
     def _check_passed(self, m: LockedModel) -> None:
         """A model that failed its validation (or has not passed it yet under this

@@ -27,6 +27,7 @@ from ..store import Store
 TARGETS: dict[str, str] = {
     "huggingface": "reconcile.targets.hf_cache",
     "ollama": "reconcile.targets.ollama",
+    "directory": "reconcile.targets.directory",
 }
 
 
@@ -129,4 +130,16 @@ def placed(targets: list[Target], model: LockedModel) -> list[tuple[Target, Path
     return [(t, where) for t in targets if (where := t.where(model)) is not None]
 
 
-__all__ = ["TARGETS", "LinkState", "Target", "TargetContext", "active", "placed"]
+def user_path(targets: list[Target], model: LockedModel, default: str) -> Path | None:
+    """The path a user is given for ``model``: a place declared for it that gives paths
+    (a project directory), else that of ``default`` (the source's ``path_target``), when
+    it shows the model; None: the store tree."""
+    chosen = [(t, w) for t, w in placed(targets, model) if t.gives_path]
+    chosen += [(t, w) for t, w in placed(targets, model) if t.name == default]
+    for t, where in chosen:
+        if (path := t.user_path(model, where)) is not None:
+            return path
+    return None
+
+
+__all__ = ["TARGETS", "LinkState", "Target", "TargetContext", "active", "placed", "user_path"]
