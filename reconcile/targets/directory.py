@@ -66,9 +66,11 @@ class Directory(Target):
         return Path(d.path) if d is not None else None
 
     def owner(self, model: LockedModel) -> str:
+        return self._owner(model, self.where(model))
+
+    def _owner(self, model: LockedModel, where: Path | None) -> str:
         """Per folder and version: a moved folder or a new lock leaves the old one
         unwanted, so its files go."""
-        where = self.where(model)
         return f"{self.ctx.project}:{model.key}:dir-{place_key(str(where))}@{model.store_id}"
 
     def owners(self) -> dict[str, Path]:
@@ -79,7 +81,9 @@ class Directory(Target):
 
     def _root_problem(self, model: LockedModel, where: Path) -> str | None:
         """The directory itself must be reached through real directories only."""
-        d = self.ctx.decls[model.key].directory
+        d = getattr(self.ctx.decls.get(model.key), "directory", None)
+        if d is None or Path(d.path) != where:  # only where models.toml says
+            return f"{where} is not models.{model.key}'s integration.directory"
         base = str(where)[: -len(d.rel)].rstrip("/") or "/"
         if bad := _not_a_real_dir(base, d.rel):
             return (f"{bad} is not a real directory (a symlink or a file): reconcile writes"
@@ -123,7 +127,7 @@ class Directory(Target):
         if not os.path.isdir(where):
             return LinkState(False)
         own = Ownership(self.ctx.store, where, FOLDER, KIND)
-        owner = self.owner(model)
+        owner = self._owner(model, where)
         linked, conflicts = True, []
         for f in model.files:
             right, conflict = self._file_state(f, where, own, owner)
@@ -143,7 +147,7 @@ class Directory(Target):
         if problem := self._root_problem(model, where):
             raise ReconcileError(problem, hint="point integration.directory.path at a folder"
                                  " of the project, or remove what stands there")
-        owner = self.owner(model)
+        owner = self._owner(model, where)
         store = self.ctx.store
         conflicts = []
         with store.lock("directory-" + place_key(str(where))):
