@@ -49,7 +49,7 @@ class FetchedModel:
     key: str
     locked: Any
     store_path: Path  # the validated tree in the store (`raw` before validation is the same bytes)
-    path: Path  # the HF snapshot dir when linked, else store_path
+    path: Path  # where its own tool loads it (Workspace.model_path): a snapshot, a directory …
     meta: dict[str, Any] = field(default_factory=dict)
     hf_cache_path: str | None = None
 
@@ -80,7 +80,6 @@ def _normalise(key: str, config: dict[str, Any]) -> dict[str, Any]:
 def instantiate(defs: dict[str, dict[str, Any]], *, store: Any = None, cache: Path | None = None,
                 jobs: int = 4) -> dict[str, FetchedModel]:
     """Fetch, validate and link every definition; returns key -> FetchedModel."""
-    from . import hfcache
     from .apply import failure_message
     from .config import manifest_from_dict
     from .lockfile import dumps
@@ -119,14 +118,13 @@ def instantiate(defs: dict[str, dict[str, Any]], *, store: Any = None, cache: Pa
     for key, m in lock.models.items():
         decl = manifest.models[key]
         store_path = ws.store.model_path(m)
-        linked = m.hf is not None
         org, _, name = (m.hf.repo_id.rpartition("/") if m.hf else ("", "", m.name))
         src = decl.source
         out[key] = FetchedModel(
             key=key,
             locked=m,
             store_path=store_path,
-            path=hfcache.snapshot_dir(ws.cache, m) if linked else store_path,
+            path=ws.model_path(m),
             meta={"org": org or None, "model": name, "sourceType": decl.source_type,
                   "repo": src.get("repo", m.hf.repo_id if m.hf else None),
                   "revision": src.get("revision", "main")},

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import hfcache, ollamadir
+from . import targets as _targets
 from .errors import AuthRequired, ReconcileError
-from .plan import Action, Plan, conflict_note
+from .plan import Action, Plan
 from .store import Store
 
 GROUP_MIN = 16  # a model with more small files than this shows them as one task …
@@ -84,7 +84,13 @@ class Executor:
     # a fetch that waits on nothing (a source on this machine): run it on this thread
     inline: Callable[[Action], bool] = lambda action: False
 
+    # the targets links and unlinks go to, by name (default: every registered one)
+    targets: dict[str, _targets.Target] | None = None
+
     def __post_init__(self) -> None:
+        if self.targets is None:
+            self.targets = {t.name: t for t in _targets.active(self.store, self.cache,
+                                                                self.project)}
         self._groups: dict[str, _Group] = {}  # model key -> its small files' progress
         self._groups_lock = threading.Lock()
         self._shared_paths: set[str] = set()  # fetched for two models: labelled with the key
@@ -173,21 +179,22 @@ class Executor:
                 self.store.publish(action.model)
             with report._lock:
                 report.warnings.extend(warnings)
-        elif action.kind == "link" and action.where:
-            assert action.model
-            conflicts = ollamadir.link(Path(action.where), action.model, self.store,
-                                       self.project)
-            with report._lock:
-                report.warnings.extend(f"{action.model.key}: {conflict_note(c, ollama=True)}"
-                                       for c in conflicts)
-        elif action.kind == "link":
-            assert action.model
-            hfcache.link(self.cache, action.model, self.store, self.project)
-        elif action.kind == "unlink" and action.where:
-            ollamadir.unlink(Path(action.where), action.target, self.store)
-        elif action.kind == "unlink":
-            hfcache.unlink(self.cache, action.target, self.store)
+        elif action.kind in ("link", "unlink"):
+            self._place(action, report)
         report.count(action.kind)
+
+    def _place(self, action: Action, report: ApplyReport) -> None:
+        """A link or unlink, by the target the plan named."""
+        assert self.targets is not None
+        target = self.targets[action.via]
+        if action.kind == "unlink":
+            target.unlink(action.target, Path(action.where))
+            return
+        assert action.model
+        conflicts = target.link(action.model, Path(action.where))
+        with report._lock:
+            report.warnings.extend(f"{action.model.key}: {target.conflict_note(c)}"
+                                   for c in conflicts)
 
     def execute(self, plan: Plan) -> ApplyReport:
         """Run every node once its predecessors succeeded (Kahn's order).
@@ -207,94 +214,119 @@ class Executor:
         within a chunk and starts nothing new.
         """
         self._validated = {a.target for a in plan.nodes.values() if a.kind == "validate"}
-        import queue
-        from collections import deque
-
         report = ApplyReport()
         if plan.empty:
             return report
         self.store.ensure()
         self._progress_labels(plan)
         self.progress.begin(plan)
-        succ: dict[str, list[str]] = {n: [] for n in plan.nodes}
-        waiting = dict.fromkeys(plan.nodes, 0)
-        for a, b in set(plan.edges):
-            succ[a].append(b)
-            waiting[b] += 1
-        finished: queue.SimpleQueue[tuple[str, BaseException | None]] = queue.SimpleQueue()
-        here: deque[str] = deque()  # ready nodes this thread runs
-        failed: set[str] = set()
-        pool = ThreadPoolExecutor(max_workers=max(1, self.jobs))
-        submitted: list[Any] = []
-        pending = 0
-
-        def run(node: str) -> None:
-            try:
-                self.run_action(plan.nodes[node], report)
-            except BaseException as e:
-                finished.put((node, e))
-                return
-            finished.put((node, None))
-
-        def start(node: str) -> None:
-            nonlocal pending
-            action = plan.nodes[node]
-            if action.kind in LOCAL_KINDS or self.inline(action):
-                here.append(node)
-            else:
-                submitted.append(pool.submit(run, node))
-                pending += 1
-
-        def settle(node: str, err: BaseException | None) -> None:
-            if err is not None:
-                report.failures.append((plan.nodes[node], err))
-                for d in _descendants(succ, node) - failed:
-                    failed.add(d)
-                    report.skipped.append(plan.nodes[d])
-                return
-            for nxt in succ[node]:
-                waiting[nxt] -= 1
-                if waiting[nxt] == 0 and nxt not in failed:
-                    start(nxt)
-
+        schedule = _Schedule(self, plan, report)
         try:
-            # biggest first: a big file's stream sets the pace, so it must not wait in
-            # the pool's queue behind dozens of small files (2 x 256 MiB + 30 small
-            # files: the second stream started 0.3-0.8 s late in name order)
-            for node in sorted((n for n, d in waiting.items() if d == 0),
-                               key=lambda n: (-(plan.nodes[n].size or 0), n)):
-                start(node)
-            while pending or here:
-                if here:
-                    node = here.popleft()
-                    try:
-                        self.run_action(plan.nodes[node], report)
-                    except Exception as e:  # reported with the action, as the pool's are
-                        settle(node, e)
-                    else:
-                        settle(node, None)
-                    block = False
-                else:
-                    block = True
-                while pending:  # what the pool finished meanwhile
-                    try:
-                        node, err = finished.get(block, timeout=0.5)  # Ctrl-C stays prompt
-                    except queue.Empty:
-                        break
-                    pending -= 1
-                    settle(node, err)
-                    block = False
+            schedule.drive()
         except KeyboardInterrupt:
-            from .interrupt import abandon
-
-            abandon(pool, (f for f in submitted if not f.done()))
+            schedule.abandon()
             self.store.commit_staged()  # verified already: worth keeping
             raise
-        pool.shutdown(wait=True)
+        schedule.pool.shutdown(wait=True)
         self.store.commit_staged()  # fetched for a model that failed later: keep them
         if any(isinstance(e, KeyboardInterrupt) for _, e in report.failures):
             raise KeyboardInterrupt  # a transfer saw Ctrl-C first
         return report
+
+
+class _Schedule:
+    """One run of a plan's DAG (see Executor.execute): which nodes wait on how many
+    others, the ready nodes this thread runs (``here``), and the pool's, which report
+    to one queue (``finished``) as they end."""
+
+    def __init__(self, executor: Executor, plan: Plan, report: ApplyReport) -> None:
+        import queue
+        from collections import deque
+
+        self.executor, self.plan, self.report = executor, plan, report
+        self.succ: dict[str, list[str]] = {n: [] for n in plan.nodes}
+        self.waiting = dict.fromkeys(plan.nodes, 0)
+        for a, b in set(plan.edges):
+            self.succ[a].append(b)
+            self.waiting[b] += 1
+        self.finished: queue.SimpleQueue[tuple[str, BaseException | None]] = queue.SimpleQueue()
+        self.here: deque[str] = deque()
+        self.failed: set[str] = set()
+        self.pool = ThreadPoolExecutor(max_workers=max(1, executor.jobs))
+        self.submitted: list[Any] = []
+        self.pending = 0  # nodes submitted to the pool and not settled yet
+
+    def drive(self) -> None:
+        """Start the nodes that wait on nothing, then run and settle until none is left."""
+        # biggest first: a big file's stream sets the pace, so it must not wait in
+        # the pool's queue behind dozens of small files (2 x 256 MiB + 30 small
+        # files: the second stream started 0.3-0.8 s late in name order)
+        for node in sorted((n for n, d in self.waiting.items() if d == 0),
+                           key=lambda n: (-(self.plan.nodes[n].size or 0), n)):
+            self.start(node)
+        while self.pending or self.here:
+            ran = bool(self.here)
+            if ran:
+                self.run_here(self.here.popleft())
+            self.collect(block=not ran)
+
+    def start(self, node: str) -> None:
+        action = self.plan.nodes[node]
+        if action.kind in LOCAL_KINDS or self.executor.inline(action):
+            self.here.append(node)
+        else:
+            self.submitted.append(self.pool.submit(self.run_pooled, node))
+            self.pending += 1
+
+    def run_here(self, node: str) -> None:
+        try:
+            self.executor.run_action(self.plan.nodes[node], self.report)
+        except Exception as e:  # reported with the action, as the pool's are
+            self.settle(node, e)
+        else:
+            self.settle(node, None)
+
+    def run_pooled(self, node: str) -> None:
+        try:
+            self.executor.run_action(self.plan.nodes[node], self.report)
+        except BaseException as e:
+            self.finished.put((node, e))
+            return
+        self.finished.put((node, None))
+
+    def collect(self, *, block: bool) -> None:
+        """Settle what the pool finished meanwhile (waiting for one when this thread has
+        nothing else to do; half a second at a time, so Ctrl-C stays prompt)."""
+        import queue
+
+        while self.pending:
+            try:
+                node, err = self.finished.get(block, timeout=0.5)
+            except queue.Empty:
+                break
+            self.pending -= 1
+            self.settle(node, err)
+            block = False
+
+    def settle(self, node: str, err: BaseException | None) -> None:
+        """A node ended: its failure skips everything after it, its success starts the
+        successors that wait on nothing else now."""
+        if err is not None:
+            self.report.failures.append((self.plan.nodes[node], err))
+            for d in _descendants(self.succ, node) - self.failed:
+                self.failed.add(d)
+                self.report.skipped.append(self.plan.nodes[d])
+            return
+        for nxt in self.succ[node]:
+            self.waiting[nxt] -= 1
+            if self.waiting[nxt] == 0 and nxt not in self.failed:
+                self.start(nxt)
+
+    def abandon(self) -> None:
+        """Ctrl-C: stop the pool's transfers and start nothing new."""
+        from .interrupt import abandon
+
+        abandon(self.pool, (f for f in self.submitted if not f.done()))
 
 
 def _descendants(succ: dict[str, list[str]], node: str) -> set[str]:

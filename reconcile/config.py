@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ VALIDATION_SPEC: dict[str, Any] = {
 INTEGRATION_SPEC: dict[str, Any] = {
     "huggingface": {"enable": "bool", "org": "name", "model": "name", "refs": "reflist"},
     "ollama": {"enable": "bool", "modelsDir": "str"},
+    "directory": {"path": "str"},
 }
 SIGNATURE_SPEC: dict[str, Any] = {
     "file": "str", "publicKey": "str", "certificateChain": "strlist", "ignore": "strlist",
@@ -148,6 +150,16 @@ class OllamaIntegration:
 
 
 @dataclass(frozen=True)
+class DirectoryIntegration:
+    """`integration.directory = { path = "models/bert" }`: the model's files as links in
+    a folder of the project. ``rel`` as models.toml gives it (checked: relative, no
+    ``..``), ``path`` that folder joined to models.toml's directory."""
+
+    rel: str
+    path: str
+
+
+@dataclass(frozen=True)
 class ValidationConfig:
     enable: bool = True
     skip_defaults: bool = False
@@ -181,6 +193,9 @@ class ModelDecl:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     integration: HFIntegration = field(default_factory=HFIntegration)
     ollama: OllamaIntegration = field(default_factory=OllamaIntegration)
+    # where in the project the model's files appear (None: nowhere); not in the
+    # fingerprint: it decides where links go, never which bytes are locked
+    directory: DirectoryIntegration | None = None
     network: NetworkConfig = field(default_factory=NetworkConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     meta: dict[str, Any] = field(default_factory=dict)
@@ -475,6 +490,7 @@ class _Checker:
         models = {}
         for key, mdecl in doc.get("models", {}).items():
             models[key] = self.model(key, mdecl, shared, registry)
+        self.distinct_directories(models)
         cache = self.cache(doc["cache"]) if "cache" in doc else None
         return Manifest(self.path, models, validators, cache)
 
@@ -565,6 +581,40 @@ class _Checker:
             models_dir = str(p if p.is_absolute() else self.path.parent / p)
         return OllamaIntegration(enable=bool(enable), models_dir=models_dir)
 
+    def directory(self, where: str, d: dict[str, Any] | None) -> DirectoryIntegration | None:
+        """A folder inside the project: relative to models.toml, never absolute and
+        never out of it with ``..`` (models.toml comes in pull requests too)."""
+        from .paths import check_relpath
+
+        if d is None:
+            return None
+        at = f"{where}.integration.directory.path"
+        if "path" not in d:
+            raise self.fail(at, "the directory target needs a path",
+                            hint='e.g. integration.directory = { path = "models/bert" }')
+        try:
+            rel = check_relpath(d["path"])
+        except ValueError as e:
+            raise self.fail(at, f"{e} (a folder inside the project, relative to"
+                            f" {self.path.name})", hint='e.g. path = "models/bert"') from None
+        return DirectoryIntegration(rel, os.path.abspath(self.path.parent / rel))
+
+    def distinct_directories(self, models: dict[str, ModelDecl]) -> None:
+        """Two models in one folder (or one inside the other's) would overwrite each
+        other's files at every apply."""
+        seen: dict[str, str] = {}
+        for key, decl in models.items():
+            if decl.directory is None:
+                continue
+            for other, rel in seen.items():
+                a, b = decl.directory.rel + "/", rel + "/"
+                if a.startswith(b) or b.startswith(a):
+                    raise self.fail(f"models.{key}.integration.directory.path",
+                                    f"{decl.directory.rel!r} overlaps models.{other}'s"
+                                    f" directory {rel!r}", hint="give each model a folder"
+                                    " of its own")
+            seen[key] = decl.directory.rel
+
     def unknown_source(self, where: str, stype: str, registry: Any) -> ConfigError:
         planned = set(registry.planned())
         if stype in planned:
@@ -645,6 +695,7 @@ class _Checker:
             integration=_integration(decl.get("integration", {}),
                                      getattr(source_cls, "hf_cache", True)),
             ollama=self.ollama(where, stype, decl.get("integration", {}).get("ollama", {})),
+            directory=self.directory(where, decl.get("integration", {}).get("directory")),
             network=_network({**net_defaults, **decl.get("network", {})},
                              self.path.parent),
             auth=_auth({**auth_defaults, **decl.get("auth", {})}),

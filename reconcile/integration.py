@@ -7,7 +7,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .hfcache import mk_cache_name as _mk_cache_name
+from .targets.hf_cache import mk_cache_name as _mk_cache_name
 
 
 def mk_cache_name(spec: dict[str, str] | None = None, *, org: str | None = None,

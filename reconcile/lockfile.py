@@ -60,7 +60,7 @@ class HFLink:
     commit: str
     refs: tuple[str, ...]
     # True when models.toml names the refs (integration.huggingface.refs): only then may
-    # apply overwrite a ref that another tool wrote (see hfcache.link)
+    # apply overwrite a ref that another tool wrote (see targets.hf_cache.link)
     claim: bool = False
     # True when the model is a selection of the repo's files (no trees/<commit>.json then)
     partial: bool = False

@@ -11,13 +11,13 @@ once. The planner knows no concrete source: fetch nodes carry the lock's data on
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from . import hfcache, ollamadir
+from . import targets as _targets
 from .lockfile import Lock, LockedFile, LockedModel
 from .store import Store
 
@@ -30,8 +30,10 @@ class Action:
     file: LockedFile | None = None
     size: int = 0
     note: str = ""
-    where: str = ""  # link/unlink into ollama's models directory: that directory
+    where: str = ""  # link/unlink: the target's place (the HF cache, a directory …)
     origin: str = ""  # fetch: "team cache" or "source" when a team cache is configured
+    via: str = ""  # link/unlink: the target's name (integration.<name>)
+    dest: str = ""  # link: where the plan says the model goes (a repo id, a path)
 
     @property
     def node(self) -> str:
@@ -48,8 +50,8 @@ class Plan:
     nodes: dict[str, Action] = field(default_factory=dict)
     edges: list[tuple[str, str]] = field(default_factory=list)
     converged_models: list[str] = field(default_factory=list)
-    # refs apply leaves alone because another tool or project holds them: (key, what)
-    conflicts: list[tuple[str, str]] = field(default_factory=list)
+    # what apply leaves alone because another tool or project holds it: (key, target, note)
+    conflicts: list[tuple[str, str, str]] = field(default_factory=list)
 
     @cached_property
     def graph(self) -> Any:
@@ -75,9 +77,9 @@ class Plan:
 
     def conflict_notes(self) -> list[tuple[str, str]]:
         """(key, what and what to do) for each conflict: the words plan, apply and status
-        all use, so a tag held by another version reads the same wherever it is met."""
-        return [(key, conflict_note(what, ollama=self.lock.models[key].ollama is not None))
-                for key, what in self.conflicts]
+        all use (the target's ``conflict_note``), so a conflict reads the same wherever
+        it is met."""
+        return [(key, note) for key, _target, note in self.conflicts]
 
     def fetch_bytes(self) -> int:
         return sum(a.size for a in self.nodes.values() if a.kind == "fetch")
@@ -89,13 +91,6 @@ class Plan:
         for a in self.nodes.values():
             out[a.kind] = out.get(a.kind, 0) + 1
         return out
-
-
-def conflict_note(what: str, *, ollama: bool) -> str:
-    """A conflict, said to be left alone, with how to let reconcile take the place over."""
-    if ollama:
-        return f"{what}: left alone; `ollama rm` it to let reconcile install the locked version"
-    return f"{what} (left alone; name the ref in integration.huggingface.refs to take it over)"
 
 
 def _add(plan: Plan, action: Action, after: list[str] | None = None) -> str:
@@ -112,57 +107,66 @@ def make_plan(
     project: str,
     needs_validation: Callable[[LockedModel], bool] = lambda m: False,
     prune: bool = False,
-    ollama_dirs: dict[str, Path] | None = None,
+    decls: Mapping[str, Any] | None = None,
     origin: Callable[[LockedModel], str] | None = None,
 ) -> Plan:
     """``origin`` tells where a model's fetches will come from (asked only for models
-    with something to fetch); the planner itself knows no source and no cache."""
+    with something to fetch); ``decls`` (models.toml's declarations by key) say where
+    targets put a model. The planner itself knows no source, no target and no cache."""
     plan = Plan(lock=lock)
+    targets = _targets.active(store, cache, project, decls)
     for key, m in lock.models.items():
-        last: list[str] = []
-        if not store.has_model(m):
-            fetches = []
-            missing = [f for f in m.regular_files() if not store.has_object(f.sha256)]
-            where = origin(m) if origin and missing else ""
-            for f in missing:
-                fetches.append(
-                    _add(plan, Action("fetch", f.sha256, m, f, f.size, f.path, origin=where))
-                )
-            last = [_add(plan, Action("assemble", key, m, size=sum(f.size for f in m.regular_files())),
-                         fetches)]
-        if needs_validation(m):
-            last = [_add(plan, Action("validate", key, m), last)]
-        state = hfcache.link_state(cache, m, store, project) if m.hf is not None else None
-        if state is not None:
-            plan.conflicts.extend((key, c) for c in state.conflicts)
-            if last or not state.linked:
-                _add(plan, Action("link", key, m, note="link" if last else "relink"), last)
-        if m.ollama is not None:
-            mdir = (ollama_dirs or {}).get(key) or ollamadir.models_dir(None)
-            ostate = ollamadir.link_state(mdir, m, store, project)
-            plan.conflicts.extend((key, c) for c in ostate.conflicts)
-            if (last or not ostate.linked) and not ostate.conflicts:
-                _add(plan, Action("link", f"ollama:{key}", m, note="link" if last else "relink",
-                                  where=str(mdir)), last)
-        if not last and f"link:{key}" not in plan.nodes \
-                and f"link:ollama:{key}" not in plan.nodes:
+        last = _store_actions(plan, m, store, needs_validation, origin)
+        linking = [_link_action(plan, t, where, m, last) for t, where in _targets.placed(targets, m)]
+        if not last and not any(linking):
             plan.converged_models.append(key)
-    # What this project linked before and the lock no longer wants: an earlier version
-    # of a model still locked (a narrowed `files` glob, a new pin) always goes; models
-    # that left models.toml go with --prune. Only paths no other owner needs are removed.
-    wanted = {hfcache.owner_id(m, project) for m in lock.models.values() if m.hf}
-    for owner in sorted(hfcache.owners_of_project(store, cache, project) - wanted):
-        key = owner.split(":")[1]
-        if prune or key in lock.models:
-            note = key if key not in lock.models else f"{key} (earlier version)"
-            _add(plan, Action("unlink", owner, note=note))
-    wanted = {ollamadir.owner_id(m, project) for m in lock.models.values() if m.ollama}
-    for owner, mdir in sorted(ollamadir.owners_of_project(store, project).items()):
+    for t in targets:
+        _unlink_actions(plan, t, prune)
+    return plan
+
+
+def _store_actions(plan: Plan, m: LockedModel, store: Store,
+                   needs_validation: Callable[[LockedModel], bool],
+                   origin: Callable[[LockedModel], str] | None) -> list[str]:
+    """Fetch what the store lacks, assemble, validate: the nodes a link waits for."""
+    last: list[str] = []
+    if not store.has_model(m):
+        missing = [f for f in m.regular_files() if not store.has_object(f.sha256)]
+        where = origin(m) if origin and missing else ""
+        fetches = [_add(plan, Action("fetch", f.sha256, m, f, f.size, f.path, origin=where))
+                   for f in missing]
+        size = sum(f.size for f in m.regular_files())
+        last = [_add(plan, Action("assemble", m.key, m, size=size), fetches)]
+    if needs_validation(m):
+        last = [_add(plan, Action("validate", m.key, m), last)]
+    return last
+
+
+def _link_action(plan: Plan, t: _targets.Target, where: Path, m: LockedModel,
+                 last: list[str]) -> bool:
+    """A link node when the model is new in the store or the target does not show it
+    (none while a conflict holds a target that waits on conflicts); True if added."""
+    state = t.state(m, where)
+    plan.conflicts.extend((m.key, t.name, t.conflict_note(c)) for c in state.conflicts)
+    if not (last or not state.linked) or (state.conflicts and t.hold_on_conflict):
+        return False
+    _add(plan, Action("link", f"{t.node}{m.key}", m, note="link" if last else "relink",
+                      where=str(where), via=t.name, dest=t.describe(m, where)), last)
+    return True
+
+
+def _unlink_actions(plan: Plan, t: _targets.Target, prune: bool) -> None:
+    """What this project linked before and the lock no longer wants: an earlier version
+    of a model still locked (a narrowed `files` glob, a new pin) always goes; models
+    that left models.toml go with --prune. Only paths no other owner needs are removed."""
+    lock = plan.lock
+    wanted = {t.owner(m) for m in lock.models.values() if t.where(m) is not None}
+    for owner, where in sorted(t.owners().items()):
         key = owner.split(":")[1]
         if owner not in wanted and (prune or key in lock.models):
             note = key if key not in lock.models else f"{key} (earlier version)"
-            _add(plan, Action("unlink", owner, note=f"{note} from ollama", where=str(mdir)))
-    return plan
+            _add(plan, Action("unlink", owner, note=t.unlink_note(note, where),
+                              where=str(where), via=t.name))
 
 
 def render(plan: Plan) -> str:
@@ -177,12 +181,8 @@ def render(plan: Plan) -> str:
             lines.append(f"  + assemble {a.target}  ({human(a.size)})")
         elif a.kind == "validate":
             lines.append(f"  + validate {a.target}")
-        elif a.kind == "link" and a.where:
-            where = f"{a.where}/manifests/{a.model.ollama if a.model else ''}"
-            lines.append(f"  {a.symbol} {a.note:<8} {a.target} → {where}")
         elif a.kind == "link":
-            repo = a.model.hf.repo_id if a.model and a.model.hf else ""
-            lines.append(f"  {a.symbol} {a.note:<8} {a.target} → {repo}")
+            lines.append(f"  {a.symbol} {a.note:<8} {a.target} → {a.dest}")
         elif a.kind == "unlink":
             lines.append(f"  - unlink   {a.note}")
     c = plan.counts()

@@ -296,7 +296,7 @@ def hf_link(decl: ModelDecl, source: Source, res: Resolution, model_hash: str) -
         return HFLink(repo_id, repo_type, commit, tuple(integ.refs), claim=True, partial=partial)
     if revision and not SHA_RE.match(revision):
         refs: tuple[str, ...] = (revision,)
-    elif res.hf and res.hf.commit:  # a sha pin: refs/main only where nobody has one (hfcache)
+    elif res.hf and res.hf.commit:  # a sha pin: refs/main only where nobody has one (targets.hf_cache)
         refs = ()
     else:
         refs = ("main",)

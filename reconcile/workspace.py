@@ -15,7 +15,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from . import hfcache, settings
+from . import settings
+from . import targets as _targets
 from .config import Manifest, load_manifest
 from .errors import ConfigError, IntegrityError, LockError, ReconcileError, ValidationFailed
 from .fsutil import atomic_write_text
@@ -311,20 +312,16 @@ class Workspace:
             lock = Lock({k: m for k, m in lock.models.items() if k in self.manifest.models})
         check_pins(lock, self.manifest, self.lock_path)
         runner = self.validation(revalidate)
-        from .ollamadir import models_dir
-
-        dirs = {k: models_dir(d.ollama.models_dir) for k, d in self.manifest.models.items()
-                if d.ollama.enable}
         plan = make_plan(lock, self.store, self.cache, project=self.project,
-                         needs_validation=runner.needs, prune=prune, ollama_dirs=dirs,
-                         origin=self._origin)
+                         needs_validation=runner.needs, prune=prune,
+                         decls=self.manifest.models, origin=self._origin)
         return self._local_origins(plan)
 
     def elsewhere(self) -> Any:
         """Where on this machine apply may copy objects from instead of downloading them
         (reuse.Elsewhere): peer stores, the HF cache, ollama's models directories."""
-        from .ollamadir import models_dir
         from .reuse import Elsewhere, existing_dirs
+        from .targets.ollama import models_dir
 
         dirs = [models_dir(d.ollama.models_dir) for d in self.manifest.models.values()
                 if d.ollama.enable]
@@ -344,6 +341,12 @@ class Workspace:
             if place := elsewhere.where(a.model, a.file):
                 plan.nodes[node] = replace(a, origin=place)
         return plan
+
+    def targets(self, *, decls: bool = True) -> list[_targets.Target]:
+        """The registered targets for this project (``decls``: with models.toml's
+        declarations, which say where a model goes; gc reads no models.toml)."""
+        return _targets.active(self.store, self.cache, self.project,
+                               self.manifest.models if decls else None)
 
     def _origin(self, m: LockedModel) -> str:
         """Where apply will take a model's missing objects from (shown by `plan`): a
@@ -441,27 +444,37 @@ class Workspace:
             except ReconcileError:
                 return False  # fetch_object meets it again and reports it for this file
 
+        targets = self.targets()
         executor = Executor(self.store, self.cache, self.project, fetch_object,
                             lambda a: runner.run(a.model), jobs=jobs,
-                            progress=progress or ProgressSink(), inline=waits_on_nothing)
+                            progress=progress or ProgressSink(), inline=waits_on_nothing,
+                            targets={t.name: t for t in targets})
         with self.store.session():
             try:
                 report = executor.execute(plan)
             finally:
                 for src in sources.values():
                     src.close()
-            for key, m in lock.models.items():  # this project needs what others linked, too
-                if m.hf is not None and f"link:{key}" not in plan.nodes:
-                    hfcache.adopt(self.cache, m, self.store, self.project)
+            self._adopt(lock, plan, targets)
         if remote is not None:
             report.warnings.extend(remote.warnings)
             report.cache_hits = remote.hits
-        # an ollama tag held by another version gets no link action: say it here, or
-        # only plan would (an HF ref another tool holds is linked around, not skipped)
-        report.warnings.extend(f"{key}: {note}" for key, note in plan.conflict_notes()
-                               if plan.lock.models[key].ollama is not None)
+        # a conflict that holds a model back gets no link action: say it here, or only
+        # plan would (an HF ref another tool holds is linked around, not skipped)
+        held = {t.name for t in targets if t.hold_on_conflict}
+        report.warnings.extend(f"{key}: {note}" for key, via, note in plan.conflicts
+                               if via in held)
+        report.warnings = list(dict.fromkeys(report.warnings))
         report.plan = plan
         return report
+
+    def _adopt(self, lock: Lock, plan: Any, targets: list[_targets.Target]) -> None:
+        """This project needs what other projects linked too: register it as an owner
+        wherever apply had nothing to write."""
+        for m in lock.models.values():
+            for t, where in _targets.placed(targets, m):
+                if f"link:{t.node}{m.key}" not in plan.nodes:
+                    t.adopt(m, where)
 
     def _vouch(self, lock: Lock, context: Any, offline: bool) -> None:
         """Every entry of the lock is the source's word before a byte of it is taken from
@@ -571,11 +584,10 @@ class Workspace:
     # --- inspection ----------------------------------------------------------------
 
     def status(self) -> list[dict[str, Any]]:
-        from .plan import conflict_note
-
         lock = self.read_lock()
         stale = self.stale()
         runner = self.validation()
+        targets = self.targets()
         out = []
         for key in sorted(set(self.manifest.models) | set(lock.models if lock else ())):
             m = lock.models.get(key) if lock else None
@@ -587,8 +599,8 @@ class Workspace:
                 out.append(entry)
                 continue
             installed = self.store.has_model(m)
-            link = hfcache.link_state(self.cache, m, self.store, self.project)
-            linked = link.linked
+            states = [(t, where, t.state(m, where)) for t, where in _targets.placed(targets, m)]
+            linked = all(st.linked for _, _, st in states)
             warnings = runner.recorded_warnings(m) if installed else []
             verdict, why = runner.verdict(m)
             if verdict == "invalid":
@@ -610,31 +622,18 @@ class Workspace:
             if m.hf:
                 entry["hf_repo_id"] = m.hf.repo_id
                 entry["hf_repo_type"] = m.hf.repo_type
-                if linked:
-                    entry["hf_revision"] = m.hf.commit
-                    entry["hf_refs"] = list(m.hf.refs)
-                    entry["snapshot_path"] = str(hfcache.snapshot_dir(self.cache, m))
+            for t, where, st in states:
+                if st.linked:
+                    entry.update(t.status(m, where))
             if self.remote is not None:
                 entry["cache"] = self._origin(m) == "team cache"
-            conflicts = [conflict_note(c, ollama=False) for c in link.conflicts]
-            conflicts += [conflict_note(c, ollama=True) for c in self._ollama_conflicts(m)]
+            conflicts = [t.conflict_note(c) for t, _, st in states for c in st.conflicts]
             if conflicts:
                 entry["conflicts"] = conflicts
             if warnings:
                 entry["warnings"] = warnings
             out.append(entry)
         return out
-
-    def _ollama_conflicts(self, m: LockedModel) -> list[str]:
-        """What plan reports for the model's tag in ollama's models directory (a tag
-        ollama pulled at another version), so status says it too."""
-        from .ollamadir import link_state, models_dir
-
-        decl = self.manifest.models.get(m.key)
-        if m.ollama is None or decl is None or not decl.ollama.enable:
-            return []
-        mdir = models_dir(decl.ollama.models_dir)
-        return link_state(mdir, m, self.store, self.project).conflicts
 
     def validate(self, target: str, *, preset: str | None = None,
                  validators: list[str] | None = None, continue_on_error: bool = False) -> list[Any]:
@@ -682,14 +681,22 @@ class Workspace:
         return lock.models[key]
 
     def path(self, key: str) -> Path:
-        """The seed's getModelPath: the HF snapshot dir, or the store tree when not linked."""
+        """The seed's getModelPath: where the model is handed out (``model_path``)."""
         m = self.model(key)
         self._check_passed(m)
         if not self.store.has_model(m):
             raise LockError(f"model '{key}' is not installed", hint="run `reconcile apply`")
-        if m.hf is not None and hfcache.is_linked(self.cache, m, self.store):
-            return hfcache.snapshot_dir(self.cache, m)
-        return self.store.model_path(m)
+        return self.model_path(m)
+
+    def model_path(self, m: LockedModel) -> Path:
+        """The path a user loads ``m`` from with its own tool: a declared project
+        directory, else the place the source names (an HF model's snapshot; an MLflow
+        model's store tree, which mlflow.pyfunc loads), else the store tree."""
+        from .sources import registry
+
+        cls = registry.get(m.source_type)
+        default = cls.path_target if cls is not None else "store"
+        return _targets.user_path(self.targets(), m, default) or self.store.model_path(m)
 
     def _check_passed(self, m: LockedModel) -> None:
         """A model that failed its validation (or has not passed it yet under this
@@ -765,8 +772,8 @@ class Workspace:
         """Delete store entries no registered lockfile needs (this one is registered first).
 
         Holds the store exclusively: a running apply or lock has objects no lockfile
-        names yet. Objects that an HF cache blob symlinks to (a cache on another
-        filesystem than the store) are kept as long as that blob is there.
+        names yet. Objects that a target's link points to by symlink (an HF cache on
+        another filesystem than the store) are kept as long as that link is there.
         """
         self.store.ensure()
         report = GcReport()
@@ -787,22 +794,9 @@ class Workspace:
         return report
 
     def _linked_objects(self) -> set[str]:
-        """Objects that HF cache blobs point to by symlink, in every cache this store
-        linked into: deleting one would break a cache that huggingface_hub reads."""
-        keep: set[str] = set()
-        objects = str(self.store.objects.resolve())
-        for cache, folder in hfcache.records(self.store):
-            blobs = cache / folder / "blobs"
-            try:
-                entries = list(os.scandir(blobs))
-            except OSError:
-                continue
-            for de in entries:
-                if de.is_symlink():  # resolved: the store's path may be spelled otherwise
-                    target = os.path.realpath(de.path)
-                    if target.startswith(objects + os.sep):
-                        keep.add(os.path.basename(target))
-        return keep
+        """Objects that a target's links point to by symlink (an HF cache or a directory
+        on another filesystem than the store): deleting one would break that place."""
+        return {o for t in self.targets(decls=False) for o in t.held_objects()}
 
     def _collect(self, report: GcReport, keep_models: set[str], keep_objects: set[str],
                  dry_run: bool) -> None:

@@ -236,3 +236,32 @@ def test_one_registry_line_is_all_a_new_source_needs(monkeypatch):
                                                                        "deck": "cards"}}
     assert set(sources.make_factories(dict(sources.SOURCES))) - {"mk_tape", "mk_punchcard"} \
         <= set(sources.__all__)
+
+
+@given(st.text(alphabet=st.sampled_from(list("ab./\\:~ \x00")), min_size=0, max_size=12))
+def test_a_directory_target_is_inside_the_project_or_refused_naming_the_key(path):
+    """Whatever models.toml gives as integration.directory.path, the folder is below
+    models.toml's directory (and not it), or the refusal names the key."""
+    import json
+    import os
+    from pathlib import Path
+
+    project = Path("/work/proj")
+    text = ('[models.m]\nsource.mock = { model = "m" }\n'
+            f"integration.directory = {{ path = {json.dumps(path)} }}\n")
+    try:
+        m = parse_manifest(text, project / "models.toml")
+    except ConfigError as e:
+        assert e.key == "models.m.integration.directory.path"
+        return
+    d = m.models["m"].directory
+    assert d is not None and os.path.isabs(d.path)
+    assert Path(os.path.normpath(d.path)).is_relative_to(project) and Path(d.path) != project
+    assert os.path.normpath(d.path) == d.path  # no '..' or '.' left to resolve
+
+
+def test_two_models_in_one_directory_are_refused():
+    e = err('[models.a]\nsource.mock = { model = "a" }\nintegration.directory = { path = "m" }\n'
+            '[models.b]\nsource.mock = { model = "b" }\n'
+            'integration.directory = { path = "m/b" }\n')
+    assert e.key == "models.b.integration.directory.path" and "overlaps models.a" in str(e)

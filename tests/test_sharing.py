@@ -247,8 +247,8 @@ def test_what_another_tool_writes_into_a_snapshot_apply_just_made_stays_theirs(p
     (left alone, not recorded as reconcile's), never replaced."""
     import json
 
-    from reconcile import hfcache
     from reconcile.lockfile import read_lock
+    from reconcile.targets import hf_cache as hfcache
 
     project.write(TINY)
     assert project.run("lock").code == 0

@@ -135,6 +135,10 @@ class Source(ABC):
     own_credentials: ClassVar[str | None] = None
     needs_network: ClassVar[bool] = True  # False: apply --offline may still fetch from it
     hf_cache: ClassVar[bool] = True  # linked into the HF cache unless models.toml says not
+    # the target whose place `reconcile path` and the Python API give (a target's name in
+    # reconcile.targets, or "store": the store tree), unless models.toml declares one
+    # that gives paths (integration.directory)
+    path_target: ClassVar[str] = "huggingface"
 
     def __init__(self, decl: Declaration, context: Any) -> None:
         self.decl = decl

@@ -53,6 +53,9 @@ AUTH_HINT = ("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or"
 
 class MlflowSource(HttpSource):
     type = "mlflow"
+    # mlflow.pyfunc.load_model refuses the HF snapshot's links into ../../blobs ("resolved
+    # path is outside the artifact directory"); the store tree is the model's own layout
+    path_target = "store"
     OPTIONS: dict[str, Any] = {"trackingUri": "str", "modelName": "str", "name": "str",
                                "version": "str|int", "stage": "str", "alias": "str"}
 

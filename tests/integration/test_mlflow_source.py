@@ -138,6 +138,61 @@ def test_mlflow_3_logged_models(project, server, tmp_path):
     assert (installed(project) / "weights.bin").read_bytes() == version_files(2)["weights.bin"]
 
 
+def log_pyfunc(url: str) -> str:
+    """A pyfunc model (a python_model that doubles its input) logged and registered as
+    version 1 by mlflow's own client; returns its name."""
+    import mlflow.pyfunc
+
+    class Doubler(mlflow.pyfunc.PythonModel):  # local: cloudpickle keeps it by value
+        def predict(self, context, model_input, params=None):
+            return [2 * x for x in model_input]
+
+    name = f"pyfunc-{uuid.uuid4().hex[:8]}"
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(url)
+    try:
+        mlflow.set_experiment("reconcile-pyfunc")
+        with mlflow.start_run():
+            mlflow.pyfunc.log_model(name="model", python_model=Doubler(),
+                                    pip_requirements=["mlflow"], registered_model_name=name)
+    finally:
+        mlflow.set_tracking_uri(before)
+    return name
+
+
+def test_the_path_given_for_an_mlflow_model_loads_with_mlflow_pyfunc(project, server):
+    """`reconcile path` and the Python API give an MLflow model's store tree, which
+    mlflow.pyfunc loads (its HF snapshot, links into ../../blobs, mlflow refuses)."""
+    import mlflow.pyfunc
+
+    import reconcile
+
+    name = log_pyfunc(server)
+    declare(project, server, name, 'version = "1"')
+    r = project.run("apply")
+    assert r.code == 0, r.err
+    path = project.run("path", "clf").out.strip()
+    assert path == str(installed(project))
+    assert list(mlflow.pyfunc.load_model(path).predict([1, 2, 3])) == [2, 4, 6]
+    fetched = reconcile.fetch_model({"name": "clf", "validation": {"enable": False},
+                                     "source": {"mlflow": {"trackingUri": server,
+                                                           "modelName": name, "version": 1}}})
+    assert fetched.path == fetched.store_path
+    assert list(mlflow.pyfunc.load_model(str(fetched.path)).predict([5])) == [10]
+
+
+def test_an_mlflow_model_with_a_directory_is_given_that_directory(project, server):
+    import mlflow.pyfunc
+
+    name = log_pyfunc(server)
+    declare(project, server, name, 'version = "1"',
+            extra='integration.directory = { path = "models/clf" }\n')
+    assert project.run("apply").code == 0
+    path = project.run("path", "clf").out.strip()
+    assert path == str(project.dir / "models" / "clf")
+    assert list(mlflow.pyfunc.load_model(path).predict([4])) == [8]
+
+
 def test_missing_model_version_alias_and_a_dead_server(project, server, tmp_path):
     name = seed(server, tmp_path)
     for selector, needle in (('version = "9"', "version 9"), ('alias = "nope"', "alias 'nope'"),

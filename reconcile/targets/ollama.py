@@ -16,7 +16,7 @@ place, so ollama never lists a model whose blobs are missing and its startup pru
 reconcile did not write is changed: a tag ollama pulled at another version is left
 alone (and reported); `apply --prune` removes a manifest only while it still holds
 reconcile's bytes, and a blob only when no manifest in the directory needs it.
-Ownership records are ``hfcache.Ownership``'s, kept under the store's state/ollama/.
+Ownership records (``ownership.Ownership``) are kept under the store's state/ollama/.
 """
 
 from __future__ import annotations
@@ -25,14 +25,15 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import settings
-from .errors import StoreError
-from .hfcache import Ownership, _ownership_dir, _prune_empty_parents, _value
-from .lockfile import LockedFile, LockedModel
-from .store import Store, link_or_copy
+from .. import settings
+from ..errors import StoreError
+from ..lockfile import LockedFile, LockedModel
+from ..store import Store, link_or_copy
+from . import LinkState, Target
+from .ownership import Ownership, ownership_dir, project_owners, prune_empty_parents
+from .ownership import value as _value
 
 FOLDER = "models"  # one ownership record per models directory
 KIND = "ollama"
@@ -73,12 +74,6 @@ def _foreign(mdir: Path, rel: str, have: str | None, want: str, own: Ownership) 
     return None
 
 
-@dataclass
-class LinkState:
-    linked: bool
-    conflicts: list[str] = field(default_factory=list)
-
-
 def link_state(mdir: Path, model: LockedModel, store: Store, project: str) -> LinkState:
     """Cheap: a manifest of a few KiB is read, blobs are only stat'ed."""
     assert model.ollama
@@ -111,7 +106,7 @@ def link(mdir: Path, model: LockedModel, store: Store, project: str) -> list[str
         raise StoreError(f"cannot write ollama's models directory {mdir}: {e.strerror}",
                          hint="set integration.ollama.modelsDir (or OLLAMA_MODELS) to the"
                          " directory your ollama server uses, and make it writable") from None
-    with store.lock("ollama-" + _ownership_dir(store, mdir, KIND).name):
+    with store.lock("ollama-" + ownership_dir(store, mdir, KIND).name):
         own = Ownership(store, mdir, FOLDER, KIND)
         try:
             want = "sha256:" + _manifest(model).sha256
@@ -175,22 +170,14 @@ def _write(mdir: Path, rel: str, data: bytes) -> None:
 
 def owners_of_project(store: Store, project: str) -> dict[str, Path]:
     """owner id -> models directory, for every ollama install of this project."""
-    out: dict[str, Path] = {}
-    for record in sorted(store.state.glob(f"{KIND}/*/{FOLDER}.json")):
-        try:
-            mdir = Path(json.loads(record.read_text())["cache"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        own = Ownership(store, mdir, FOLDER, KIND)
-        out.update({o: mdir for o in own.owners() if o.startswith(project + ":")})
-    return out
+    return project_owners(store, KIND, project, FOLDER)
 
 
 def unlink(mdir: Path, owner: str, store: Store) -> list[Path]:
     """Drop ``owner``; remove what no owner needs and still holds reconcile's bytes, and
     no manifest in the directory names."""
     removed: list[Path] = []
-    with store.lock("ollama-" + _ownership_dir(store, mdir, KIND).name):
+    with store.lock("ollama-" + ownership_dir(store, mdir, KIND).name):
         own = Ownership(store, mdir, FOLDER, KIND)
         freed = own.release(owner)
         for rel in sorted(r for r in freed if r.startswith("manifests/")):
@@ -198,7 +185,7 @@ def unlink(mdir: Path, owner: str, store: Store) -> list[Path]:
             if own.written.get(rel) == _digest_of(path):  # still reconcile's bytes
                 path.unlink(missing_ok=True)
                 removed.append(path)
-                _prune_empty_parents(path.parent, mdir / "manifests")
+                prune_empty_parents(path.parent, mdir / "manifests")
             own.forget(rel)
         needed = _referenced(mdir)
         for rel in sorted(r for r in freed if r.startswith("blobs/")):
@@ -225,3 +212,49 @@ def _referenced(mdir: Path) -> set[str]:
             if isinstance(digest, str) and digest.startswith("sha256:"):
                 out.add(digest[7:])
     return out
+
+
+class Ollama(Target):
+    """integration.ollama: where `ollama list` and `ollama run` find the model."""
+
+    name = "ollama"
+    node = "ollama:"  # link:ollama:KEY
+    hold_on_conflict = True  # a tag ollama pulled at another version: the model waits
+
+    def wants(self, model: LockedModel) -> bool:
+        """A model whose lock entry names its manifest (source.ollama); another way to
+        give a model a manifest joins here."""
+        return model.ollama is not None
+
+    def where(self, model: LockedModel) -> Path | None:
+        if not self.wants(model):
+            return None
+        decl = self.ctx.decls.get(model.key)
+        return models_dir(decl.ollama.models_dir if decl is not None else None)
+
+    def state(self, model: LockedModel, where: Path) -> LinkState:
+        return link_state(where, model, self.ctx.store, self.ctx.project)
+
+    def link(self, model: LockedModel, where: Path) -> list[str]:
+        return link(where, model, self.ctx.store, self.ctx.project)
+
+    def owner(self, model: LockedModel) -> str:
+        return owner_id(model, self.ctx.project)
+
+    def owners(self) -> dict[str, Path]:
+        return owners_of_project(self.ctx.store, self.ctx.project)
+
+    def unlink(self, owner: str, where: Path) -> list[Path]:
+        return unlink(where, owner, self.ctx.store)
+
+    def describe(self, model: LockedModel, where: Path) -> str:
+        return f"{where}/manifests/{model.ollama}"
+
+    def unlink_note(self, note: str, where: Path) -> str:
+        return f"{note} from ollama"
+
+    def conflict_note(self, what: str) -> str:
+        return f"{what}: left alone; `ollama rm` it to let reconcile install the locked version"
+
+
+TARGET = Ollama

@@ -12,7 +12,7 @@ atomic (temp name + rename).
 
 The cache is shared with huggingface_hub, transformers and other projects, so
 reconcile owns only what it created (recorded in the store's state/, see
-``Ownership``): a path that already held the right value stays its maker's, a path
+``ownership.Ownership``): a path that already held the right value stays its maker's, a path
 another tool rewrote becomes theirs, and prune removes a path only when no project
 needs it any more. Refs follow one rule (``may_write_ref``): reconcile never
 overwrites a ref it did not write unless models.toml names that ref.
@@ -21,22 +21,20 @@ overwrites a ref it did not write unless models.toml names that ref.
 from __future__ import annotations
 
 import errno
-import functools
-import hashlib
 import json
 import os
-import stat
-import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ReconcileError
-from .fsutil import atomic_write_text
-from .lockfile import LockedModel
-from .store import Store
+from ..errors import ReconcileError
+from ..fsutil import atomic_write_text
+from ..lockfile import LockedModel
+from ..store import Store
+from . import LinkState, Target
+from .ownership import Ownership, project_owners, prune_empty_parents, read_ref, records
+from .ownership import tmp_name as _tmp_name
+from .ownership import value as _value
 
-_PREFIX = ".reconcile-tmp-"
-
+KIND = "hfcache"  # the records' folder under the store's state/
 
 def repo_dir(cache: Path, model: LockedModel) -> Path:
     assert model.hf is not None
@@ -69,16 +67,6 @@ def tree_json(model: LockedModel) -> str:
         files[f.path] = info
     data = {"format_version": 1, "files": {p: files[p] for p in sorted(files)}}
     return json.dumps(data, indent=1)
-
-
-@dataclass
-class LinkState:
-    """How far the cache shows a model: ``linked`` when nothing is left for apply to
-    write; ``conflicts`` are refs that another tool or project holds at another commit,
-    which apply leaves alone (so they do not make the model unlinked)."""
-
-    linked: bool
-    conflicts: list[str] = field(default_factory=list)
 
 
 def is_linked(cache: Path, model: LockedModel, store: Store, project: str = "") -> bool:
@@ -122,7 +110,7 @@ def link_state(cache: Path, model: LockedModel, store: Store, project: str = "")
             continue
         if current is None:
             return LinkState(False)
-        own = own or Ownership(store, cache, model.hf.folder)
+        own = own or Ownership(store, cache, model.hf.folder, KIND)
         if may_write_ref(own, f"{model.hf.folder}/refs/{ref}", current, model, project):
             return LinkState(False)
         conflicts.append(f"refs/{ref} of {model.hf.repo_id} is {current[:12]}, written by"
@@ -140,14 +128,6 @@ def _is_foreign_copy(path: str, size: int) -> bool:
         return False
 
 
-def read_ref(path: Path) -> str | None:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read()
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, UnicodeDecodeError):
-        return None
-
-
 def may_write_ref(own: Ownership, rel: str, current: str | None, model: LockedModel,
                   project: str) -> bool:
     """The refs rule: a ref is written when it is absent, when reconcile wrote its current
@@ -158,12 +138,6 @@ def may_write_ref(own: Ownership, rel: str, current: str | None, model: LockedMo
     if not own.holds(rel, current):
         return False
     return all(o.startswith(project + ":") for o in own.data.get(rel, ()))
-
-
-def _tmp_name(path: str | Path) -> str:
-    """A sibling name unique per process and thread, so concurrent writers never collide."""
-    head, name = os.path.split(path)
-    return f"{head}/{_PREFIX}{name}.{os.getpid()}.{threading.get_ident()}"
 
 
 def _atomic_symlink(target: str, path: str | Path, fresh: bool = False) -> bool:
@@ -188,110 +162,6 @@ def _atomic_symlink(target: str, path: str | Path, fresh: bool = False) -> bool:
     return True
 
 
-def _ownership_dir(store: Store, cache: Path, kind: str = "hfcache") -> Path:
-    return store.state / kind / _cache_key(str(cache))
-
-
-@functools.lru_cache(maxsize=64)
-def _cache_key(cache: str) -> str:
-    """Records are per cache as it resolves (one resolve() per process, not per model)."""
-    return hashlib.sha256(os.fsencode(Path(cache).resolve())).hexdigest()[:24]
-
-
-class Ownership:
-    """What reconcile created in one repo folder of an HF cache, and for whom.
-
-    ``owned[rel]`` lists the owners (one project's model at one commit) of a path
-    reconcile created; ``written[rel]`` is what reconcile wrote there (a link target,
-    a ref's commit, a blob's inode). reconcile owns a path only while it still holds
-    that value: huggingface_hub rewriting a ref makes the ref huggingface_hub's. A path
-    that already held the right value when reconcile came is never taken. Prune removes
-    a path when its last owner goes and it still holds what reconcile wrote.
-    One record per repo folder, guarded by that folder's lock.
-    """
-
-    def __init__(self, store: Store, cache: Path, folder: str, kind: str = "hfcache") -> None:
-        self.path = _ownership_dir(store, cache, kind) / f"{folder}.json"
-        self.cache = cache
-        self.existed = True
-        try:
-            doc = json.loads(self.path.read_text())
-            self.data: dict[str, list[str]] = doc["owned"]
-            self.written: dict[str, str] = doc.get("written", {})
-        except FileNotFoundError:
-            self.data, self.written, self.existed = {}, {}, False
-        except (ValueError, KeyError, TypeError):
-            self.data, self.written = {}, {}
-        self.changed = False
-
-    def holds(self, rel: str, value: str) -> bool:
-        """reconcile created ``rel`` and it still holds what reconcile wrote."""
-        return rel in self.data and self.written.get(rel, value) == value
-
-    def holder(self, rel: str, value: str) -> str:
-        if not self.holds(rel, value):
-            return "another tool (huggingface_hub?)"
-        return "another project using reconcile"
-
-    def add(self, relpath: str, owner: str) -> None:
-        owners = self.data.setdefault(relpath, [])
-        if owner not in owners:
-            owners.append(owner)
-            self.changed = True
-
-    def create(self, rel: str, owner: str, value: str, *, replace: bool = False) -> None:
-        """Record that reconcile wrote ``value`` at ``rel`` for ``owner`` (``replace``: the
-        previous owners no longer have what they wanted there: a ref moved)."""
-        if replace:
-            self.data[rel] = []
-        self.written[rel] = value
-        self.add(rel, owner)
-        self.changed = True
-
-    def forget(self, rel: str) -> None:
-        if rel in self.data or rel in self.written:
-            self.data.pop(rel, None)
-            self.written.pop(rel, None)
-            self.changed = True
-
-    def release(self, owner: str) -> list[str]:
-        """Drop ``owner``; return the paths nobody owns any more."""
-        freed = []
-        for rel, owners in list(self.data.items()):
-            if owner in owners:
-                owners.remove(owner)
-                self.changed = True
-                if not owners:
-                    freed.append(rel)
-                    del self.data[rel]
-        return freed
-
-    def owners(self) -> set[str]:
-        return {o for owners in self.data.values() for o in owners}
-
-    def save(self) -> None:
-        if not self.changed:
-            return
-        text = json.dumps({"cache": str(self.cache), "owned": self.data,
-                           "written": self.written}, separators=(",", ":"))
-        # compact: indent= takes json's pure-Python encoder, 10x slower
-        atomic_write_text(self.path, text, fresh=not self.existed)
-        self.changed = False
-        self.existed = True
-
-
-def records(store: Store) -> list[tuple[Path, str]]:
-    """(cache, folder) of every ownership record in this store, for any cache."""
-    out = []
-    for record in sorted(store.state.glob("hfcache/*/*.json")):
-        try:
-            cache = Path(json.loads(record.read_text())["cache"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        out.append((cache, record.stem))
-    return out
-
-
 def owner_id(model: LockedModel, project: str) -> str:
     """Who holds a path: one project's model (a path goes when no owner is left)."""
     assert model.hf is not None
@@ -299,26 +169,7 @@ def owner_id(model: LockedModel, project: str) -> str:
 
 
 def owners_of_project(store: Store, cache: Path, project: str) -> set[str]:
-    out: set[str] = set()
-    d = _ownership_dir(store, cache)
-    for record in d.glob("*.json") if d.is_dir() else ():
-        own = Ownership(store, cache, record.stem)
-        out |= {o for o in own.owners() if o.startswith(project + ":")}
-    return out
-
-
-def _value(path: str | Path, *, ref: bool = False) -> str | None:
-    """What is at a cache path now, in the form Ownership.written keeps it: a ref's
-    commit, a symlink's target, else the file's identity (dev:inode)."""
-    try:
-        st = os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    if stat.S_ISLNK(st.st_mode):
-        return "link:" + os.readlink(path)
-    if ref:
-        return read_ref(path)
-    return f"inode:{st.st_dev}:{st.st_ino}"
+    return set(project_owners(store, KIND, project, root=cache))
 
 
 def _value_at(cache: Path, rel: str) -> str | None:
@@ -355,10 +206,10 @@ def adopt(cache: Path, model: LockedModel, store: Store, project: str) -> None:
                 if rel in own.data and owner not in own.data[rel]
                 and (v := _value_at(cache, rel)) is not None and own.holds(rel, v)]
 
-    if not missing(Ownership(store, cache, model.hf.folder)):
+    if not missing(Ownership(store, cache, model.hf.folder, KIND)):
         return
     with store.lock("hfcache-" + model.hf.folder):
-        own = Ownership(store, cache, model.hf.folder)
+        own = Ownership(store, cache, model.hf.folder, KIND)
         for rel in missing(own):
             own.add(rel, owner)
         own.save()
@@ -373,7 +224,7 @@ def link(cache: Path, model: LockedModel, store: Store, project: str) -> None:
     snap = rdir / "snapshots" / commit
     owner = owner_id(model, project)
     with store.lock("hfcache-" + folder):
-        own = Ownership(store, cache, folder)
+        own = Ownership(store, cache, folder, KIND)
         try:
             new = _make_repo_dirs(rdir, commit, trees=not model.hf.partial)
             if not (cache / "CACHEDIR.TAG").exists():
@@ -551,7 +402,7 @@ def unlink(cache: Path, owner: str, store: Store) -> list[Path]:
     folder = owner.split(":")[2].split("@")[0]
     removed = []
     with store.lock("hfcache-" + folder):
-        own = Ownership(store, cache, folder)
+        own = Ownership(store, cache, folder, KIND)
         written = dict(own.written)
         freed = own.release(owner)
         blobs = [r for r in freed if r.split("/")[1:2] == ["blobs"]]
@@ -574,7 +425,7 @@ def unlink(cache: Path, owner: str, store: Store) -> list[Path]:
                 continue
         own.save()
         for p in removed:
-            _prune_empty_parents(p.parent, cache / folder)
+            prune_empty_parents(p.parent, cache / folder)
     return removed
 
 
@@ -593,11 +444,69 @@ def _referenced_blobs(repo: Path) -> set[str]:
     return out
 
 
-def _prune_empty_parents(d: Path, root: Path) -> None:
-    """Remove the directories that removing reconcile's files left empty, up to ``root``."""
-    while d == root or root in d.parents:
+def linked_objects(store: Store) -> set[str]:
+    """Objects that HF cache blobs point to by symlink, in every cache this store
+    linked into: deleting one would break a cache that huggingface_hub reads."""
+    keep: set[str] = set()
+    objects = str(store.objects.resolve())
+    for cache, folder in records(store, KIND):
         try:
-            os.rmdir(d)
+            entries = list(os.scandir(cache / folder / "blobs"))
         except OSError:
-            return
-        d = d.parent
+            continue
+        for de in entries:
+            if de.is_symlink():  # resolved: the store's path may be spelled otherwise
+                target = os.path.realpath(de.path)
+                if target.startswith(objects + os.sep):
+                    keep.add(os.path.basename(target))
+    return keep
+
+
+class HFCache(Target):
+    """integration.huggingface: the snapshot huggingface_hub and transformers load."""
+
+    name = "huggingface"
+    node = ""  # link:KEY, as plans always named it
+
+    def where(self, model: LockedModel) -> Path | None:
+        return self.ctx.hf_cache if model.hf is not None else None
+
+    def state(self, model: LockedModel, where: Path) -> LinkState:
+        return link_state(where, model, self.ctx.store, self.ctx.project)
+
+    def link(self, model: LockedModel, where: Path) -> list[str]:
+        link(where, model, self.ctx.store, self.ctx.project)
+        return []  # a ref another tool holds is linked around, and plan says so
+
+    def adopt(self, model: LockedModel, where: Path) -> None:
+        adopt(where, model, self.ctx.store, self.ctx.project)
+
+    def owner(self, model: LockedModel) -> str:
+        return owner_id(model, self.ctx.project)
+
+    def owners(self) -> dict[str, Path]:
+        cache = self.ctx.hf_cache
+        return dict.fromkeys(owners_of_project(self.ctx.store, cache, self.ctx.project), cache)
+
+    def unlink(self, owner: str, where: Path) -> list[Path]:
+        return unlink(where, owner, self.ctx.store)
+
+    def user_path(self, model: LockedModel, where: Path) -> Path | None:
+        return snapshot_dir(where, model) if self.state(model, where).linked else None
+
+    def held_objects(self) -> set[str]:
+        return linked_objects(self.ctx.store)
+
+    def describe(self, model: LockedModel, where: Path) -> str:
+        return model.hf.repo_id if model.hf else ""
+
+    def conflict_note(self, what: str) -> str:
+        return f"{what} (left alone; name the ref in integration.huggingface.refs to take it over)"
+
+    def status(self, model: LockedModel, where: Path) -> dict[str, object]:
+        assert model.hf is not None
+        return {"hf_revision": model.hf.commit, "hf_refs": list(model.hf.refs),
+                "snapshot_path": str(snapshot_dir(where, model))}
+
+
+TARGET = HFCache
