@@ -132,3 +132,28 @@ def test_relative_imports_resolve_as_python_resolves_them(parts, is_package, lev
         return
     expected = importlib.util.resolve_name("." * level + (module or ""), anchor)
     assert resolve(importer, is_package, module, level) == expected
+
+
+def test_config_alone_reads_source_tables_and_import_reconcile_stays_light():
+    """In a fresh interpreter: `import reconcile` does not load the sources, and config
+    imported alone still checks a source table against that source's own options (the
+    registry handed over by reconcile/__init__.py, loaded on first read)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, reconcile\n"
+        "assert 'reconcile.sources' not in sys.modules, 'import reconcile loads sources'\n"
+        "from reconcile.config import parse_manifest\n"
+        "from reconcile.errors import ConfigError\n"
+        "m = parse_manifest(b'[models.a]\\nsource.mock = { files = [\"x\"] }\\n')\n"
+        "assert m.models['a'].source_type == 'mock'\n"
+        "try:\n"
+        "    parse_manifest(b'[models.a]\\nsource.s3 = { prefix = \"x/\" }\\n')\n"
+        "except ConfigError as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert "models.a.source.s3.bucket: required" in out.stdout, out.stdout
