@@ -20,7 +20,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from . import errors
+from . import errors, sourcetypes
 from .errors import ReconcileError
 
 __all__ = [
@@ -40,6 +40,18 @@ __all__ = [
     "validation",
 ]
 __version__ = "0.1.0"
+
+
+def _source_registry() -> Any:
+    """The registry of source types, imported when models.toml is first read."""
+    from .sources import registry
+
+    return registry
+
+
+# config.py asks sourcetypes, not the sources (which import the network code, which
+# reads config): this package, run before any of its modules, says where they are
+sourcetypes.provide(_source_registry)
 
 
 @dataclass

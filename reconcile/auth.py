@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import settings
-from .config import AuthConfig
 from .errors import AuthRequired
+from .netconfig import AuthConfig
 
 
 def _from_env(name: str, what: str) -> str:

@@ -32,7 +32,12 @@ MANIFEST_HELP = ("path to models.toml (default: $RECONCILE_MANIFEST, else models
                  " directory or the nearest parent up to the repository root)")
 
 
+Commands = argparse._SubParsersAction  # what add_subparsers returns
+
+
 def _parser() -> argparse.ArgumentParser:
+    """The whole command line: the options every command takes, then the commands, in
+    the order `reconcile --help` lists them (each group its own function)."""
     from . import __version__
 
     p = argparse.ArgumentParser(
@@ -45,7 +50,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--manifest", default=None, help=MANIFEST_HELP)
     _add_modes(p, None)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_SubParser)
+    for add_commands in (_manifest_commands, _lock_command, _plan_command, _apply_command,
+                         _sharing_commands, _installed_commands, _tool_commands):
+        add_commands(sub)
+    return p
 
+
+def _add_keys(s: argparse.ArgumentParser) -> None:
+    """The models a command is limited to, by key; none means all."""
+    s.add_argument("keys", nargs="*", metavar="KEY", help="only these models (default: all)")
+
+
+def _add_jobs(s: argparse.ArgumentParser, default: int, help: str) -> None:
+    s.add_argument("--jobs", "-j", type=_jobs, default=default, help=help)
+
+
+def _manifest_commands(sub: Commands) -> None:
+    """Commands that write or read models.toml alone: init, add, remove, check."""
     s = sub.add_parser("init", help="write a starter models.toml")
     s.add_argument("--force", action="store_true", help="overwrite an existing models.toml")
 
@@ -67,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("files", nargs="*", metavar="FILE",
                    help="models.toml files (default: this project's)")
 
+
+def _lock_command(sub: Commands) -> None:
     s = sub.add_parser("lock", help="resolve models.toml into models.lock")
     s.add_argument("--check", action="store_true",
                    help="exit 1 if models.lock is out of date (offline, fast)")
@@ -77,14 +100,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="re-resolve every model, or only KEY (repeatable)")
     s.add_argument("--offline", action="store_true",
                    help="never touch the network (fails if anything needs resolving)")
-    s.add_argument("--jobs", "-j", type=_jobs, default=4,
-                   help="models resolved at once (1-256, default 4)")
+    _add_jobs(s, 4, "models resolved at once (1-256, default 4)")
     s.add_argument("--key", action="store_true",
                    help="print models.lock's CI cache key (its model hashes only) and exit;"
                    " offline, writes nothing")
     s.add_argument("--only", nargs="+", action="extend", metavar="KEY",
                    help="with --key: the key of these models only")
 
+
+def _plan_command(sub: Commands) -> None:
     s = sub.add_parser("plan", help="show what apply would do")
     s.add_argument("--exit-code", action="store_true",
                    help="exit 0 when converged, 1 when changes are pending")
@@ -97,10 +121,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--revalidate", action="store_true",
                    help="plan validation again even for models validated before")
 
+
+def _apply_command(sub: Commands) -> None:
     s = sub.add_parser("apply", help="converge the store and HF cache to models.lock")
-    s.add_argument("--jobs", "-j", type=_jobs, default=8,
-                   help="downloads and validations at once (1-256, default 8; writing"
-                   " the store and HF cache runs in order)")
+    _add_jobs(s, 8, "downloads and validations at once (1-256, default 8; writing"
+              " the store and HF cache runs in order)")
     s.add_argument("--offline", action="store_true",
                    help="never touch the network: fail if an object is not in the store")
     s.add_argument("--prune", action="store_true",
@@ -116,18 +141,21 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--color", choices=["auto", "never", "always"], default="auto",
                    help="colour in progress bars (auto honours NO_COLOR)")
 
+
+def _sharing_commands(sub: Commands) -> None:
+    """Models to and from other machines: the team cache, an archive, a signature."""
     s = sub.add_parser("push", help="upload installed models to the team cache")
-    s.add_argument("keys", nargs="*", metavar="KEY", help="only these models (default: all)")
-    s.add_argument("--jobs", "-j", type=_jobs, default=4, help="uploads at once (default 4)")
+    _add_keys(s)
+    _add_jobs(s, 4, "uploads at once (default 4)")
     s.add_argument("--verify", action="store_true",
                    help="read every object the cache holds whole and replace a corrupt one")
 
     s = sub.add_parser("pull", help="fill the store from the team cache only")
-    s.add_argument("keys", nargs="*", metavar="KEY", help="only these models (default: all)")
-    s.add_argument("--jobs", "-j", type=_jobs, default=4, help="downloads at once (default 4)")
+    _add_keys(s)
+    _add_jobs(s, 4, "downloads at once (default 4)")
 
     s = sub.add_parser("export", help="write locked models' objects to one archive")
-    s.add_argument("keys", nargs="*", metavar="KEY", help="only these models (default: all)")
+    _add_keys(s)
     s.add_argument("-o", "--output", required=True, metavar="FILE",
                    help="the archive (a tar stream; '-' for stdout)")
 
@@ -146,13 +174,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--output", "-o", default="model.sig", metavar="FILE",
                    help="where to write the signature (default: model.sig)")
 
+
+def _installed_commands(sub: Commands) -> None:
+    """What is installed, and where: status, verify, gc, path, env."""
     s = sub.add_parser("status", help="show each model's state")
     s.add_argument("--json", action="store_true", help="one JSON array on stdout")
     s.add_argument("--exit-code", action="store_true",
                    help="exit 1 when a model is not installed and linked (0 otherwise)")
 
     s = sub.add_parser("verify", help="re-hash installed models")
-    s.add_argument("keys", nargs="*", metavar="KEY", help="only these models (default: all)")
+    _add_keys(s)
     s.add_argument("--repair", action="store_true",
                    help="delete what is corrupt and fetch it again")
 
@@ -164,6 +195,10 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("env", help="print shell exports for using the HF cache offline")
 
+
+def _tool_commands(sub: Commands) -> None:
+    """Commands about a path or the system rather than models.toml's models: hash,
+    systemd, completion, validate."""
     s = sub.add_parser("hash", help="print the model hash (or the NAR hash) of a path")
     s.add_argument("path", help="a file or directory")
     s.add_argument("--nar", action="store_true", help="Nix NAR hash, as `nix hash path`")
@@ -194,7 +229,6 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--continue-on-error", action="store_true",
                    help="run every validator even after one failed")
     s.add_argument("--json", action="store_true", help="the outcomes as JSON on stdout")
-    return p
 
 
 class _SubParser(argparse.ArgumentParser):

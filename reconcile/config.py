@@ -21,6 +21,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .netconfig import AuthConfig, NetworkConfig
+from .sourcetypes import source_types
 from .units import parse_size
 
 MANIFEST_NAME = "models.toml"
@@ -100,37 +102,7 @@ VALIDATOR_SPEC: dict[str, Any] = {
 
 
 # --- the model of the world ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class NetworkConfig:
-    connect_timeout: float = 30.0
-    read_timeout: float = 300.0
-    max_attempts: int = 3
-    base_delay: float = 2.0
-    bandwidth_limit: int | None = None  # bytes per second
-    proxy: str | None = None
-    max_delay: float = 60.0
-    ca_bundle: str | None = None  # a PEM file of CAs trusted on top of the default ones
-
-
-@dataclass(frozen=True)
-class AuthConfig:
-    """Where credentials are found, never what they are: a bearer token (env var or
-    file) or basic auth (user name from an env var, password from an env var or file)."""
-
-    token_env_var: str | None = None
-    token_file: str | None = None
-    username_env_var: str | None = None
-    password_env_var: str | None = None
-    password_file: str | None = None
-    # hosts besides the registry's own whose token realm may get the credentials
-    token_realms: tuple[str, ...] = ()
-
-    def env_vars(self) -> set[str]:
-        """The variables that hold secrets: kept from validator commands."""
-        return {v for v in (self.token_env_var, self.username_env_var, self.password_env_var)
-                if v}
+# (NetworkConfig and AuthConfig are part of it, kept in netconfig.py for the network code)
 
 
 @dataclass(frozen=True)
@@ -473,8 +445,7 @@ class _Checker:
 
     # -- the document
     def manifest(self, doc: dict[str, Any]) -> Manifest:
-        from .sources import registry
-
+        registry = source_types()
         top = {"models": "any-table", "sources": "any-table", "validators": "any-table",
                "cache": CACHE_SPEC}
         self.table(doc, top, "")

@@ -19,8 +19,8 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from .config import NetworkConfig
 from .errors import Restart, SourceError, Transient
+from .netconfig import NetworkConfig
 from .transport import scrub_url
 
 USER_AGENT = "reconcile/0.1"

@@ -25,7 +25,7 @@ from ..lockfile import LockedFile
 
 class Declaration(Protocol):
     """What a source reads of its model's declaration (``config.ModelDecl`` is one). A
-    protocol, so that the registry never needs config (which needs the registry)."""
+    protocol, so that a source is written against what it reads, not the whole reader."""
 
     key: str
     name: str

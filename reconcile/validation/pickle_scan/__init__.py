@@ -28,7 +28,7 @@ from __future__ import annotations
 from .files import scan_file, scan_tree
 from .findings import CRITICAL, ERROR, UNKNOWN_GLOBAL, WARNING, Finding, classify
 from .questions import contains_pickle, looks_like_pickle
-from .vm import scan_bytes, scan_stream
+from .stream import scan_bytes, scan_stream
 
 __all__ = ["CRITICAL", "ERROR", "SAFE_GLOBALS", "UNKNOWN_GLOBAL", "WARNING", "Finding",
            "classify", "contains_pickle", "looks_like_pickle", "normalise", "scan_bytes",

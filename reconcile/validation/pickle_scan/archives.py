@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from .findings import Finding, _note, _prefixed
+from .stream import scan_stream
 from .values import _Malformed
-from .vm import scan_stream
 
 # --- tar, compressed --------------------------------------------------------------------
 

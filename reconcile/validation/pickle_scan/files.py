@@ -13,7 +13,7 @@ from ..magic import NPY_MAGIC, compressed_kind, zip_like
 from .archives import _scan_compressed, _scan_tar
 from .findings import Finding, _note
 from .npy import scan_npy
-from .vm import scan_stream
+from .stream import scan_stream
 from .zips import _Opener, _scan_zip
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..magic import NPY_MAGIC
 from .findings import Finding, _note
-from .vm import scan_stream
+from .stream import scan_stream
 
 # --- .npy -------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from typing import Any
 from ..magic import NPY_MAGIC, compressed_kind, zip_like
 from .archives import _decompressing
 from .npy import _NPY_HEADER_CAP, _descr
-from .vm import _probe
+from .stream import _probe
 from .zips import _Entry, _local_header, _MemberStream, _Opener
 
 # --- questions other validators ask ------------------------------------------------------

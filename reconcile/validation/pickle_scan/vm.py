@@ -1,29 +1,29 @@
-"""The pickle VM: an opcode walk with a simulated stack, mark stack and memo (never unpickles)."""
+"""The pickle VM: an opcode walk with a simulated stack, mark stack and memo (never unpickles).
+
+It walks one pickle; ``stream`` strings pickles together, ``reader`` feeds it bytes.
+"""
 
 from __future__ import annotations
 
 import codecs
-import os
 import re
 import struct
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
 from .findings import (
     _IDENT,
     _KNOWN_ROOTS,
-    _TORCH_STORAGE_SIZES,
     CRITICAL,
     ERROR,
-    LEGACY_TORCH_MAGIC,
-    WARNING,
     Finding,
     classify,
     normalise,
 )
 from .joblib import _joblib_array
+from .reader import _Reader
 from .values import (
     _CONSTS,
     LONGSTR,
@@ -36,117 +36,6 @@ from .values import (
     _Persistent,
     _Sentinel,
 )
-
-
-class _Reader:
-    """Bytes with an absolute offset, small look-ahead, and skipping without reading.
-
-    Reads go through an internal buffer of at most ~64 KiB plus the largest single
-    argument we keep (1 MiB), so memory stays constant whatever the file size.
-    """
-
-    CHUNK = 1 << 16
-
-    def __init__(self, f: Any, base: int = 0, end: int | None = None) -> None:
-        self.f = f
-        self.buf = b""
-        self.i = 0
-        self.base = base  # offset of buf[0]
-        self.end = end  # absolute offset of EOF when the source is seekable, for skip()
-
-    def tell(self) -> int:
-        return self.base + self.i
-
-    def _raw(self, n: int) -> bytes:
-        try:
-            return self.f.read(n)
-        except _Malformed:
-            raise
-        except Exception as e:  # zlib/bz2/lzma errors, caps, OSError: the stream ends here
-            raise _Malformed(f"reading failed ({type(e).__name__}: {e})") from e
-
-    def _fill(self, n: int) -> bool:
-        if len(self.buf) - self.i >= n:
-            return True
-        parts = [self.buf[self.i :]]
-        self.base += self.i
-        self.i = 0
-        have = len(parts[0])
-        while have < n:
-            chunk = self._raw(max(n - have, self.CHUNK))
-            if not chunk:
-                break
-            parts.append(chunk)
-            have += len(chunk)
-        self.buf = b"".join(parts)
-        return have >= n
-
-    def at_eof(self) -> bool:
-        return not self._fill(1)
-
-    def byte(self) -> int:
-        if self.i >= len(self.buf) and not self._fill(1):
-            return -1
-        b = self.buf[self.i]
-        self.i += 1
-        return b
-
-    def take(self, n: int) -> bytes:
-        if not self._fill(n):
-            raise _Malformed("pickle data was truncated")
-        out = self.buf[self.i : self.i + n]
-        self.i += n
-        return out
-
-    def skip(self, n: int) -> None:
-        avail = len(self.buf) - self.i
-        if n <= avail:
-            self.i += n
-            return
-        n -= avail
-        self.base += len(self.buf)
-        self.buf, self.i = b"", 0
-        if self.end is not None:  # seekable: jump
-            if self.base + n > self.end:
-                self.base = self.end
-                raise _Malformed("data was truncated")
-            self.f.seek(n, os.SEEK_CUR)
-            self.base += n
-            return
-        while n:
-            got = len(self._raw(min(n, 1 << 20)))
-            if not got:
-                raise _Malformed("data was truncated")
-            self.base += got
-            n -= got
-
-    def line(self, cap: int = 1 << 16) -> bytes | None:
-        """Up to the newline (excluded); None if longer than cap (then skipped)."""
-        j = self.buf.find(b"\n", self.i)
-        if j >= 0:
-            out = self.buf[self.i : j]
-            self.i = j + 1
-            return out
-        kept: list[bytes] | None = [self.buf[self.i :]]
-        size = len(self.buf) - self.i
-        self.base += len(self.buf)
-        self.buf, self.i = b"", 0
-        while True:
-            chunk = self._raw(self.CHUNK)
-            if not chunk:
-                raise _Malformed("pickle data was truncated (no newline)")
-            j = chunk.find(b"\n")
-            part = chunk if j < 0 else chunk[:j]
-            size += len(part)
-            if kept is not None:
-                kept.append(part)
-                if size > cap:
-                    kept = None
-            if j >= 0:
-                self.buf, self.i = chunk, j + 1
-                return None if kept is None else b"".join(kept)
-            self.base += len(chunk)
-
 
 _STRCAP = 4096  # longer strings are kept as LONGSTR: no module or attribute name is that long
 _ARGCAP = 1 << 20  # longer string/bytes arguments are skipped unread
@@ -833,149 +722,3 @@ _OPS: dict[int, Callable[[_Walker, _Reader, int], Any]] = {
     ord("P"): _h_persid,
     ord("Q"): _h_binpersid,
 }
-
-
-# --- streams of pickles -----------------------------------------------------------------
-
-
-def _legacy_storages(w: _Walker, r: _Reader, keys: Any) -> None:
-    """Legacy torch.save: after the key list, each storage is <u64 numel><numel x size>."""
-    if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
-        raise _Malformed("legacy torch file: the storage key list is not readable")
-    sizes: dict[str, int] = {}
-    for pid in w.persistent_ids:
-        if (
-            isinstance(pid, tuple)
-            and len(pid) >= 5
-            and pid[0] == "storage"
-            and isinstance(pid[1], Global)
-            and isinstance(pid[2], str)
-        ):
-            size = _TORCH_STORAGE_SIZES.get(pid[1].name)
-            if size is not None:
-                sizes[pid[2]] = size
-    for key in keys:
-        if key not in sizes:
-            raise _Malformed(f"legacy torch storage {key!r} has no persistent id to size it")
-        (numel,) = struct.unpack("<q", r.take(8))
-        if numel < 0:
-            raise _Malformed(f"legacy torch storage {key!r} has a negative size")
-        r.skip(numel * sizes[key])
-
-
-def _walk_stream(w: _Walker, r: _Reader) -> None:
-    """Pickle after pickle until EOF; findings go to ``w.findings`` as they are made."""
-    count = 0
-    legacy = False
-    while True:
-        try:
-            if r.at_eof():
-                return
-        except _Malformed as e:  # a decompressor or member reader failed between pickles
-            w.whole = False
-            w.add(r.tell(), "-", ERROR if w.evidence else WARNING, str(e))
-            return
-        seg = w.walk(r)
-        count += 1
-        if not seg.ok:
-            w.whole = False
-            if seg.evidence:
-                w.add(
-                    seg.offset,
-                    "-",
-                    ERROR,
-                    f"unparseable pickle data ({seg.error}) after it already imported or "
-                    f"called something: the unpickler acts before it fails",
-                )
-            elif count == 1:
-                w.add(seg.offset, "-", WARNING, f"not a pickle ({seg.error})")
-            else:
-                w.add(
-                    seg.offset,
-                    "-",
-                    WARNING,
-                    f"data after the last complete pickle is not a pickle ({seg.error}); "
-                    f"nothing in it is imported before the parse fails",
-                )
-            return
-        if count == 1 and seg.top == LEGACY_TORCH_MAGIC and type(seg.top) is int:
-            legacy = True
-        if legacy and count == 5:
-            start = r.tell()
-            try:
-                _legacy_storages(w, r, seg.top)
-            except _Malformed as e:
-                w.whole = False
-                w.add(start, "-", ERROR, f"{e}: the rest of the file is not accounted for")
-                return
-            legacy = False
-            try:
-                leftover = not r.at_eof()
-            except _Malformed:
-                leftover = True
-            if leftover:
-                w.add(
-                    r.tell(),
-                    "-",
-                    ERROR,
-                    "bytes after the legacy torch storages are not accounted for",
-                )
-
-
-def scan_stream(
-    f: Any,
-    file: str,
-    member: str | None = None,
-    *,
-    base: int = 0,
-    end: int | None = None,
-    require_evidence: bool = True,
-) -> list[Finding]:
-    """Scan a binary stream as back-to-back pickles.
-
-    With ``require_evidence`` (the default for content found by sniffing), a stream in
-    which nothing would be imported or called before the parse fails is not a pickle and
-    yields no findings: random weights and text must not raise alarms.
-    """
-    findings: list[Finding] = []
-    w = _Walker(file, member, findings)
-    _walk_stream(w, _Reader(f, base, end))
-    if require_evidence and not w.evidence:
-        return []
-    return findings
-
-
-def _probe(f: Any, *, base: int = 0, end: int | None = None, budget: int = 256 << 20) -> str:
-    """'evidence' | 'whole' (data-only pickles to EOF) | 'no', reading at most ~budget."""
-    w = _Walker("", None, [])
-    w.stop_at_evidence = True
-    w.budget_end = base + budget
-    r = _Reader(f, base, end)
-    try:
-        _walk_stream(w, r)
-    except _Evidence:
-        return "evidence"
-    except _Budget:
-        return "whole"  # that much valid pickle is a pickle: scan it in full
-    if w.whole and r.tell() > base and not w.findings:
-        return "whole"
-    return "no"
-
-
-def scan_bytes(
-    data: bytes | bytearray | memoryview | IO[bytes],
-    file: str = "<bytes>",
-    member: str | None = None,
-) -> list[Finding]:
-    """Scan a pickle stream given as bytes or an open binary file (from its position).
-
-    The caller says it is a pickle, so nothing is dropped: bytes that are not a pickle
-    give a ``warning`` "not a pickle" finding instead of an exception.
-    """
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        import io
-
-        data = io.BytesIO(bytes(data))
-    return scan_stream(data, file, member, require_evidence=False)
-
-
