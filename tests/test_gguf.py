@@ -102,27 +102,38 @@ def test_long_arrays_are_walked_not_kept(file_type, tokens, keep):
     assert h.file_type == file_type and h.size == len(data)
 
 
-def test_what_the_ollama_config_needs_agrees_with_llama_cpps_reader(tmp_path):
-    template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
-    w = gguf.GGUFWriter(tmp_path / "m.gguf", "qwen2")
-    w.add_name("Tiny Qwen")
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_K_M)
+JINJA = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
+
+
+def make_gguf(path: Path, arch="qwen2", ftype=15, template: str | None = JINJA,
+              vocab: int = 0, rows: int = 64) -> Path:
+    """A small GGUF as llama.cpp's converters write one, tensor data included."""
+    w = gguf.GGUFWriter(path, arch)
+    w.add_name("Tiny")
+    w.add_file_type(ftype)
     w.add_license("apache-2.0")
-    w.add_chat_template(template)
-    w.add_token_list([f"tok{i}" for i in range(10_000)])
-    w.add_token_scores([0.5] * 10_000)
-    w.add_tensor("token_embd.weight", np.zeros((100, 16), dtype=np.float32))
-    w.add_tensor("output_norm.weight", np.ones(16, dtype=np.float32))
+    if template:
+        w.add_chat_template(template)
+    if vocab:
+        w.add_token_list([f"tok{i}" for i in range(vocab)])
+        w.add_token_scores([0.5] * vocab)
+    w.add_tensor("token_embd.weight", np.zeros((rows, 8), dtype=np.float32))
+    w.add_tensor("output_norm.weight", np.ones(8, dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+    return path
+
+
+def test_what_the_ollama_config_needs_agrees_with_llama_cpps_reader(tmp_path):
+    make_gguf(tmp_path / "m.gguf", vocab=10_000, rows=200)
     h = read_gguf(tmp_path / "m.gguf")
     ref = gguf.GGUFReader(tmp_path / "m.gguf")
-    assert (h.architecture, h.name, h.license) == ("qwen2", "Tiny Qwen", "apache-2.0")
+    assert (h.architecture, h.name, h.license) == ("qwen2", "Tiny", "apache-2.0")
     assert (h.file_type, h.quantization) == (15, "Q4_K_M")
-    assert h.chat_template == template
-    assert h.parameter_count == sum(int(t.n_elements) for t in ref.tensors) == 1616
+    assert h.chat_template == JINJA
+    assert h.parameter_count == sum(int(t.n_elements) for t in ref.tensors) == 1608
     assert h.metadata["tokenizer.ggml.tokens"] == Skipped(8, 10_000)
     assert h.size <= ref.data_offset  # the descriptors end where the padding starts
 

@@ -9,8 +9,6 @@ import json
 import os
 from pathlib import Path
 
-import gguf
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -33,26 +31,9 @@ from reconcile.ollama_manifest import (
 )
 from tests import ollama_reader
 from tests.ollama_reader import OllamaWouldFail, list_models, read_model
+from tests.test_gguf import JINJA, make_gguf
 
-JINJA = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
 GO = "{{ if .System }}<|system|>{{ .System }}{{ end }}<|user|>{{ .Prompt }}<|assistant|>"
-
-
-def make_gguf(path: Path, arch="qwen2", ftype=15, template: str | None = JINJA) -> Path:
-    """A small GGUF as llama.cpp's converters write one."""
-    w = gguf.GGUFWriter(path, arch)
-    w.add_name("Tiny")
-    w.add_file_type(ftype)
-    w.add_license("apache-2.0")
-    if template:
-        w.add_chat_template(template)
-    w.add_tensor("token_embd.weight", np.zeros((64, 8), dtype=np.float32))
-    w.add_tensor("output_norm.weight", np.ones(8, dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
 
 
 def install(models: Path, name: str, store_object: Path, image: Image) -> None:

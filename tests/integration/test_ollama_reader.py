@@ -5,10 +5,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from pathlib import Path
 
 import pytest
 
-from tests.integration.test_ollama_source import CONFIG, GGUF, declare, push_ollama
+from tests.integration.test_ollama_source import (  # noqa: F401 (ollama_dir: a fixture)
+    CONFIG,
+    GGUF,
+    declare,
+    ollama_dir,
+    push_ollama,
+)
 from tests.ollama_reader import OllamaWouldFail, list_models, read_model
 from tests.servers import Pusher, docker_registry, registry_binary
 
@@ -29,13 +37,6 @@ LAYERS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def ollama_dir(tmp_path, monkeypatch):
-    d = tmp_path / "ollama-models"
-    monkeypatch.setenv("OLLAMA_MODELS", str(d))
-    return d
-
-
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
     with docker_registry(tmp_path_factory.mktemp("registry")) as url:
@@ -43,15 +44,16 @@ def registry(tmp_path_factory):
         yield url, served
 
 
-def test_an_installed_model_reads_back_as_ollama_loads_it(project, registry, ollama_dir):
+def test_an_installed_model_reads_back_as_ollama_loads_it(project, registry):
     url, served = registry
+    models = Path(os.environ["OLLAMA_MODELS"])  # set by the autouse ollama_dir fixture
     host = url.split("//")[1]
     declare(project, url, "chatty:v1")
     assert project.run("lock").code == 0
     r = project.run("apply")
     assert r.code == 0, r.err
 
-    m = read_model(ollama_dir, f"{host}/library/chatty:v1")
+    m = read_model(models, f"{host}/library/chatty:v1")
     assert m.name == f"{host}/library/chatty/v1"
     assert m.digest == hashlib.sha256(served).hexdigest()  # `ollama list`'s ID
     assert m.config == json.loads(CONFIG)
@@ -60,9 +62,9 @@ def test_an_installed_model_reads_back_as_ollama_loads_it(project, registry, oll
     assert m.options == {"num_ctx": 4096, "stop": ["</s>"]}
     assert m.messages == [{"role": "user", "content": "hi"}]
     assert m.licenses == ["MIT License\n", "Apache License 2.0\n"]
-    assert list_models(ollama_dir) == {f"{host}/library/chatty/v1": m.digest}
+    assert list_models(models) == {f"{host}/library/chatty/v1": m.digest}
 
     m.model_path.unlink()  # a hard link to the store object: replaced, not written into
     m.model_path.write_bytes(GGUF[:-1])  # what a half-finished copy would leave
     with pytest.raises(OllamaWouldFail, match="does not hold"):
-        read_model(ollama_dir, f"{host}/library/chatty:v1")
+        read_model(models, f"{host}/library/chatty:v1")
