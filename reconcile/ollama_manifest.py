@@ -152,7 +152,7 @@ def compose(gguf_sha256: str, gguf_size: int, header: GGUFHeader,
     """The ollama model for one GGUF (its sha256 and size from the lock, its header read
     from the store object) and models.toml's settings. Pure: writes nothing."""
     if not isinstance(gguf_sha256, str) or not HEX64.fullmatch(gguf_sha256) \
-            or not isinstance(gguf_size, int) or gguf_size < 0:
+            or not isinstance(gguf_size, int) or isinstance(gguf_size, bool) or gguf_size < 0:
         raise LockError(f"the GGUF's sha256/size {gguf_sha256!r}/{gguf_size!r} are not a"
                         " lowercase 64-hex digest and a size",
                         hint="regenerate models.lock with `reconcile lock`")
@@ -221,6 +221,8 @@ def ollama_name(name: str) -> str:
     """``<host>/<namespace>/<model>/<tag>`` for a name as ``ollama run`` takes it
     (``types/model/name.go`` defaults: registry.ollama.ai, library, latest), the
     form models.lock's ``ollama`` key and ollama's manifests/ directory use."""
+    if not isinstance(name, str):
+        raise ConfigError(f"expected a model name, got {type(name).__name__}", key="ollama.name")
     try:
         parts = parse_name(name, None, None)
     except ValueError as e:

@@ -127,6 +127,8 @@ def test_a_forged_lock_digest_is_refused(tmp_path, bad):
     header = read_gguf(make_gguf(tmp_path / "m.gguf"))
     with pytest.raises(LockError, match="64-hex"):
         compose(bad, 10, header)
+    with pytest.raises(LockError, match="64-hex"):
+        compose("a" * 64, -1, header)
 
 
 @pytest.mark.parametrize("settings_,key", [
