@@ -125,3 +125,14 @@ class ValidationFailed(ReconcileError):
 
 class StoreError(ReconcileError):
     """The store cannot be written (disk full, permissions) or is corrupt."""
+
+
+class FormatError(ReconcileError):
+    """A model file is not what its format says (a GGUF header that cannot be read):
+    which file, at which byte, and what was wrong there."""
+
+    def __init__(self, message: str, *, file: str, offset: int | None = None,
+                 hint: str | None = None) -> None:
+        where = file if offset is None else f"{file} (byte {offset})"
+        super().__init__(f"{where}: {message}", hint=hint)
+        self.file, self.offset, self.reason = file, offset, message
