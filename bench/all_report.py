@@ -28,6 +28,15 @@ def _first_line(cmd: list[str]) -> str:
     return ((p.stdout or p.stderr).strip().splitlines() or ["?"])[0]
 
 
+def _version(line: str) -> str:
+    """The first word of a version line that looks like a version ('git version 2.39.5',
+    'version 8000GB 4.48 pypi linux amd64')."""
+    import re
+
+    m = re.search(r"\b\d+\.\d+(\.\d+)?\S*", line)
+    return m.group(0) if m else line
+
+
 def machine_info(reconcile_cmd: str, weed: str | None) -> dict[str, str]:
     """What the header line says: when, on what, with which tools."""
     cpu = "?"
@@ -50,10 +59,10 @@ def machine_info(reconcile_cmd: str, weed: str | None) -> dict[str, str]:
         "reconcile_cmd": reconcile_cmd,
         "huggingface_hub": huggingface_hub.__version__, "boto3": boto3.__version__,
         "curl": _first_line(["curl", "--version"]).split(" (")[0],
-        "git": _first_line(["git", "--version"]), "git_lfs": _first_line(["git", "lfs", "version"]
+        "git": _version(_first_line(["git", "--version"])), "git_lfs": _first_line(["git", "lfs", "version"]
                                                                        ).split(" (")[0],
         "docker_registry": _first_line(["docker-registry", "--version"]).split(" ")[-1],
-        "seaweedfs": _first_line([weed, "version"]) if weed else "not found",
+        "seaweedfs": _version(_first_line([weed, "version"])) if weed else "not found",
         "nginx": _first_line(["nginx", "-v"]).split(": ")[-1],
     }
 
@@ -62,8 +71,8 @@ def header(info: dict[str, str]) -> str:
     return (f"{info['date']} · {info['cpu']} · {info['cores']} cores · kernel {info['kernel']}"
             f" · Python {info['python']} · reconcile {info['reconcile']} · huggingface_hub"
             f" {info['huggingface_hub']} · boto3 {info['boto3']} · {info['curl']} ·"
-            f" {info['git']} · {info['git_lfs']} · docker-registry {info['docker_registry']}"
-            f" · SeaweedFS {info['seaweedfs'].replace('version ', '')} · {info['nginx']}")
+            f" git {info['git']} · {info['git_lfs']} · docker-registry"
+            f" {info['docker_registry']} · SeaweedFS {info['seaweedfs']} · {info['nginx']}")
 
 
 # --- one row ---------------------------------------------------------------------------

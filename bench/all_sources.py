@@ -37,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from all_model import DiskWatch, Model, warm  # noqa: E402
+from all_model import ONE_BIG_FROM, DiskWatch, Model, warm  # noqa: E402
 from bench_git_lfs import Runner as GitRunner  # noqa: E402
 from bench_git_lfs import check_tree as git_check_tree  # noqa: E402
 from bench_git_lfs import push_tree  # noqa: E402
@@ -235,7 +235,8 @@ class HfRow(Row):
         _checked(lambda: HfRunner._check(self.work / "hf" / "hub", self.info))
 
     def context(self) -> dict[str, Callable[[], dict]]:
-        return {"curl -Z (files)": self.curl_files}
+        """curl for context while it is cheap (not at 4 GiB: the run must fit 15 min)."""
+        return {"curl -Z (files)": self.curl_files} if self.model.size < ONE_BIG_FROM else {}
 
     def curl_files(self) -> dict:
         """Every file of the repo by plain curl, in parallel, to disk: no cache layout,

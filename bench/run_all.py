@@ -20,6 +20,7 @@ bench/README.md); --quick writes all-quick.json and all-quick.md instead.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 import all_report  # noqa: E402
 from all_model import GIB, DiskWatch, make_model, parse_sizes, size_label  # noqa: E402
-from all_sources import RECONCILE, SOURCES, Row, RowFailed  # noqa: E402
+from all_sources import PY, RECONCILE, SOURCES, Row, RowFailed  # noqa: E402
 from alternate import alternate, save_results  # noqa: E402
 from bench_hf import wipe  # noqa: E402
 
@@ -94,8 +95,10 @@ def run_row(cls: type[Row], tmp: Path, model, disk: DiskWatch, reps: int,
         if not isinstance(e.code, str):
             raise
         row["error"] = e.code.strip()
-    except (RowFailed, AssertionError, OSError, RuntimeError) as e:
-        row["error"] = str(e).strip() or repr(e)
+    except RowFailed as e:
+        row["error"] = str(e)
+    except Exception as e:  # a server or client library's error: this row fails, not the run
+        row["error"] = f"{type(e).__name__}: {e}".strip()
     row["elapsed_s"] = time.perf_counter() - t
     if "error" in row:
         print(f"  FAILED: {row['error'][:2000]}", flush=True)
@@ -122,6 +125,7 @@ def run_sources(args, tmp: Path, disk: DiskWatch) -> list[dict]:
         for cls in sources:
             rows.append(run_row(cls, tmp / cls.source, model, disk, reps,
                                 not args.drop_vouched))
+            print(f"  ({(time.perf_counter() - args.t0) / 60:.1f} min so far)", flush=True)
         wipe(tmp / "gen")
     return rows
 
@@ -203,13 +207,16 @@ def main(argv: list[str] | None = None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="reconcile-all-", dir=os.environ.get("BENCH_TMP")))
     disk = DiskWatch(tmp)
     info = all_report.machine_info(RECONCILE, weed_binary())
+    info["reconcile_module"] = subprocess.run(
+        [PY, "-c", "import reconcile; print(reconcile.__file__)"], capture_output=True,
+        text=True).stdout.strip()  # this checkout's, through PYTHONPATH
     print(all_report.header(info), flush=True)
     res: dict = {"info": info, "command": " ".join(["python bench/run_all.py", *sys.argv[1:]]),
                  "args": {"only": args.only, "sizes": args.sizes, "reps": args.reps,
                           "reps_big": args.reps_big, "quick": args.quick,
                           "keep_vouched": not args.drop_vouched, "settle": args.settle},
                  "tmp": str(tmp)}
-    t0 = time.perf_counter()
+    args.t0 = t0 = time.perf_counter()
     try:
         res["extras"] = run_cheap(args, tmp)  # first: before the big files churn the cache
         res["rows"] = run_sources(args, tmp, disk)
