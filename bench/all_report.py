@@ -172,28 +172,56 @@ def table(rows: list[dict], extras: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def row_notes(rows: list[dict]) -> list[str]:
-    out = []
+def row_notes(rows: list[dict]) -> tuple[list[str], list[str]]:
+    """(the writeback notes of the rows marked ⁽ʷᵇ⁾, the context tools' figures)."""
+    marked, context = [], []
     for row in rows:
         where = f"{row['source']} {row['size_label']}"
         s = row.get("summary") or {}
-        out += [f"{where}: {n}" for n in s.get("notes", [])]
+        marked += [f"{where}: {n}" for n in s.get("notes", [])]
         for name, rs in row.get("runs", {}).items():
             if name not in ("reconcile", "peer", "floor net", "floor disk"):
-                out.append(f"{where}, for context: {name} {_med(rs):.2f} s ({_samples(rs)}),"
-                           f" until durable {_med(rs, 'durable_s'):.2f} s")
-    return out
+                context.append(f"{where}: {name} {_med(rs):.2f} s ({_samples(rs)}), until"
+                               f" durable {_med(rs, 'durable_s'):.2f} s")
+    return marked, context
+
+
+def how_to_read(res: dict) -> str:
+    """The paragraph under the table: what each column measured, under which conditions."""
+    a = res["args"]
+    vouched = ("kept from that lock (a user's models.lock came from their own `reconcile"
+               " lock`)" if a["keep_vouched"] else "dropped too (apply asks each source"
+               " to vouch again)")
+    settle = (f"after a {a['settle']:g} s settle" if a["settle"] else
+              "no settle wait: inodes freed just before can slow creates")
+    return f"""How to read it: times in seconds, median of {a['reps']} (every sample in
+parentheses; {a['reps_big']} for 4 GiB and more), tools alternating, `sync` (untimed)
+before each run, nothing dropped from the page cache. "reconcile": `reconcile apply`
+with models.lock in place (`lock` ran once, untimed), a fresh store and fresh targets
+(HF cache, ollama models directory) every run; the store's `state/vouched` records were
+{vouched}. reconcile's apply is durable at exit (objects are fsynced before they are
+named); the peers are timed to exit, and "until durable" adds the `sync` right after.
+Peer ratio = peer / reconcile (goal ≥ 1.0, ≥ 1.5 for hf); floor = max(the weight files
+fetched in parallel by curl to /dev/null from the same server (presigned URLs for S3,
+the LFS batch API's hrefs for git_lfs), the same bytes written by `dd bs=8M
+oflag=direct`, one per file in parallel); floor ratio = reconcile / floor (goal ≤ 1.3).
+reconcile checks the sha256 of every file; the peers check none (git-lfs does).
+Validation is off (`RECONCILE_VALIDATION=none`: the weights are random bytes);
+reconcile's modules are byte-compiled first, as `pip install` leaves them. Scale rows:
+cold `apply` of `source.mock` models (bench_scale.py), floor = the disk's time for as
+many small files and symlinks ({settle}); core rows: bench_core.py, median of 5.
+Peak disk use {res['disk']['peak_use_gib']:.1f} GiB of
+{res['disk']['free_at_start_gib']:.0f} GiB free; the run took
+{res['elapsed_s'] / 60:.1f} min."""
 
 
 def markdown(res: dict, tbl: str) -> str:
     """The section for bench/README.md."""
-    info, a = res["info"], res["args"]
-    day = info["date"][:10]
-    notes = "\n".join(f"- {n}" for n in row_notes(res["rows"])) or "- (none)"
-    vouched = ("kept from that lock (a user's models.lock came from their own `reconcile"
-               " lock`)" if a["keep_vouched"] else "dropped too (apply asks each source"
-               " to vouch again)")
-    return f"""### All sources (`run_all.py`, {day}: {info['cpu']}, {info['cores']} cores)
+    info = res["info"]
+    marked, context = row_notes(res["rows"])
+    notes = "\n".join(f"- {n}" for n in marked) or "- (none)"
+    context_md = "\n".join(f"- {n}" for n in context) or "- (none)"
+    return f"""### All sources (`run_all.py`, {info['date'][:10]}: {info['cpu']}, {info['cores']} cores)
 
     {res['command']}
 
@@ -201,25 +229,15 @@ def markdown(res: dict, tbl: str) -> str:
 
 {tbl}
 
-How to read it: times in seconds, median of {a['reps']} (every sample in parentheses;
-{a['reps_big']} for 4 GiB and more), tools alternating, `sync` (untimed) before each
-run, nothing dropped from the page cache. "reconcile": `reconcile apply` with models.lock
-in place (`lock` ran once, untimed), a fresh store and fresh targets (HF cache, ollama
-models directory) every run; the store's `state/vouched` records were {vouched}.
-reconcile's apply is durable at exit (objects are fsynced before they are named); the
-peers are timed to exit, and "until durable" adds the `sync` right after. Peer ratio =
-peer / reconcile (goal ≥ 1.0, ≥ 1.5 for hf); floor = max(the weight files fetched in
-parallel by curl to /dev/null from the same server (presigned URLs for S3, the LFS batch
-API's hrefs for git_lfs), the same bytes written by `dd bs=8M oflag=direct`, one per file
-in parallel); floor ratio = reconcile / floor (goal ≤ 1.3). reconcile checks the sha256
-of every file; the peers check none (git-lfs does). Validation is off
-(`RECONCILE_VALIDATION=none`: the weights are random bytes). Scale rows: cold `apply`
-of `source.mock` models (bench_scale.py), floor = the disk's time for as many small
-files and symlinks (no settle wait: inodes freed just before can slow creates).
-Peak disk use: {res['disk']['peak_use_gib']:.1f} GiB of {res['disk']['free_at_start_gib']:.0f}
-GiB free; the run took {res['elapsed_s'] / 60:.1f} min.
+{how_to_read(res)}
 
-⁽ʷᵇ⁾ rows where reconcile's lead may come from the peer's writeback:
+⁽ʷᵇ⁾ rows where reconcile's lead may come from the peer's writeback (ahead only until
+durable; or a lead no larger than the I/O wait during the peer's runs, which includes
+the kernel throttling its page-cache writes), and peers that exit with much left to flush:
 
 {notes}
+
+For context (not in the ratios): plain curl of every file of the hf repo to disk.
+
+{context_md}
 """

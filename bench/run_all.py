@@ -233,9 +233,9 @@ def main(argv: list[str] | None = None) -> None:
     print(all_report.header(info))
     print()
     print(tbl)
-    notes = all_report.row_notes(res["rows"])
-    if notes:
-        print("\n" + "\n".join(f"- {n}" for n in notes))
+    marked, context = all_report.row_notes(res["rows"])
+    if marked or context:
+        print("\n" + "\n".join(f"- {n}" for n in (*marked, *context)))
     print(f"\n{res['elapsed_s'] / 60:.1f} min; peak disk use {res['disk']['peak_use_gib']:.1f}"
           f" GiB; bench/results/{stem}.json (every sample), bench/results/{stem}.md")
 
