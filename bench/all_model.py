@@ -76,7 +76,7 @@ def parse_sizes(text: str) -> list[int]:
         try:
             n = parse_size(item, "--sizes")
         except ValueError as e:
-            raise SystemExit(f"--sizes: {e} (e.g. --sizes 64M,256M)") from None
+            raise SystemExit(f"{e} (e.g. --sizes 64M,256M)") from None
         if n < MIB or n % MIB:
             raise SystemExit(f"--sizes: {item!r} is not a whole number of MiB (at least 1M)")
         out.append(n)

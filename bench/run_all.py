@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
 import all_report  # noqa: E402
-from all_model import GIB, DiskWatch, make_model, parse_sizes, size_label  # noqa: E402
+from all_model import ONE_BIG_FROM, DiskWatch, make_model, parse_sizes, size_label  # noqa: E402
 from all_sources import PY, RECONCILE, SOURCES, Row, RowFailed  # noqa: E402
 from alternate import alternate, save_results  # noqa: E402
 from bench_hf import wipe  # noqa: E402
@@ -112,7 +112,7 @@ def run_sources(args, tmp: Path, disk: DiskWatch) -> list[dict]:
     rows = []
     sources = [SOURCES[s] for s in SOURCES if s in args.only]
     for size in args.sizes if sources else []:
-        reps = args.reps_big if size >= 4 * GIB else args.reps
+        reps = args.reps_big if size >= ONE_BIG_FROM else args.reps
         why = disk.room_for(size)
         if why:
             print(f"[{size_label(size)}] skipped: {why}", flush=True)
