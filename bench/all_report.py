@@ -193,7 +193,8 @@ def how_to_read(res: dict) -> str:
                " lock`)" if a["keep_vouched"] else "dropped too (apply asks each source"
                " to vouch again)")
     settle = (f"after a {a['settle']:g} s settle" if a["settle"] else
-              "no settle wait: inodes freed just before can slow creates")
+              "run last, no settle wait: for minutes after many inodes were freed, as by"
+              " an earlier run's cleanup, creates are slower; `--settle 360` waits")
     return f"""How to read it: times in seconds, median of {a['reps']} (every sample in
 parentheses; {a['reps_big']} for 4 GiB and more), tools alternating, `sync` (untimed)
 before each run, nothing dropped from the page cache. "reconcile": `reconcile apply`

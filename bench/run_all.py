@@ -8,7 +8,7 @@ the floor, in one run and one table.
 Sources (bench/all_sources.py): hf (the nginx stand-in Hub), s3 (SeaweedFS), oci
 (docker-registry, source.ollama), git_lfs (the test forge); sizes 64 MiB, 256 MiB,
 1 GiB, 4 GiB per weight file (bench/all_model.py: 2 files + 20 small ones; one file at
-4 GiB). Then the cheap rows: scale (cold apply of 1,000 models x 3 files and of one model
+4 GiB). Last the cheap rows: scale (cold apply of 1,000 models x 3 files and of one model
 of 6,000 files, bench_scale.py) and core (`lock --check`, no-op apply, bench_core.py).
 `--only` takes source names and `scale`, `core`.
 
@@ -218,8 +218,10 @@ def main(argv: list[str] | None = None) -> None:
                  "tmp": str(tmp)}
     args.t0 = t0 = time.perf_counter()
     try:
-        res["extras"] = run_cheap(args, tmp)  # first: before the big files churn the cache
         res["rows"] = run_sources(args, tmp, disk)
+        # last: the source rows free few inodes, and on ext4 creates are slow for minutes
+        # after many were freed (bench_scale.retire), as an earlier run's cleanup does
+        res["extras"] = run_cheap(args, tmp)
     finally:
         wipe(tmp)
     res["elapsed_s"] = time.perf_counter() - t0
