@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import re
 import statistics
 import subprocess
 from pathlib import Path
@@ -31,8 +32,6 @@ def _first_line(cmd: list[str]) -> str:
 def _version(line: str) -> str:
     """The first word of a version line that looks like a version ('git version 2.39.5',
     'version 8000GB 4.48 pypi linux amd64')."""
-    import re
-
     m = re.search(r"\b\d+\.\d+(\.\d+)?\S*", line)
     return m.group(0) if m else line
 
@@ -59,8 +58,8 @@ def machine_info(reconcile_cmd: str, weed: str | None) -> dict[str, str]:
         "reconcile_cmd": reconcile_cmd,
         "huggingface_hub": huggingface_hub.__version__, "boto3": boto3.__version__,
         "curl": _first_line(["curl", "--version"]).split(" (")[0],
-        "git": _version(_first_line(["git", "--version"])), "git_lfs": _first_line(["git", "lfs", "version"]
-                                                                       ).split(" (")[0],
+        "git": _version(_first_line(["git", "--version"])),
+        "git_lfs": _first_line(["git", "lfs", "version"]).split(" (")[0],
         "docker_registry": _first_line(["docker-registry", "--version"]).split(" ")[-1],
         "seaweedfs": _version(_first_line([weed, "version"])) if weed else "not found",
         "nginx": _first_line(["nginx", "-v"]).split(": ")[-1],
@@ -105,7 +104,7 @@ def writeback_notes(s: dict) -> list[str]:
     lead = s["peer_s"] - s["reconcile_s"]
     leftover = s["peer_durable_s"] - s["peer_s"]
     if s["peer_ratio"] < 1.0 <= s["durable_ratio"]:
-        notes.append(f"ahead only until durable: the peer exits first but leaves"
+        notes.append(f"reconcile ahead only until durable: the peer exits first but leaves"
                      f" {leftover:.2f} s of writeback")
     elif lead > 0 and s["peer_iowait_s"] >= lead:
         notes.append(f"lead {lead:.2f} s ≤ the peer's I/O wait {s['peer_iowait_s']:.2f} s:"
@@ -127,14 +126,19 @@ def _ok(good: bool) -> str:
     return "✓" if good else "✗"
 
 
+def _failed(error: str) -> str:
+    """A failure in one table cell: one line, no '|' (all.json has the whole message)."""
+    return "FAILED: " + " ".join(error.split()).replace("|", "/")[:160]
+
+
 def _samples(rs: list[dict], key: str = "s") -> str:
     return "/".join(f"{r[key]:.2f}" for r in rs)
 
 
 def source_cells(row: dict) -> list[str]:
     head = [row["source"], row["size_label"], row["files_label"]]
-    if row.get("error"):
-        return head + [f"FAILED: {row['error'][:160]}"] + [""] * (len(COLUMNS) - 4)
+    if "error" in row:
+        return [*head, _failed(row["error"])] + [""] * (len(COLUMNS) - 4)
     s, runs = row["summary"], row["runs"]
     mark = "" if not s["notes"] else " ⁽ʷᵇ⁾"
     return [
@@ -150,8 +154,8 @@ def source_cells(row: dict) -> list[str]:
 def extra_cells(row: dict) -> list[str]:
     """A scale or core row: reconcile's time against its goal, a peer where there is one."""
     cells = [row["source"], "—", row["work"]]
-    if row.get("error"):
-        return cells + [f"FAILED: {row['error'][:160]}"] + [""] * (len(COLUMNS) - 4)
+    if "error" in row:
+        return [*cells, _failed(row["error"])] + [""] * (len(COLUMNS) - 4)
     rec = f"{row['s']:.2f} (≤ {row['goal_s']:g} s {_ok(row['s'] <= row['goal_s'])})"
     peer = ratio = floor = floor_ratio = ""
     if row.get("peer_s"):

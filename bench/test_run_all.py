@@ -100,3 +100,14 @@ def test_a_lead_only_until_durable_is_said(rec, peer, rec_dur_extra, peer_dur_ex
     # and one the peer's I/O wait could explain is always flagged
     if rec < peer <= rec + iowait and not only_durable:
         assert any(n.startswith("lead") for n in notes)
+
+
+@given(st.text())
+def test_a_failed_row_stays_one_row_of_the_table_whatever_the_error_says(error: str) -> None:
+    from all_report import COLUMNS, table
+
+    tbl = table([{"source": "s3", "size_label": "8 MiB", "files_label": "2 × 8 MiB",
+                  "error": error}], [{"source": "scale", "work": "w", "error": error}])
+    lines = tbl.split("\n")
+    assert len(lines) == 4
+    assert all(line.count("|") == len(COLUMNS) + 1 for line in lines)
