@@ -49,10 +49,6 @@ class Model:
     def files_label(self) -> str:
         return f"{len(self.big)} × {self.label} + {len(self.small)} small"
 
-    @property
-    def big_bytes(self) -> int:
-        return sum(b.size for b in self.big)
-
     def files(self) -> dict[str, int]:
         """Every file of the model: path -> size (what each tool must install)."""
         return {**{b.name: b.size for b in self.big},
