@@ -59,7 +59,29 @@ def git(env: dict[str, str], *args: str, cwd: Path | None = None) -> str:
 
 
 def push_model(forge, tmp: Path, big: int) -> dict[str, tuple[int, str]]:
-    """org/models on the forge; path -> (size, sha256) of every file."""
+    """org/models on the forge: 2 x ``big`` LFS + 50 small files; path -> (size, sha256)."""
+
+    def fill(src: Path) -> dict[str, tuple[int, str]]:
+        files: dict[str, tuple[int, str]] = {}
+        for i in (1, 2):
+            name = f"model-0000{i}-of-00002.safetensors"
+            files[name] = (big, make_file(src / name, big))
+        rnd = random.Random(1)
+        (src / "tok").mkdir()
+        for i in range(50):
+            name = f"tok/part-{i:02d}.json" if i % 3 == 0 else f"extra-{i:02d}.json"
+            data = os.urandom(rnd.randint(200, 64 * 1024))
+            (src / name).write_bytes(data)
+            files[name] = (len(data), hashlib.sha256(data).hexdigest())
+        return files
+
+    return push_tree(forge, tmp, fill)
+
+
+def push_tree(forge, tmp: Path, fill) -> dict[str, tuple[int, str]]:
+    """org/models on the forge, pushed with the real git + git-lfs: one commit (tag v1.0)
+    of what ``fill(worktree)`` writes there, `*.safetensors` in LFS. ``fill`` returns
+    path -> (size, sha256); the result adds .gitattributes."""
     env = git_env(tmp / "pushhome")
     git(env, "lfs", "install", "--skip-repo")
     git(env, "init", "-q", "--bare", "-b", "main", str(forge.root / "repos/org/models.git"))
@@ -67,17 +89,7 @@ def push_model(forge, tmp: Path, big: int) -> dict[str, tuple[int, str]]:
     src.mkdir()
     git(env, "init", "-q", "-b", "main", cwd=src)
     git(env, "lfs", "track", "*.safetensors", cwd=src)
-    files: dict[str, tuple[int, str]] = {}
-    for i in (1, 2):
-        name = f"model-0000{i}-of-00002.safetensors"
-        files[name] = (big, make_file(src / name, big))
-    rnd = random.Random(1)
-    (src / "tok").mkdir()
-    for i in range(50):
-        name = f"tok/part-{i:02d}.json" if i % 3 == 0 else f"extra-{i:02d}.json"
-        data = os.urandom(rnd.randint(200, 64 * 1024))
-        (src / name).write_bytes(data)
-        files[name] = (len(data), hashlib.sha256(data).hexdigest())
+    files = fill(src)
     data = (src / ".gitattributes").read_bytes()
     files[".gitattributes"] = (len(data), hashlib.sha256(data).hexdigest())
     git(env, "add", "-A", cwd=src)

@@ -127,9 +127,10 @@ class Site:
         self.root.mkdir(parents=True, exist_ok=True)
         self.repos: dict[str, RepoInfo] = {}
 
-    def add_repo(self, repo: str, files: dict[str, int | bytes], *, lfs_min: int = 10 << 20
-                 ) -> RepoInfo:
-        """``files``: path → bytes (a plain git file) or a size (generated content).
+    def add_repo(self, repo: str, files: dict[str, int | bytes | Path], *,
+                 lfs_min: int = 10 << 20) -> RepoInfo:
+        """``files``: path → bytes (a plain git file), a size (generated content), or an
+        existing file (hard-linked in, so several benchmarks can serve one copy).
 
         A generated file is LFS when it has a weights suffix or is ≥ ``lfs_min``
         bytes, like `git lfs track` + the Hub's 10 MB rule.
@@ -149,7 +150,11 @@ class Site:
                 p.write_bytes(spec)
                 info.files[path] = {"size": len(spec), "oid": git_blob_oid(spec), "lfs": False}
                 continue
-            digest = write_big(p, spec, seed=i)
+            if isinstance(spec, Path):
+                os.link(spec, p)
+                digest, spec = _sha256(p), p.stat().st_size
+            else:
+                digest = write_big(p, spec, seed=i)
             if spec >= lfs_min or path.endswith(LFS_SUFFIXES):
                 pointer = (f"version https://git-lfs.github.com/spec/v1\noid sha256:{digest}\n"
                            f"size {spec}\n").encode()
