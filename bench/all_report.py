@@ -156,7 +156,8 @@ def extra_cells(row: dict) -> list[str]:
     cells = [row["source"], "—", row["work"]]
     if "error" in row:
         return [*cells, _failed(row["error"])] + [""] * (len(COLUMNS) - 4)
-    rec = f"{row['s']:.2f} (≤ {row['goal_s']:g} s {_ok(row['s'] <= row['goal_s'])})"
+    rec = (f"{row['s']:.2f} (≤ {row['goal_s']:g} s {_ok(row['s'] <= row['goal_s'])})"
+           if row.get("goal_s") else f"{row['s']:.2f}")
     peer = ratio = floor = floor_ratio = ""
     if row.get("peer_s"):
         peer = f"{row['peer_name']} {row['peer_s']:.2f}"
