@@ -56,7 +56,7 @@ from typing import Any
 
 from .errors import ConfigError, LockError
 from .gguf import GGUFHeader
-from .sources.ollama import parse_name
+from .ollama_names import ollama_name
 
 MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 CONFIG_TYPE = "application/vnd.docker.container.image.v1+json"
@@ -215,23 +215,6 @@ def check_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
                               key=f"parameters.{key}")
         out[key] = value
     return out
-
-
-def ollama_name(name: str) -> str:
-    """``<host>/<namespace>/<model>/<tag>`` for a name as ``ollama run`` takes it
-    (``types/model/name.go`` defaults: registry.ollama.ai, library, latest), the
-    form models.lock's ``ollama`` key and ollama's manifests/ directory use."""
-    if not isinstance(name, str):
-        raise ConfigError(f"expected a model name, got {type(name).__name__}", key="ollama.name")
-    try:
-        parts = parse_name(name, None, None)
-    except ValueError as e:
-        key, _, why = str(e).partition(": ")
-        raise ConfigError(why, key="ollama.name" if key == "model" else f"ollama.{key}",
-                          hint="a name such as 'my-model:q4' or 'team/my-model:latest'"
-                          ) from None
-    host = parts["registry"].split("://", 1)[1]
-    return f"{host}/{parts['namespace']}/{parts['model']}/{parts['tag']}"
 
 
 def manifest_path(models_dir: Path, name: str) -> Path:
