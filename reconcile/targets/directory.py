@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..errors import ReconcileError
 from ..lockfile import LockedFile, LockedModel
-from . import LinkState, Target
+from .base import LinkState, Target
 from .ownership import (
     Ownership,
     place_key,

@@ -31,7 +31,7 @@ from .. import settings
 from ..errors import StoreError
 from ..lockfile import LockedFile, LockedModel
 from ..store import Store, link_or_copy
-from . import LinkState, Target
+from .base import LinkState, Target
 from .ownership import Ownership, ownership_dir, project_owners, prune_empty_parents
 from .ownership import value as _value
 
