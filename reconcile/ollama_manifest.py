@@ -49,7 +49,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,3 +220,18 @@ def check_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
 def manifest_path(models_dir: Path, name: str) -> Path:
     """Where ollama reads the manifest of ``name`` (``manifest.ParseNamedManifest``)."""
     return models_dir / "manifests" / ollama_name(name)
+
+
+def only_gguf(key: str, paths: Sequence[str]) -> str:
+    """The one ``*.gguf`` among a model's locked files: an ollama model is one GGUF (a
+    repo of several quantizations, or a model and its vision projector, needs ``files``
+    to pick one). LockError naming the model and the GGUFs otherwise."""
+    ggufs = sorted(p for p in paths if p.lower().endswith(".gguf"))
+    if len(ggufs) == 1:
+        return ggufs[0]
+    found = f"{len(ggufs)}: {', '.join(ggufs[:10])}{' …' if len(ggufs) > 10 else ''}" \
+        if ggufs else "none"
+    raise LockError(f"models.{key}: integration.ollama needs exactly one GGUF file; the"
+                    f" locked files have {found}",
+                    hint='narrow the source\'s files to one, e.g. files = ["*Q4_K_M.gguf"],'
+                    " then `reconcile lock`")

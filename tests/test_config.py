@@ -304,7 +304,7 @@ def test_ollama_settings_are_checked_naming_the_key(table, key, words):
 def test_a_source_ollama_model_keeps_its_own_manifest():
     plain = parse_manifest(b'[models.o]\nsource.ollama = { model = "llama3.2" }\n').models["o"]
     assert plain.ollama.enable and plain.ollama.name is None
-    with pytest.raises(ConfigError, match="integration.ollama.template: a source.ollama"):
+    with pytest.raises(ConfigError, match=r"integration\.ollama\.template: a source\.ollama"):
         parse_manifest('[models.o]\nsource.ollama = { model = "llama3.2" }\n'
                        'integration.ollama = { template = "{{ .Prompt }}" }\n')
 

@@ -15,7 +15,6 @@ reconcile wrote, then the folders that left empty.
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from pathlib import Path
@@ -25,10 +24,11 @@ from ..lockfile import LockedFile, LockedModel
 from .base import LinkState, Target
 from .ownership import (
     Ownership,
+    hard_or_symlink,
     place_key,
     project_owners,
     prune_empty_parents,
-    records,
+    symlinked_objects,
     tmp_name,
     value,
 )
@@ -191,7 +191,7 @@ class Directory(Target):
         if f.type == "l":
             os.symlink(f.target or "", tmp)
         else:
-            _hard_or_symlink(self._object(f), tmp)
+            hard_or_symlink(self._object(f), tmp)
         os.replace(tmp, p)  # over an earlier version's file reconcile made, or nothing
         own.create(f.path, owner, value(p) or "", replace=True)
         return None
@@ -221,16 +221,7 @@ class Directory(Target):
 
     def held_objects(self) -> set[str]:
         """Objects that a directory on another filesystem links to by symlink."""
-        keep: set[str] = set()
-        objects = str(self.ctx.store.objects.resolve()) + os.sep
-        for where, folder in records(self.ctx.store, KIND, FOLDER):
-            own = Ownership(self.ctx.store, where, folder, KIND)
-            for rel, written in own.written.items():
-                if written.startswith("link:") and value(where / rel) == written:
-                    target = os.path.realpath(where / rel)
-                    if target.startswith(objects):
-                        keep.add(os.path.basename(target))
-        return keep
+        return symlinked_objects(self.ctx.store, KIND, FOLDER)
 
     # --- words -----------------------------------------------------------------------
 
@@ -242,17 +233,6 @@ class Directory(Target):
 
     def status(self, model: LockedModel, where: Path) -> dict[str, object]:
         return {"directory": str(where)}
-
-
-def _hard_or_symlink(obj: str, path: str) -> None:
-    """One inode with the store where the filesystem allows, else a symlink to it (gc
-    keeps an object a directory symlinks to)."""
-    try:
-        os.link(obj, path)
-    except OSError as e:
-        if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-            raise
-        os.symlink(obj, path)
 
 
 TARGET = Directory
