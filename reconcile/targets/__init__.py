@@ -1,5 +1,6 @@
 """Targets: the places a model is shown once it is in the store, named after models.toml's
-``integration.*`` tables (the HF cache, ollama's models directory, a project directory).
+``integration.*`` tables (the HF cache, ollama's models directory, a project directory,
+LM Studio's models folder).
 
 Like sources, a target is one module beside this one and one line in ``TARGETS``; the
 planner, the executor and status, path, prune and gc loop over the registered targets
@@ -27,6 +28,7 @@ TARGETS: dict[str, str] = {
     "huggingface": "reconcile.targets.hf_cache",
     "ollama": "reconcile.targets.ollama",
     "directory": "reconcile.targets.directory",
+    "lmstudio": "reconcile.targets.lmstudio",
 }
 
 

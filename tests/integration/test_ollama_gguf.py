@@ -20,7 +20,6 @@ from tests.test_gguf import JINJA, make_gguf
 
 pytestmark = pytest.mark.integration
 
-REPO = "acme/tiny-GGUF"
 TOML = """\
 [models.tiny]
 source.huggingface = {{ repo = "acme/tiny-GGUF", files = {files} }}
@@ -35,17 +34,6 @@ def ollama_dir(tmp_path, monkeypatch):
     d = tmp_path / "ollama-models"
     monkeypatch.setenv("OLLAMA_MODELS", str(d))
     return d
-
-
-@pytest.fixture
-def ggufs(hub, tmp_path):
-    """Two quantizations of one tiny model (each a valid GGUF with a Jinja chat
-    template) and a README, as GGUF repos on the Hub look."""
-    q4 = make_gguf(tmp_path / "q4.gguf", ftype=15).read_bytes()
-    q8 = make_gguf(tmp_path / "q8.gguf", ftype=7, rows=96).read_bytes()
-    hub.repo(REPO).commit({"tiny-Q4_K_M.gguf": q4, "tiny-Q8_0.gguf": q8,
-                           "README.md": b"# tiny\n"})
-    return {"q4": q4, "q8": q8}
 
 
 def declare(project, files: str = Q4, ollama: str = '{ name = "tiny:q4" }',
