@@ -34,11 +34,13 @@ ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 ON_FAILURE = ("abort", "warn", "skip")
 PRESETS = ("strict", "standard", "minimal", "none", "paranoid")
 _SRI_LEN = {"sha256": 32, "sha512": 64}
+_SPEC_WORDS = {"str": "a string", "bool": "true or false", "strlist": "a list of strings"}
 
 
 # --- the option tree ---------------------------------------------------------------
 # A spec is a type name ("str", "bool", "int", "number", "size", "sri", "name",
-# "str|int", "strlist", "any-table", "validator-list", "enum:a|b") or a dict of sub-specs.
+# "str|int", "strlist", "any-table", "validator-list", "enum:a|b"), a dict of sub-specs,
+# or a list of alternatives (a table where one is given, else the first that fits).
 
 NETWORK_SPEC: dict[str, Any] = {
     "timeout": {"connect": "number", "read": "number"},
@@ -63,8 +65,11 @@ VALIDATION_SPEC: dict[str, Any] = {
 }
 INTEGRATION_SPEC: dict[str, Any] = {
     "huggingface": {"enable": "bool", "org": "name", "model": "name", "refs": "reflist"},
-    "ollama": {"enable": "bool", "modelsDir": "str"},
+    "ollama": {"enable": "bool", "modelsDir": "str", "name": "str", "template": "str",
+               "system": "str", "parameters": "any-table", "license": ["str", "strlist"]},
     "directory": {"path": "str"},
+    "lmstudio": ["bool", {"enable": "bool", "publisher": "str", "model": "str",
+                          "modelsDir": "str"}],
 }
 SIGNATURE_SPEC: dict[str, Any] = {
     "file": "str", "publicKey": "str", "certificateChain": "strlist", "ignore": "strlist",
@@ -115,10 +120,27 @@ class HFIntegration:
 
 @dataclass(frozen=True)
 class OllamaIntegration:
-    """Install the model where the ollama program finds it (source.ollama only)."""
+    """Install the model where the ollama program finds it: a source.ollama model as
+    pulled, or any model whose lock has one GGUF, under ``name`` with models.toml's
+    Modelfile texts (see ollama_manifest: what they become)."""
 
     enable: bool = False
     models_dir: str | None = None  # None: $OLLAMA_MODELS, else ~/.ollama/models
+    name: str | None = None  # <host>/<namespace>/<model>/<tag>; None for source.ollama
+    template: str | None = None
+    system: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    license: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LMStudioIntegration:
+    """`integration.lmstudio`: the model's GGUFs under LM Studio's models folder, at
+    ``<publisher>/<model>/`` (None: from the lock's HF repo, see targets.lmstudio)."""
+
+    publisher: str | None = None
+    model: str | None = None
+    models_dir: str | None = None  # None: LM Studio's own setting (targets.lmstudio)
 
 
 @dataclass(frozen=True)
@@ -168,6 +190,7 @@ class ModelDecl:
     # where in the project the model's files appear (None: nowhere); not in the
     # fingerprint: it decides where links go, never which bytes are locked
     directory: DirectoryIntegration | None = None
+    lmstudio: LMStudioIntegration | None = None  # None: not shown to LM Studio
     network: NetworkConfig = field(default_factory=NetworkConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     meta: dict[str, Any] = field(default_factory=dict)
@@ -190,7 +213,9 @@ class ModelDecl:
                 "refs": list(self.integration.refs),
             },
         }
-        if self.ollama.enable:  # only then: every existing lock's fingerprints stay valid
+        if self.ollama.enable and self.source_type == "ollama":
+            # only then: every existing lock's fingerprints stay valid; a GGUF shown to
+            # ollama is, like a directory, where bytes go, not which
             decl["ollama"] = True
         if self.signature is not None:  # who must have signed decides what may be locked
             sig = self.signature
@@ -355,6 +380,9 @@ class _Checker:
         if isinstance(spec, dict):
             self.table(v, spec, where)
             return
+        if isinstance(spec, list):
+            self.either(v, spec, where)
+            return
         if spec == "str":
             self.expect(isinstance(v, str), where, "a string", v)
         elif spec == "bool":
@@ -438,6 +466,21 @@ class _Checker:
             pass  # checked by source_decl, which knows the source types
         else:  # pragma: no cover - a bug in the spec itself
             raise AssertionError(spec)
+
+    def either(self, v: Any, specs: list[Any], where: str) -> None:
+        """The table alternative for a table; else the first scalar one that fits."""
+        tables = [t for t in specs if isinstance(t, dict)]
+        if isinstance(v, dict) and tables:
+            self.table(v, tables[0], where)
+            return
+        for spec in (t for t in specs if not isinstance(t, dict)):
+            try:
+                self.value(v, spec, where)
+                return
+            except ConfigError:
+                continue
+        self.expect(False, where, " or ".join(_SPEC_WORDS.get(str(t), "a table")
+                                              for t in specs), v)
 
     def expect(self, ok: bool, where: str, what: str, v: Any) -> None:
         if not ok:
@@ -540,17 +583,61 @@ class _Checker:
                                 + ", ".join(BUILTINS))
 
     def ollama(self, where: str, stype: str, d: dict[str, Any]) -> OllamaIntegration:
-        """On by default for source.ollama; refused for sources with no ollama manifest."""
-        enable = d.get("enable", stype == "ollama")
-        if enable and stype != "ollama":
-            raise self.fail(f"{where}.integration.ollama.enable", "only a source.ollama model"
-                            " has the manifest ollama needs",
-                            hint="use source.ollama for models you run with ollama")
-        models_dir = d.get("modelsDir")
-        if models_dir is not None:
-            p = Path(models_dir).expanduser()
-            models_dir = str(p if p.is_absolute() else self.path.parent / p)
-        return OllamaIntegration(enable=bool(enable), models_dir=models_dir)
+        """On by default for source.ollama (its manifest, as pulled); for any other
+        source on when the table is given, for the lock's one GGUF (checked at lock and
+        plan: the files are not known here), under ``name``."""
+        at = f"{where}.integration.ollama"
+        enable = d.get("enable", stype == "ollama" or bool(d))
+        models_dir = self.local_dir(d.get("modelsDir"))
+        if stype == "ollama":
+            if given := sorted(set(d) & {"name", "template", "system", "parameters",
+                                         "license"}):
+                raise self.fail(f"{at}.{given[0]}", "a source.ollama model is installed as"
+                                " the registry serves it (its own name, template, params)",
+                                hint="leave it out, or declare the GGUF from another source")
+            return OllamaIntegration(enable=bool(enable), models_dir=models_dir)
+        if not enable:
+            return OllamaIntegration()
+        if "name" not in d:
+            raise self.fail(f"{at}.name", "required for a GGUF from source." + stype,
+                            hint='the name `ollama run` takes, e.g. name = "mymodel:q4"')
+        return OllamaIntegration(True, models_dir, **self.ollama_texts(at, d))
+
+    def ollama_texts(self, at: str, d: dict[str, Any]) -> dict[str, Any]:
+        """name, template, system, parameters, license, checked as ollama takes them."""
+        from .ollama_manifest import check_parameters, check_template, ollama_name
+
+        try:
+            lic = d.get("license", ())
+            return {"name": ollama_name(d["name"]),
+                    "template": check_template(d["template"]) if "template" in d else None,
+                    "system": d.get("system"),
+                    "parameters": check_parameters(d.get("parameters", {})),
+                    "license": (lic,) if isinstance(lic, str) else tuple(lic)}
+        except ConfigError as e:
+            sub = (e.key or "").removeprefix("ollama.")
+            raise self.fail(f"{at}.{sub}", e.reason, hint=e.hint) from None
+
+    def local_dir(self, value: str | None) -> str | None:
+        """A directory models.toml names: ``~`` expanded, relative to models.toml."""
+        if value is None:
+            return None
+        p = Path(value).expanduser()
+        return str(p if p.is_absolute() else self.path.parent / p)
+
+    def lmstudio(self, where: str, d: Any) -> LMStudioIntegration | None:
+        """``true`` or a table; names checked as `lms import` checks folder names."""
+        from .paths import check_folder_name
+
+        if d is None or d is False or (isinstance(d, dict) and d.get("enable") is False):
+            return None
+        d = d if isinstance(d, dict) else {}
+        for key in ("publisher", "model"):
+            if key in d and (why := check_folder_name(d[key])):
+                raise self.fail(f"{where}.integration.lmstudio.{key}", why,
+                                hint='a folder name such as "acme" or "tiny-GGUF"')
+        return LMStudioIntegration(d.get("publisher"), d.get("model"),
+                                   self.local_dir(d.get("modelsDir")))
 
     def directory(self, where: str, d: dict[str, Any] | None) -> DirectoryIntegration | None:
         """A folder inside the project: relative to models.toml, never absolute and
@@ -667,6 +754,7 @@ class _Checker:
                                      getattr(source_cls, "hf_cache", True)),
             ollama=self.ollama(where, stype, decl.get("integration", {}).get("ollama", {})),
             directory=self.directory(where, decl.get("integration", {}).get("directory")),
+            lmstudio=self.lmstudio(where, decl.get("integration", {}).get("lmstudio")),
             network=_network({**net_defaults, **decl.get("network", {})},
                              self.path.parent),
             auth=_auth({**auth_defaults, **decl.get("auth", {})}),

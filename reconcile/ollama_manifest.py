@@ -49,14 +49,14 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, LockError
 from .gguf import GGUFHeader
-from .sources.ollama import parse_name
+from .ollama_names import ollama_name
 
 MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 CONFIG_TYPE = "application/vnd.docker.container.image.v1+json"
@@ -217,23 +217,21 @@ def check_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def ollama_name(name: str) -> str:
-    """``<host>/<namespace>/<model>/<tag>`` for a name as ``ollama run`` takes it
-    (``types/model/name.go`` defaults: registry.ollama.ai, library, latest), the
-    form models.lock's ``ollama`` key and ollama's manifests/ directory use."""
-    if not isinstance(name, str):
-        raise ConfigError(f"expected a model name, got {type(name).__name__}", key="ollama.name")
-    try:
-        parts = parse_name(name, None, None)
-    except ValueError as e:
-        key, _, why = str(e).partition(": ")
-        raise ConfigError(why, key="ollama.name" if key == "model" else f"ollama.{key}",
-                          hint="a name such as 'my-model:q4' or 'team/my-model:latest'"
-                          ) from None
-    host = parts["registry"].split("://", 1)[1]
-    return f"{host}/{parts['namespace']}/{parts['model']}/{parts['tag']}"
-
-
 def manifest_path(models_dir: Path, name: str) -> Path:
     """Where ollama reads the manifest of ``name`` (``manifest.ParseNamedManifest``)."""
     return models_dir / "manifests" / ollama_name(name)
+
+
+def only_gguf(key: str, paths: Sequence[str]) -> str:
+    """The one ``*.gguf`` among a model's locked files: an ollama model is one GGUF (a
+    repo of several quantizations, or a model and its vision projector, needs ``files``
+    to pick one). LockError naming the model and the GGUFs otherwise."""
+    ggufs = sorted(p for p in paths if p.lower().endswith(".gguf"))
+    if len(ggufs) == 1:
+        return ggufs[0]
+    found = f"{len(ggufs)}: {', '.join(ggufs[:10])}{' …' if len(ggufs) > 10 else ''}" \
+        if ggufs else "none"
+    raise LockError(f"models.{key}: integration.ollama needs exactly one GGUF file; the"
+                    f" locked files have {found}",
+                    hint='narrow the source\'s files to one, e.g. files = ["*Q4_K_M.gguf"],'
+                    " then `reconcile lock`")

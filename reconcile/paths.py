@@ -65,3 +65,24 @@ def check_relpath(p: str) -> str:
         if size > _MAX_COMPONENT:
             raise ValueError(f"{p!r}: a component is longer than {_MAX_COMPONENT} bytes")
     return "/".join(parts)
+
+
+_LMS_FORBIDDEN = re.compile(r'[/<>:"\\|?*\x00-\x1f\x7f]')
+
+
+def check_folder_name(name: object) -> str | None:
+    """None when ``name`` is one folder name as LM Studio's `lms import` accepts it
+    (``importCmd.ts``: non-empty, at most 100 characters, no leading or trailing ``.``
+    or space, none of ``/ < > : " \\ | ? *``; control characters too), else why not.
+    It never is ``.`` or ``..``, so it stays one level below the folder it is joined to."""
+    if not isinstance(name, str):
+        return f"expected a string, got {type(name).__name__}"
+    if not name or len(name) > 100:
+        return f"{name!r}: 1 to 100 characters"
+    if name[0] in ". " or name[-1] in ". ":
+        return f"{name!r}: starts or ends with '.' or a space"
+    if bad := _LMS_FORBIDDEN.search(name):
+        return f"{name!r}: {bad.group()!r} is not allowed in a folder name"
+    if name.lower().rstrip(". ") in _EXECUTED_FROM:
+        return f"{name!r}: not allowed (git and Mercurial run commands from such a folder)"
+    return None

@@ -216,6 +216,10 @@ def resolve_model(
     finally:
         context.store.commit_staged()  # what lock fetched is there for apply, by name
         source.close()
+    if decl.ollama.name:  # shown to ollama as one GGUF: said now, not at the next apply
+        from .ollama_manifest import only_gguf
+
+        only_gguf(decl.key, [f.path for f in files if f.type == "f"])
     model_hash = treehash.tree_hash(f.entry() for f in files)
     if decl.hash and decl.hash != model_hash:
         raise IntegrityError(

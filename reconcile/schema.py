@@ -35,6 +35,8 @@ def _type(spec: Any) -> dict[str, Any]:
     if isinstance(spec, dict):
         return {"type": "object", "additionalProperties": False,
                 "properties": {k: _type(v) for k, v in spec.items()}}
+    if isinstance(spec, list):
+        return {"oneOf": [_type(alt) for alt in spec]}
     simple = {
         "str": {"type": "string"},
         "bool": {"type": "boolean"},

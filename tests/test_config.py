@@ -265,3 +265,68 @@ def test_two_models_in_one_directory_are_refused():
             '[models.b]\nsource.mock = { model = "b" }\n'
             'integration.directory = { path = "m/b" }\n')
     assert e.key == "models.b.integration.directory.path" and "overlaps models.a" in str(e)
+
+
+# --- integration.ollama for a GGUF from any source; integration.lmstudio ---------------
+
+GGUF_REPO = '[models.t]\nsource.huggingface = { repo = "acme/tiny-GGUF", files = ["*Q4_K_M.gguf"] }\n'
+
+
+def test_ollama_for_a_gguf_from_any_source_reads_name_and_modelfile_texts():
+    decl = parse_manifest(GGUF_REPO + 'integration.ollama = { name = "team/tiny:q4",'
+                          ' system = "Be brief.", parameters = { temperature = 0.7,'
+                          ' stop = ["</s>"] }, license = "MIT" }\n').models["t"]
+    o = decl.ollama
+    assert o.enable and o.name == "registry.ollama.ai/team/tiny/q4"
+    assert (o.system, o.parameters, o.license) == ("Be brief.", {"temperature": 0.7,
+                                                                 "stop": ["</s>"]}, ("MIT",))
+    plain = parse_manifest(GGUF_REPO).models["t"]
+    assert not plain.ollama.enable
+    # where a model is shown is not which bytes are locked: the lock stays fresh
+    assert decl.fingerprint() == plain.fingerprint()
+
+
+@pytest.mark.parametrize("table, key, words", [
+    ('{ system = "x" }', "name", "required for a GGUF from source.huggingface"),
+    ('{ name = "a/b/c/d" }', "name", "is not [host/][namespace/]model[:tag]"),
+    ('{ name = "x:bad/tag" }', "name", "is not"),
+    ('{ name = "x", template = "{% for m in messages %}{% endfor %}" }', "template",
+     "Jinja chat template"),
+    ('{ name = "x", license = 3 }', "license", "a string or a list of strings"),
+    ('{ name = "x", parameters = { a = { b = 1 } } }', "parameters.a", "expected text"),
+])
+def test_ollama_settings_are_checked_naming_the_key(table, key, words):
+    with pytest.raises(ConfigError) as e:
+        parse_manifest(GGUF_REPO + f"integration.ollama = {table}\n")
+    assert f"models.t.integration.ollama.{key}" in str(e.value) and words in str(e.value)
+
+
+def test_a_source_ollama_model_keeps_its_own_manifest():
+    plain = parse_manifest(b'[models.o]\nsource.ollama = { model = "llama3.2" }\n').models["o"]
+    assert plain.ollama.enable and plain.ollama.name is None
+    with pytest.raises(ConfigError, match=r"integration\.ollama\.template: a source\.ollama"):
+        parse_manifest('[models.o]\nsource.ollama = { model = "llama3.2" }\n'
+                       'integration.ollama = { template = "{{ .Prompt }}" }\n')
+
+
+def test_lmstudio_is_true_or_a_table_with_folder_names():
+    m = parse_manifest(GGUF_REPO + "integration.lmstudio = true\n").models["t"]
+    assert m.lmstudio is not None and m.lmstudio.publisher is None
+    m = parse_manifest(GGUF_REPO + 'integration.lmstudio = { publisher = "me",'
+                       ' model = "tiny" }\n').models["t"]
+    assert (m.lmstudio.publisher, m.lmstudio.model) == ("me", "tiny")
+    assert parse_manifest(GGUF_REPO + "integration.lmstudio = false\n").models["t"].lmstudio \
+        is None
+    with pytest.raises(ConfigError, match="lmstudio: expected true or false or a table"):
+        parse_manifest(GGUF_REPO + 'integration.lmstudio = "yes"\n')
+    with pytest.raises(ConfigError, match=r"integration.lmstudio.publisher: '\.\.'"):
+        parse_manifest(GGUF_REPO + 'integration.lmstudio = { publisher = ".." }\n')
+
+
+@given(st.text(max_size=120))
+def test_an_lmstudio_folder_name_is_one_plain_component_or_refused(name):
+    from reconcile.paths import check_folder_name
+
+    if check_folder_name(name) is None:
+        assert name not in (".", "..") and "/" not in name and "\\" not in name
+        assert "\0" not in name and 0 < len(name) <= 100 and name.strip(". ") == name

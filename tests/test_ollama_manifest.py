@@ -226,3 +226,18 @@ def test_no_name_leaves_the_manifests_directory(name):
         return
     rel = path.relative_to(models / "manifests")
     assert len(rel.parts) == 4 and ".." not in rel.parts and os.path.normpath(path) == str(path)
+
+
+@given(st.lists(st.from_regex(r"[a-z]{1,6}(\.(gguf|GGUF|bin|json))?", fullmatch=True),
+                unique=True, max_size=6))
+def test_only_gguf_is_the_one_gguf_or_a_lock_error_listing_them(paths):
+    from reconcile.ollama_manifest import only_gguf
+
+    ggufs = [p for p in paths if p.lower().endswith(".gguf")]
+    if len(ggufs) == 1:
+        assert only_gguf("m", paths) == ggufs[0]
+        return
+    with pytest.raises(LockError) as e:
+        only_gguf("m", paths)
+    assert str(e.value).startswith("models.m: integration.ollama needs exactly one GGUF")
+    assert all(g in str(e.value) for g in ggufs) and "files = [" in str(e.value)

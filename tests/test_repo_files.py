@@ -250,3 +250,15 @@ def test_ci_runs_readmes_test_command_with_the_hashed_lock():
         name = re.match(r"[A-Za-z0-9_.\-]+", req).group(0).lower().replace("_", "-")
         assert name in pinned, f"{name} is not in requirements-test.txt: run .ci/lock-tests"
     assert re.search(r"^moto==(?!5\.2\.6\b)", lock, re.M)  # see pyproject.toml
+
+
+def test_readme_gguf_example_for_ollama_is_valid():
+    import re
+
+    from reconcile.config import parse_manifest
+
+    text = (REPO / "README.md").read_text()
+    example = next(b for b in re.findall(r"```toml\n(.*?)```", text, re.S)
+                   if "integration.ollama = { name" in b)
+    decl = parse_manifest(example.encode()).models["tiny"]
+    assert decl.ollama.enable and decl.ollama.name == "registry.ollama.ai/library/qwen-tiny/q4"

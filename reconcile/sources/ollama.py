@@ -16,19 +16,16 @@ The model tree names each layer by what it is (``model.gguf``, ``template``,
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import NotFound, SourceError
+from ..ollama_names import parse_name
 from .base import RemoteFile, Resolution
 from .distribution import DIGEST, Manifest, Registry, RegistrySource, descriptor_file
 
-DEFAULT_REGISTRY = "https://registry.ollama.ai"
-PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}$")
-HOST = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,349}(:[0-9]{1,5})?$")
 OLLAMA = "application/vnd.ollama.image."
 # what each layer is called in the model tree (a second one of a kind gets -2, -3 …)
 NAMES = {"model": "model.gguf", "projector": "projector.gguf", "adapter": "adapter.gguf",
@@ -36,43 +33,6 @@ NAMES = {"model": "model.gguf", "projector": "projector.gguf", "adapter": "adapt
          "params": "params.json", "messages": "messages.json", "license": "license",
          "draft": "draft.gguf"}
 MANIFEST_FILE = "manifest.json"
-
-
-def parse_name(model: str, tag: str | None, registry: str | None) -> dict[str, str]:
-    """{registry, namespace, model, tag} as ollama reads a name; ValueError('key: why')."""
-    name = model.strip()
-    if "://" in name:
-        raise ValueError(f"model: {model!r}: give the registry as registry = \"…\", not in"
-                         " the name")
-    slash = name.rfind("/")
-    colon = name.rfind(":")
-    inline_tag = None
-    if colon > slash:
-        name, inline_tag = name[:colon], name[colon + 1:]
-    if inline_tag is not None and tag is not None and inline_tag != tag:
-        raise ValueError(f"tag: {tag!r} disagrees with the tag in model ({inline_tag!r})")
-    parts = name.split("/")
-    if len(parts) > 3 or not all(parts):
-        raise ValueError(f"model: {model!r} is not [host/][namespace/]model[:tag]")
-    host = parts[0] if len(parts) == 3 else None
-    namespace = parts[-2] if len(parts) >= 2 else "library"
-    base = registry or (f"https://{host}" if host else DEFAULT_REGISTRY)
-    if registry and host and urlsplit(registry).netloc.lower() != host.lower():
-        raise ValueError(f"registry: {registry!r} disagrees with the host in model ({host!r})")
-    ep = urlsplit(base)
-    if ep.scheme not in ("http", "https") or not ep.netloc or ep.path.strip("/") or ep.query \
-            or ep.username or ep.password:
-        raise ValueError(f"registry: {registry!r} is not a registry URL such as"
-                         " 'https://registry.ollama.ai' (http:// only for a local registry)")
-    out = {"registry": f"{ep.scheme}://{ep.netloc}", "namespace": namespace,
-           "model": parts[-1], "tag": inline_tag or tag or "latest"}
-    if not HOST.match(ep.netloc):
-        raise ValueError(f"registry: {ep.netloc!r} is not a host[:port]")
-    for key in ("namespace", "model", "tag"):
-        if not PART.match(out[key]) or (key == "namespace" and "." in out[key]):
-            raise ValueError(f"{'tag' if key == 'tag' else 'model'}: {out[key]!r} is not a valid"
-                             f" ollama {key} (1-80 letters, digits, '_', '.', '-')")
-    return out
 
 
 def layer_paths(manifest: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

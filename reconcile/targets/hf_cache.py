@@ -29,7 +29,7 @@ from ..errors import ReconcileError
 from ..fsutil import atomic_write_text
 from ..lockfile import LockedModel
 from ..store import Store
-from . import LinkState, Target
+from .base import LinkState, Target
 from .ownership import Ownership, project_owners, prune_empty_parents, read_ref, records
 from .ownership import tmp_name as _tmp_name
 from .ownership import value as _value

@@ -12,6 +12,7 @@ path is removed only when its last owner goes and it still holds reconcile's val
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
@@ -172,3 +173,29 @@ def prune_empty_parents(d: Path, root: Path) -> None:
         except OSError:
             return
         d = d.parent
+
+
+def hard_or_symlink(obj: str | Path, path: str | Path) -> None:
+    """One inode with the store where the filesystem allows, else a symlink to it (gc
+    keeps an object that such a link needs: ``symlinked_objects``)."""
+    try:
+        os.link(obj, path)
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            raise
+        os.symlink(obj, path)
+
+
+def symlinked_objects(store: Store, kind: str, folder: str = "*") -> set[str]:
+    """Store objects that a place of ``kind`` links to by symlink (the place is on
+    another filesystem than the store) and that still hold reconcile's link."""
+    keep: set[str] = set()
+    objects = str(store.objects.resolve()) + os.sep
+    for where, name in records(store, kind, folder):
+        own = Ownership(store, where, name, kind)
+        for rel, written in own.written.items():
+            if written.startswith("link:") and value(where / rel) == written:
+                target = os.path.realpath(where / rel)
+                if target.startswith(objects):
+                    keep.add(os.path.basename(target))
+    return keep

@@ -62,3 +62,20 @@ def hf_env(project, hub, monkeypatch):
     return project
 
 
+
+
+GGUF_REPO = "acme/tiny-GGUF"
+
+
+@pytest.fixture
+def ggufs(hub, tmp_path):
+    """A GGUF repo on the Hub as they look: two quantizations of one tiny model (each a
+    valid GGUF with a Jinja chat template, written by llama.cpp's own package) and a
+    README. Returns {"q4": bytes, "q8": bytes}."""
+    from tests.test_gguf import make_gguf
+
+    q4 = make_gguf(tmp_path / "q4.gguf", ftype=15).read_bytes()
+    q8 = make_gguf(tmp_path / "q8.gguf", ftype=7, rows=96).read_bytes()
+    hub.repo(GGUF_REPO).commit({"tiny-Q4_K_M.gguf": q4, "tiny-Q8_0.gguf": q8,
+                                "README.md": b"# tiny\n"})
+    return {"q4": q4, "q8": q8}
