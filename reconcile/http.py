@@ -63,6 +63,7 @@ class BufferPool:
 
 BUFFERS = BufferPool()
 DIRECT_MIN = 16 << 20  # transfers at least this big skip httpx (see direct_stream)
+SMALL_BODY = 1 << 20  # transfers at most this big are read whole (see _small_body)
 
 
 def base_headers(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -221,7 +222,7 @@ def stream(
             and length >= (DIRECT_MIN if threshold is None else threshold)):
         yield from direct_stream(url, base_headers(h), start, end, network, raise_for_status)
         return
-    if network is not None and length is not None:
+    if network is not None and length is not None and length <= SMALL_BODY:
         yield from _small_body(url, h, start, end, network, raise_for_status)
         return
     r = request(client(), "GET", url, headers=h, stream=True)
@@ -252,13 +253,14 @@ def stream(
 
 def _small_body(url: str, headers: dict[str, str], start: int, end: int | None,
                 network: NetworkConfig, raise_for_status: Callable[[Any], None]) -> Iterator[bytes]:
-    """A body under DIRECT_MIN whole, on this thread's kept connection (``call``).
+    """A small body (≤ SMALL_BODY, as transfer.SMALL_MAX files are kept in memory anyway)
+    read whole on this thread's kept connection (``call``).
 
     Through httpx, the first small file of a run paid for importing httpx and building
     its client and TLS contexts (0.2-0.6 s on 2 busy cores, while the big files' streams
     had long started), and every further one ~1 ms of Python; an ollama model's 20
     small layers finished 0.3 s after its two 64 MiB blobs."""
-    reply = call("GET", url, headers, network, max_body=DIRECT_MIN)
+    reply = call("GET", url, headers, network, max_body=SMALL_BODY)
     raise_for_status(reply)
     refuse_html(reply.headers, url)
     if start and reply.status_code == 200:

@@ -586,8 +586,6 @@ class Sink:
         self.hasher = _Hasher(h, depth=self.DEPTH)
         self.error: OSError | None = None
         self.q: queue.Queue[Any] = queue.Queue(maxsize=self.DEPTH)
-        self.batch: list[Any] = []
-        self.size = 0
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -617,19 +615,14 @@ class Sink:
                 self.hasher.update(chunk)
 
     def put(self, chunk: Any) -> None:
+        """Hand ``chunk`` on at once, whatever its size: batching here kept the first MiB
+        of a slow (throttled) download off the disk, so a kill lost all of it."""
         if self.error is not None:
             raise self.error
-        self.batch.append(chunk)
-        self.size += len(chunk)
-        if self.size >= _Hasher.BATCH:
-            self.q.put(self.batch)
-            self.batch, self.size = [], 0
+        self.q.put([chunk])
 
     def close(self) -> Any:
         """Wait for every write and the hash; the hash object, or the write error."""
-        if self.batch:
-            self.q.put(self.batch)
-            self.batch = []
         self.q.put(None)
         self.thread.join()
         try:

@@ -246,7 +246,7 @@ def big_fetch(tmp_path, monkeypatch):
     monkeypatch.setattr(http, "BUFFERS", pool)
     monkeypatch.setattr(transfer, "BUFFERS", pool)
     stats = {"fresh": 0, "gets": 0, "direct": 0, "buffered": 0}
-    get, pwrite = pool.get, os.pwrite
+    get, pwrite, pwritev = pool.get, os.pwrite, os.pwritev
 
     def counting_get():
         stats["gets"] += 1
@@ -258,8 +258,14 @@ def big_fetch(tmp_path, monkeypatch):
         stats["direct" if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT else "buffered"] += n
         return n
 
+    def counting_pwritev(fd, buffers, offset):  # runs of whole buffers: one call
+        n = pwritev(fd, buffers, offset)
+        stats["direct" if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT else "buffered"] += n
+        return n
+
     monkeypatch.setattr(pool, "get", counting_get)
     monkeypatch.setattr(os, "pwrite", counting_pwrite)
+    monkeypatch.setattr(os, "pwritev", counting_pwritev)
     root = tmp_path / "site"
     root.mkdir()
     data = os.urandom((48 << 20) + 1234)
