@@ -576,7 +576,7 @@ class Sink:
     ``close``, which waits until everything put is written and hashed.
     """
 
-    DEPTH = 4  # batches in flight between two stages
+    DEPTH = 8  # batches in flight between two stages
     COALESCE = 8  # chunks written by one pwritev at most
 
     def __init__(self, part: Path, h: Any) -> None:
