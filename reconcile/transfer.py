@@ -576,7 +576,7 @@ class Sink:
     ``close``, which waits until everything put is written and hashed.
     """
 
-    DEPTH = 8  # batches in flight between two stages
+    DEPTH = 4  # batches in flight between two stages
     COALESCE = 8  # chunks written by one pwritev at most
 
     def __init__(self, part: Path, h: Any) -> None:
@@ -759,130 +759,169 @@ def _fetch_ranges(source, pin, file, part, network, progress, jobs, *, start: in
     never look like a resumable stream prefix to the next run. It becomes ``part`` only
     once every range has arrived.
     """
-    size = file.size
     work = part.with_name(part.name + ".ranges")
-    progress_file = _ranges_progress(part)
     if start:
         os.replace(part, work)  # a slow stream's prefix, handed over
-        progress_file.unlink(missing_ok=True)
+        _ranges_progress(part).unlink(missing_ok=True)
     if start or not work.exists():
         saved = None  # progress without its work file (or a stream handed over) is void
-    if saved is not None:  # an interrupted run: each range goes on where it stopped
-        bounds, done = saved
-        nseg = len(bounds)
-        seg = bounds[0][1] - bounds[0][0]
-        if progress:
-            progress(sum(d - b for d, (b, _) in zip(done, bounds, strict=True)))
-    else:
-        nseg = max(2, min(jobs * 2, (size - start) // SEGMENT_MIN))
-        seg = -(-(size - start) // nseg)
-        bounds = [(start + i * seg, min(size, start + (i + 1) * seg)) for i in range(nseg)]
-        done = [b for b, _ in bounds]
-    fd = os.open(work, os.O_RDWR | os.O_CREAT, 0o644)
-    if saved is None and start == 0:  # unrecorded holes cannot be trusted: start clean
-        os.ftruncate(fd, 0)
+    if saved is not None and progress:  # an interrupted run: each range goes on
+        progress(sum(d - b for d, (b, _) in zip(saved[1], saved[0], strict=True)))
+    bounds, done = saved or _split(file.size, start, jobs)
+    fd = _open_work(work, file.size, truncate=saved is None and start == 0)
+    ranges = _Ranges(source, pin, file, network, progress, fd, bounds, done, downloaded)
     try:
+        hashed, h = ranges.run(jobs, h or hashlib.sha256(), start, _ranges_progress(part))
+    finally:
+        os.close(fd)
+    os.replace(work, part)
+    _ranges_progress(part).unlink(missing_ok=True)
+    return FetchResult(h.hexdigest(), hashed, ranges.downloaded)
+
+
+def _split(size: int, start: int, jobs: int) -> tuple[list[tuple[int, int]], list[int]]:
+    """[start, size) as equal ranges (two per job, none under SEGMENT_MIN), none begun."""
+    nseg = max(2, min(jobs * 2, (size - start) // SEGMENT_MIN))
+    seg = -(-(size - start) // nseg)
+    bounds = [(start + i * seg, min(size, start + (i + 1) * seg)) for i in range(nseg)]
+    return bounds, [b for b, _ in bounds]
+
+
+def _open_work(work: Path, size: int, *, truncate: bool) -> int:
+    """The work file at its full size; ``truncate`` first: unrecorded holes cannot be
+    trusted, so a fresh split starts clean."""
+    fd = os.open(work, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if truncate:
+            os.ftruncate(fd, 0)
         os.ftruncate(fd, size)
     except OSError as e:
         os.close(fd)
-        raise disk_error(e, part.parent) from None
-    cond = threading.Condition()
-    errors: list[BaseException] = []
-    throttle = _Throttle(network.bandwidth_limit)
-    downloaded = [downloaded]
+        raise disk_error(e, work.parent) from None
+    return fd
 
-    auth = _Auth(source)
 
-    def worker(i: int) -> None:
-        start, end = bounds[i]
+class _Ranges:
+    """One file's ranges in flight: workers write their range at its offsets and move its
+    watermark (``done``); the calling thread hashes the file in order behind them. The
+    first error for good (or Ctrl-C) stops every worker at its next chunk."""
+
+    def __init__(self, source: Source, pin: dict[str, Any], file: LockedFile,
+                 network: NetworkConfig, progress: Progress | None, fd: int,
+                 bounds: list[tuple[int, int]], done: list[int], downloaded: int) -> None:
+        self.source, self.pin, self.file, self.network = source, pin, file, network
+        self.progress, self.fd, self.bounds, self.done = progress, fd, bounds, done
+        self.downloaded = downloaded
+        self.seg = bounds[0][1] - bounds[0][0]
+        self.cond = threading.Condition()
+        self.errors: list[BaseException] = []
+        self.throttle = _Throttle(network.bandwidth_limit)
+        self.auth = _Auth(source)
+
+    def run(self, jobs: int, h: Any, start: int, progress_file: Path) -> tuple[int, Any]:
+        """Fetch every range and hash the file from ``start``; (bytes hashed, hash). What
+        arrived is recorded in ``progress_file`` as it goes, and on failure, so the next
+        run resumes every range."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        size = self.file.size
+        try:
+            with ThreadPoolExecutor(max_workers=min(jobs, len(self.bounds))) as pool:
+                futures = [pool.submit(self._worker, i) for i in range(len(self.bounds))]
+                hashed = self._hash_in_order(h, start, size, progress_file)
+                for fut in futures:
+                    fut.result()
+        finally:
+            if self.errors:
+                _save_ranges(progress_file, size, self.bounds, self.done)
+        if self.errors:
+            raise self.errors[0]
+        return hashed, h
+
+    def _hash_in_order(self, h: Any, hashed: int, size: int, progress_file: Path) -> int:
+        buf = bytearray(8 << 20)  # read back through one buffer: an mmap would count every
+        view = memoryview(buf)  # touched page of a multi-GB file as resident memory
+        last_save = time.monotonic()
+        while hashed < size:
+            if time.monotonic() - last_save > 1.0:
+                _save_ranges(progress_file, size, self.bounds, self.done)
+                last_save = time.monotonic()
+            ready = self._wait_past(hashed)
+            if ready is None:
+                break
+            while hashed < ready:
+                n = os.preadv(self.fd, [view[: min(len(buf), ready - hashed)]], hashed)
+                if n <= 0:
+                    break
+                h.update(view[:n])
+                hashed += n
+        return hashed
+
+    def _wait_past(self, hashed: int) -> int | None:
+        """How far the range holding byte ``hashed`` has arrived, once past it; None
+        when a worker failed for good or Ctrl-C came."""
+        start = self.bounds[0][0]
+        with self.cond:
+            while True:
+                ready = self.done[min((hashed - start) // self.seg, len(self.bounds) - 1)]
+                if self.errors:
+                    return None
+                if ready > hashed:
+                    return ready
+                if CANCEL.is_set():
+                    self.errors.append(Cancelled())
+                    return None
+                self.cond.wait(0.2)
+
+    def _fail(self, e: BaseException) -> None:
+        with self.cond:
+            self.errors.append(e)
+            self.cond.notify_all()
+
+    def _worker(self, i: int) -> None:
+        """Range ``i`` to its end, resumed after transient failures."""
+        start, end = self.bounds[i]
         attempt = 0
-        while done[i] < end:
+        while self.done[i] < end:
             attempt += 1
             try:
-                for chunk in source.open(pin, file, done[i], end):
-                    if errors:  # a sibling failed for good, or Ctrl-C: stop with it
-                        return
-                    _check_cancel()
-                    chunk = chunk[: end - done[i]]
-                    os.pwrite(fd, chunk, done[i])
-                    BUFFERS.release(chunk)  # hashed later, from the file
-                    throttle(len(chunk))
-                    with cond:
-                        done[i] += len(chunk)
-                        downloaded[0] += len(chunk)
-                        cond.notify_all()
-                    if progress:
-                        progress(len(chunk))
-                    if done[i] >= end:
-                        break
-                if done[i] < end and not errors:
-                    raise Transient(f"range {start}-{end} ended early at {done[i]}")
-            except AuthRequired as e:
-                with cond:
-                    renewed = auth.retry(e)
-                if not renewed:
-                    with cond:
-                        errors.append(e)
-                        cond.notify_all()
+                if not self._receive(i, end):
                     return
+                if self.done[i] < end and not self.errors:
+                    raise Transient(f"range {start}-{end} ended early at {self.done[i]}")
+            except AuthRequired as e:
+                with self.cond:
+                    renewed = self.auth.retry(e)
+                if not renewed:
+                    return self._fail(e)
                 attempt -= 1
             except Transient as e:
-                if isinstance(e, Restart) or attempt >= network.max_attempts:
-                    with cond:
-                        errors.append(SourceError(f"{file.path}: giving up after {attempt}"
-                                                  f" attempts: {e.message}"))
-                        cond.notify_all()
-                    return
-                _sleep(backoff_delay(attempt, network, e.retry_after))
+                if isinstance(e, Restart) or attempt >= self.network.max_attempts:
+                    return self._fail(SourceError(f"{self.file.path}: giving up after"
+                                                  f" {attempt} attempts: {e.message}"))
+                _sleep(backoff_delay(attempt, self.network, e.retry_after))
             except BaseException as e:
-                with cond:
-                    errors.append(e)
-                    cond.notify_all()
-                return
+                return self._fail(e)
 
-    from concurrent.futures import ThreadPoolExecutor
-
-    h = h or hashlib.sha256()
-    hashed = start
-    buf = bytearray(8 << 20)  # read back through one buffer: an mmap would count every
-    view = memoryview(buf)  # touched page of a multi-GB file as resident memory
-    last_save = time.monotonic()
-    try:
-        with ThreadPoolExecutor(max_workers=min(jobs, nseg)) as pool:
-            futures = [pool.submit(worker, i) for i in range(nseg)]
-            while hashed < size:
-                if time.monotonic() - last_save > 1.0:
-                    _save_ranges(progress_file, size, bounds, done)
-                    last_save = time.monotonic()
-                with cond:
-                    while True:
-                        idx = min((hashed - start) // seg, nseg - 1)
-                        ready = done[idx]
-                        if ready > hashed or errors:
-                            break
-                        if CANCEL.is_set():
-                            errors.append(Cancelled())
-                            break
-                        cond.wait(0.2)
-                    if errors:
-                        break
-                while hashed < ready:
-                    n = os.preadv(fd, [view[: min(len(buf), ready - hashed)]], hashed)
-                    if n <= 0:
-                        break
-                    h.update(view[:n])
-                    hashed += n
-            for fut in futures:
-                fut.result()
-    finally:
-        os.close(fd)
-        if errors:  # what arrived stays usable: the next run resumes every range
-            _save_ranges(progress_file, size, bounds, done)
-    if errors:
-        raise errors[0]
-    os.replace(work, part)
-    progress_file.unlink(missing_ok=True)
-    return FetchResult(h.hexdigest(), hashed, downloaded[0])
+    def _receive(self, i: int, end: int) -> bool:
+        """One request for the rest of range ``i``; False when a sibling failed for good."""
+        for chunk in self.source.open(self.pin, self.file, self.done[i], end):
+            if self.errors:  # a sibling failed for good, or Ctrl-C: stop with it
+                return False
+            _check_cancel()
+            chunk = chunk[: end - self.done[i]]
+            os.pwrite(self.fd, chunk, self.done[i])
+            BUFFERS.release(chunk)  # hashed later, from the file
+            self.throttle(len(chunk))
+            with self.cond:
+                self.done[i] += len(chunk)
+                self.downloaded += len(chunk)
+                self.cond.notify_all()
+            if self.progress:
+                self.progress(len(chunk))
+            if self.done[i] >= end:
+                break
+        return True
 
 
 def _ranges_progress(part: Path) -> Path:
