@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
 import all_report  # noqa: E402
-from all_model import ONE_BIG_FROM, DiskWatch, make_model, parse_sizes, size_label  # noqa: E402
+from all_model import DiskWatch, make_model, parse_sizes, size_label  # noqa: E402
 from all_sources import PY, RECONCILE, SOURCES, Row, RowFailed  # noqa: E402
 from alternate import alternate, save_results  # noqa: E402
 from bench_hf import wipe  # noqa: E402
@@ -44,7 +44,8 @@ from tests.servers import weed_binary  # noqa: E402
 
 SIZES, QUICK_SIZES = "64M,256M,1G,4G", "8M"
 CHEAP = ("scale", "core")
-REPS, REPS_BIG = 3, 2  # REPS_BIG: rows of 4 GiB and more, unless --reps says otherwise
+REPS, REPS_BIG = 3, 2  # REPS_BIG: rows of 1 GiB and more (15 min in all), unless --reps says so
+BIG_REPS_FROM = 1 << 30
 
 
 def parse_args(argv: list[str] | None = None):
@@ -57,7 +58,7 @@ def parse_args(argv: list[str] | None = None):
                     help="rows to run, comma-separated: " + ", ".join([*SOURCES, *CHEAP]))
     ap.add_argument("--sizes", help=f"per-file sizes (default {SIZES}; --quick {QUICK_SIZES})")
     ap.add_argument("--reps", type=int, help=f"repetitions per tool, median reported"
-                    f" (default {REPS}, {REPS_BIG} for 4 GiB and more; --quick 1)")
+                    f" (default {REPS}, {REPS_BIG} for 1 GiB and more; --quick 1)")
     ap.add_argument("--drop-vouched", action="store_true",
                     help="start every apply without the store's state/vouched records of"
                     " the untimed lock (apply then asks each source to vouch again)")
@@ -112,7 +113,7 @@ def run_sources(args, tmp: Path, disk: DiskWatch) -> list[dict]:
     rows = []
     sources = [SOURCES[s] for s in SOURCES if s in args.only]
     for size in args.sizes if sources else []:
-        reps = args.reps_big if size >= ONE_BIG_FROM else args.reps
+        reps = args.reps_big if size >= BIG_REPS_FROM else args.reps
         why = disk.room_for(size)
         if why:
             print(f"[{size_label(size)}] skipped: {why}", flush=True)
