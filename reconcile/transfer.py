@@ -576,7 +576,7 @@ class Sink:
     ``close``, which waits until everything put is written and hashed.
     """
 
-    DEPTH = 4  # batches in flight between two stages
+    DEPTH = 4  # chunks (hasher: batches of ~1 MiB) in flight between two stages
     COALESCE = 8  # chunks written by one pwritev at most
 
     def __init__(self, part: Path, h: Any) -> None:
@@ -594,9 +594,10 @@ class Sink:
 
         done = False
         while not done:
-            batch = self.q.get()
-            if batch is None:
+            first = self.q.get()
+            if first is None:
                 break
+            batch = [first]
             while len(batch) < self.COALESCE:  # what else is waiting: one bigger write
                 try:
                     more = self.q.get_nowait()
@@ -605,7 +606,7 @@ class Sink:
                 if more is None:
                     done = True
                     break
-                batch = batch + more
+                batch.append(more)
             if self.error is None:
                 try:
                     self.out.write_many(batch)
@@ -619,7 +620,7 @@ class Sink:
         of a slow (throttled) download off the disk, so a kill lost all of it."""
         if self.error is not None:
             raise self.error
-        self.q.put([chunk])
+        self.q.put(chunk)
 
     def close(self) -> Any:
         """Wait for every write and the hash; the hash object, or the write error."""
