@@ -62,6 +62,27 @@ def hf_env(project, hub, monkeypatch):
     return project
 
 
+@pytest.fixture
+def tmpfs_store(hf_env, monkeypatch):
+    """A store on /dev/shm while the project and its targets stay on disk: hard links
+    cannot cross, so targets link by symlink (skipped where /dev/shm is no second
+    filesystem). Removed afterwards, read-only objects included."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from tests.conftest import NOT_APPLICABLE
+
+    if not os.path.isdir("/dev/shm") or os.stat("/dev/shm").st_dev == os.stat(hf_env.dir).st_dev:
+        pytest.skip(f"{NOT_APPLICABLE} no second filesystem at /dev/shm")
+    store_dir = Path(tempfile.mkdtemp(dir="/dev/shm", prefix="reconcile-store-"))
+    monkeypatch.setenv("RECONCILE_STORE", str(store_dir))
+    yield store_dir
+    for d, _dirs, _names in os.walk(store_dir):
+        os.chmod(d, 0o755)
+    shutil.rmtree(store_dir, ignore_errors=True)
+
+
 
 
 GGUF_REPO = "acme/tiny-GGUF"
