@@ -13,6 +13,24 @@ from pathlib import Path
 from typing import Any
 
 
+def aws_env_only(monkeypatch: Any, tmp_path: Path, secret: str = "testing-secret") -> None:
+    """S3 credentials from the environment only: a developer's ~/.aws, profile, session
+    token or endpoint never leaks into a test, and no signer keeps credentials it found
+    for an earlier test (callers clear ``s3._signers`` again after the test)."""
+    from reconcile.sources import s3
+
+    for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+                "AWS_ENDPOINT_URL", "AWS_CA_BUNDLE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
+    s3._signers.clear()  # signers hold the credentials they found first
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -23,7 +23,7 @@ import pytest
 from reconcile.config import CacheConfig, NetworkConfig
 from reconcile.lockfile import LockedFile
 from reconcile.store import Store
-from tests.servers import moto_s3
+from tests.servers import aws_env_only, moto_s3
 
 pytestmark = pytest.mark.integration
 
@@ -57,15 +57,9 @@ def _tmp_bytes(store: Store) -> int:
 
 @pytest.fixture(autouse=True)
 def aws_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
     from reconcile.sources import s3
 
-    s3._signers.clear()
+    aws_env_only(monkeypatch, tmp_path)
     yield
     s3._signers.clear()
 

@@ -13,6 +13,7 @@ import pytest
 
 from reconcile.lockfile import read_lock
 from tests.servers import (
+    aws_env_only,
     make_ca,
     moto_s3,
     nginx,
@@ -49,19 +50,9 @@ def seaweed(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def aws_env(tmp_path, monkeypatch):
-    """Credentials from the environment only; a developer's ~/.aws never leaks in."""
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL",
-                "AWS_CA_BUNDLE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
     from reconcile.sources import s3
 
-    s3._signers.clear()  # clients hold the credentials they found first
+    aws_env_only(monkeypatch, tmp_path, SECRET)
     yield
     s3._signers.clear()
 

@@ -49,7 +49,7 @@ from reconcile.lockfile import LockedModel, dumps, read_lock
 from reconcile.store import Store
 from tests.conftest import Project
 from tests.hub import Hub
-from tests.servers import Forge, git_env, git_forge, moto_s3
+from tests.servers import Forge, aws_env_only, git_env, git_forge, moto_s3
 
 pytest.importorskip("giftless")
 pytestmark = pytest.mark.integration
@@ -578,18 +578,7 @@ def moto():
 
 
 def aws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Credentials from the environment only; a developer's ~/.aws never leaks in."""
-    from reconcile.sources import s3
-
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_CA_BUNDLE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
-    s3._signers.clear()  # clients hold the credentials they found first
+    aws_env_only(monkeypatch, tmp_path)
 
 
 def machine_settings() -> settings:

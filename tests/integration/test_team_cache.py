@@ -18,6 +18,7 @@ import pytest
 
 from tests.integration.conftest import FILES
 from tests.servers import (
+    aws_env_only,
     docker_registry,
     free_port,
     moto_s3,
@@ -47,16 +48,10 @@ def big_hub(hub):
 
 @pytest.fixture(autouse=True)
 def aws_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
-    monkeypatch.delenv("RECONCILE_CACHE", raising=False)
     from reconcile.sources import s3
 
-    s3._signers.clear()
+    aws_env_only(monkeypatch, tmp_path)
+    monkeypatch.delenv("RECONCILE_CACHE", raising=False)
     yield
     s3._signers.clear()
 
